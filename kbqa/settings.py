@@ -1,0 +1,165 @@
+"""Typed settings: ``kbqa.toml`` overridden by ``KBQA_*`` environment variables.
+
+Nothing is read at import time: call ``load_settings()`` once and pass the tree (or parts of it) to
+constructors. Nested fields take ``__`` in their variable name: ``KBQA_LLM__MODEL``,
+``KBQA_RETRIEVAL__TOP_K``. ``KBQA_CONFIG`` names another TOML file.
+
+Model settings (``embedding.model``, ``llm.model``, ``retrieval.reranker``) each accept one of:
+an embedded model (``embedded:<name>``, shipped by a pinned package), a local folder or file,
+or a hub id such as ``shibing624/text2vec-base-chinese`` (needs a reachable model hub).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kbqa.errors import ConfigError
+
+
+class PathSettings(BaseModel):
+    """Where kbqa keeps its data."""
+
+    knowledge_root: Path = Field(Path("knowledge"), description="Folder holding one sub-folder per knowledge base.")
+    cache_dir: Path = Field(Path(".cache/kbqa"), description="Assembled and converted models are cached here.")
+    prompts_dir: Path = Field(Path("prompts"), description="Folder of prompt templates (*.toml).")
+
+
+class EmbeddingSettings(BaseModel):
+    """The embedding model used for dense retrieval."""
+
+    model: str = Field("embedded:all-minilm-l6-v2",
+                       description="embedded:<name>, a local folder, or a hub id (text2vec SentenceModel).")
+    batch_size: int = Field(32, ge=1, description="Chunks encoded per forward pass.")
+    device: str = Field("cpu", description="torch device for the embedding model: cpu, cuda, mps.")
+    max_seq_length: int | None = Field(None, ge=8, description="Token limit per text; None = the model's own.")
+    query_prefix: str | None = Field(None, description="Text put before queries; None = the model's own (e5: 'query: ').")
+    passage_prefix: str | None = Field(None, description="Text put before chunks; None = the model's own (e5: 'passage: ').")
+
+
+class LLMSettings(BaseModel):
+    """The answering model."""
+
+    backend: Literal["llamacpp", "transformers"] = Field("llamacpp", description="Which runtime runs the model.")
+    model: str = Field("embedded:qwen2.5-coder-1.5b-instruct",
+                       description="embedded:<name>, a GGUF file, a model folder, or a hub id.")
+    context_window: int = Field(4096, ge=256, description="Tokens of prompt plus answer.")
+    max_tokens: int = Field(512, ge=1, description="Longest answer, in tokens.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.15, ge=1.0, le=2.0, description="Stops small models from looping.")
+    threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="transformers backend: auto = cuda, then mps, then cpu.")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="transformers backend weights dtype; auto = bf16 on cuda, fp32 on cpu.")
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="transformers backend on CUDA (needs kbqa[gpu]).")
+    adapter: str | None = Field(None, description="A LoRA folder (peft) or a P-tuning v2 checkpoint folder.")
+    gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers to offload to a GPU; -1 = all.")
+
+
+class SplitterSettings(BaseModel):
+    """How documents are cut into chunks."""
+
+    chunk_size: int = Field(500, ge=50, le=8000, description="Largest chunk, in characters.")
+    chunk_overlap: int = Field(50, ge=0, description="Characters shared by neighbouring chunks.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> SplitterSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("splitter.chunk_overlap must be smaller than splitter.chunk_size")
+        return self
+
+
+class RetrievalSettings(BaseModel):
+    """How chunks are found for a question."""
+
+    top_k: int = Field(3, ge=1, le=50, description="Chunks given to the LLM and shown as sources.")
+    score_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="Least cosine similarity a chunk needs; None = the embedding model's calibrated default.")
+    mode: Literal["dense", "bm25", "hybrid"] = Field("dense", description="Dense vectors, BM25 keywords, or both fused.")
+    dense_weight: float = Field(1.0, ge=0.0, description="Weight of the dense ranking in reciprocal rank fusion.")
+    bm25_weight: float = Field(1.0, ge=0.0, description="Weight of the BM25 ranking in reciprocal rank fusion.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
+    candidates: int = Field(20, ge=1, description="Candidates each retriever contributes before fusion.")
+    reranker: str | None = Field(None, description="Cross-encoder (hub id or folder) to rerank candidates; None = off.")
+
+
+class PromptSettings(BaseModel):
+    """Prompt templates, by name, from ``paths.prompts_dir``."""
+
+    qa_zh: str = Field("qa_zh", description="Template for Chinese questions.")
+    qa_en: str = Field("qa_en", description="Template for other questions.")
+
+
+class IngestSettings(BaseModel):
+    """Limits on what users upload."""
+
+    max_file_mb: float = Field(100.0, gt=0, description="Larger files are refused.")
+    ocr: bool = Field(True, description="OCR images and PDF pages without a text layer (rapidocr).")
+
+
+class ServerSettings(BaseModel):
+    """The web app and HTTP API."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(7860, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """The whole settings tree."""
+
+    model_config = SettingsConfigDict(env_prefix="KBQA_", env_nested_delimiter="__", extra="forbid",
+                                      toml_file="kbqa.toml")
+
+    paths: PathSettings = PathSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    llm: LLMSettings = LLMSettings()
+    splitter: SplitterSettings = SplitterSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    prompts: PromptSettings = PromptSettings()
+    ingest: IngestSettings = IngestSettings()
+    server: ServerSettings = ServerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: explicit arguments, then environment, then the TOML file."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings tree.
+
+    Args:
+        config: A TOML file; defaults to ``$KBQA_CONFIG``, then ``./kbqa.toml`` (which may be absent).
+        **overrides: Top-level sections as dicts or models, e.g. ``llm={"backend": "transformers"}``.
+
+    Raises:
+        ConfigError: when a value is invalid, naming the setting.
+    """
+    path = Path(config or os.environ.get("KBQA_CONFIG") or "kbqa.toml")
+    if (config or os.environ.get("KBQA_CONFIG")) and not path.is_file():
+        raise ConfigError(f"Settings file {path} does not exist (set by --config or KBQA_CONFIG).")
+    # A subclass per file: pydantic-settings reads the TOML path from the class's model_config.
+    bound = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    try:
+        return bound(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"Invalid settings ({problems}). Fix kbqa.toml or the KBQA_* variable.") from exc
