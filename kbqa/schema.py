@@ -58,12 +58,14 @@ class Answer:
     #: True when kbqa answered with the refusal sentence because nothing relevant was retrieved.
     refused: bool = False
     language: str = "en"
+    #: Why the answer is what it is, when that needs saying (e.g. no chunk reached the threshold).
+    notice: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"answer": str, "sources": [...]}`` plus ``refused``."""
+        """``{"answer": str, "sources": [...]}`` plus ``refused`` and ``notice``."""
         return {"answer": self.answer, "sources": [s.to_dict() for s in self.sources],
-                "refused": self.refused}
+                "refused": self.refused, "notice": self.notice}
 
 
 EventKind = Literal["sources", "token", "done"]

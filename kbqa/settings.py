@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,15 +26,22 @@ from pydantic_settings import (
 from kbqa.errors import ConfigError
 
 
-class PathSettings(BaseModel):
+class _Section(BaseModel):
+    """A settings section; unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathSettings(_Section):
     """Where kbqa keeps its data."""
 
     knowledge_root: Path = Field(Path("knowledge"), description="Folder holding one sub-folder per knowledge base.")
-    cache_dir: Path = Field(Path(".cache/kbqa"), description="Assembled and converted models are cached here.")
+    cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+                            / "kbqa", description="Assembled and converted models are cached here.")
     prompts_dir: Path = Field(Path("prompts"), description="Folder of prompt templates (*.toml).")
 
 
-class EmbeddingSettings(BaseModel):
+class EmbeddingSettings(_Section):
     """The embedding model used for dense retrieval."""
 
     model: str = Field("embedded:all-minilm-l6-v2",
@@ -46,7 +53,7 @@ class EmbeddingSettings(BaseModel):
     passage_prefix: str | None = Field(None, description="Text put before chunks; None = the model's own (e5: 'passage: ').")
 
 
-class LLMSettings(BaseModel):
+class LLMSettings(_Section):
     """The answering model."""
 
     backend: Literal["llamacpp", "transformers"] = Field("llamacpp", description="Which runtime runs the model.")
@@ -65,7 +72,7 @@ class LLMSettings(BaseModel):
     gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers to offload to a GPU; -1 = all.")
 
 
-class SplitterSettings(BaseModel):
+class SplitterSettings(_Section):
     """How documents are cut into chunks."""
 
     chunk_size: int = Field(500, ge=50, le=8000, description="Largest chunk, in characters.")
@@ -78,7 +85,7 @@ class SplitterSettings(BaseModel):
         return self
 
 
-class RetrievalSettings(BaseModel):
+class RetrievalSettings(_Section):
     """How chunks are found for a question."""
 
     top_k: int = Field(3, ge=1, le=50, description="Chunks given to the LLM and shown as sources.")
@@ -93,21 +100,21 @@ class RetrievalSettings(BaseModel):
     reranker: str | None = Field(None, description="Cross-encoder (hub id or folder) to rerank candidates; None = off.")
 
 
-class PromptSettings(BaseModel):
+class PromptSettings(_Section):
     """Prompt templates, by name, from ``paths.prompts_dir``."""
 
     qa_zh: str = Field("qa_zh", description="Template for Chinese questions.")
     qa_en: str = Field("qa_en", description="Template for other questions.")
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     """Limits on what users upload."""
 
     max_file_mb: float = Field(100.0, gt=0, description="Larger files are refused.")
     ocr: bool = Field(True, description="OCR images and PDF pages without a text layer (rapidocr).")
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(_Section):
     """The web app and HTTP API."""
 
     host: str = Field("127.0.0.1", description="Interface to listen on.")

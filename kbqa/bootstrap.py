@@ -1,0 +1,146 @@
+"""``build_service(settings)``: the one place that knows the concrete classes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from kbqa.embeddings import Embedder, LazyEmbedder, build_embedder
+from kbqa.errors import ModelUnavailable
+from kbqa.ingest import Ingestor
+from kbqa.knowledge import KnowledgeRoot
+from kbqa.llm.base import LLM, GenerationParams
+from kbqa.models import EMBEDDED_LLMS, Progress, assemble_gguf, embedded_name, is_embedded, resolve_local_or_hub
+from kbqa.prompts import PromptBook
+from kbqa.qa import QAEngine
+from kbqa.retrieval import KeywordIndexes, Reranker, RetrievalConfig, Retriever
+from kbqa.service import KBQAService
+from kbqa.settings import LLMSettings, Settings
+from kbqa.splitter import Splitter
+from kbqa.store import ChromaStore
+
+log = logging.getLogger(__name__)
+
+LLM_SETTING = "llm.model (KBQA_LLM__MODEL)"
+#: The project folder: relative paths.prompts_dir absent from the working folder are looked up here.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def quiet_environment() -> None:
+    """Defaults for the skins (CLI, web app): no library progress bars or analytics, only our own."""
+    for key, value in {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                       "TOKENIZERS_PARALLELISM": "false", "GRADIO_ANALYTICS_ENABLED": "False",
+                       "ANONYMIZED_TELEMETRY": "False"}.items():
+        os.environ.setdefault(key, value)
+
+
+def resolve_gguf(spec: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+    """A GGUF file for the llamacpp backend: embedded, a file, a folder holding one, or a hub id."""
+    if is_embedded(spec):
+        name = embedded_name(spec)
+        if name not in EMBEDDED_LLMS:
+            known = ", ".join(f"embedded:{n}" for n in EMBEDDED_LLMS)
+            raise ModelUnavailable(f"Unknown embedded LLM '{spec}' in {LLM_SETTING}; choose one of {known}.")
+        return assemble_gguf(EMBEDDED_LLMS[name], cache_dir, LLM_SETTING, progress)
+    path = resolve_local_or_hub(spec, LLM_SETTING, allow_patterns=["*.gguf"])
+    if path.is_file():
+        return path
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise ModelUnavailable(
+            f"{LLM_SETTING} = '{spec}' is a folder with {len(ggufs)} GGUF files; the llamacpp backend needs "
+            f"exactly one: point {LLM_SETTING} at the file, or use llm.backend = 'transformers' for a "
+            f"transformers model folder.")
+    return ggufs[0]
+
+
+def build_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None = None) -> LLM:
+    """Load the configured LLM backend."""
+    match settings.backend:
+        case "llamacpp":
+            from kbqa.llm.llamacpp import LlamaCppLLM
+
+            path = resolve_gguf(settings.model, cache_dir, progress)
+            return LlamaCppLLM(path, name=settings.model, context_window=settings.context_window,
+                               threads=settings.threads, gpu_layers=settings.gpu_layers,
+                               tokenizer_cache=cache_dir / "tokenizers")
+        case "transformers":
+            from kbqa.llm.transformers_backend import build_transformers_llm
+
+            return build_transformers_llm(settings, cache_dir, progress)
+    raise ModelUnavailable(f"Unknown llm.backend '{settings.backend}'.")  # pragma: no cover - pydantic checks
+
+
+def lazy(load: Callable[[], LLM]) -> Callable[[], LLM]:
+    """Load once, on first call, thread-safely."""
+    box: list[LLM] = []
+    lock = threading.Lock()
+
+    def get() -> LLM:
+        with lock:
+            if not box:
+                box.append(load())
+            return box[0]
+
+    return get
+
+
+def build_reranker(spec: str | None, cache_dir: Path) -> Reranker | None:
+    """The configured cross-encoder, or None when reranking is off."""
+    if not spec:
+        return None
+    from kbqa.rerank import CrossEncoderReranker
+
+    return CrossEncoderReranker(resolve_local_or_hub(spec, "retrieval.reranker (KBQA_RETRIEVAL__RERANKER)"))
+
+
+def build_service(settings: Settings, embedder: Embedder | None = None, llm: Callable[[], LLM] | None = None,
+                  progress: Progress | None = None) -> KBQAService:
+    """Wire a service from settings. Tests pass fakes for ``embedder`` and ``llm``.
+
+    Models load lazily: listing knowledge bases loads nothing, ingesting loads the embedder, asking
+    loads the LLM too.
+    """
+    from kbqa.loaders import load_document
+
+    cache = settings.paths.cache_dir
+    emb_cfg = settings.embedding
+    if embedder is None:
+        embedder = LazyEmbedder(emb_cfg.model, lambda: build_embedder(
+            emb_cfg.model, cache, batch_size=emb_cfg.batch_size, device=emb_cfg.device,
+            max_seq_length=emb_cfg.max_seq_length, query_prefix=emb_cfg.query_prefix,
+            passage_prefix=emb_cfg.passage_prefix, progress=progress))
+    if llm is None:
+        llm = lazy(lambda: build_llm(settings.llm, cache, progress))
+    root = KnowledgeRoot(settings.paths.knowledge_root)
+    store = ChromaStore(root.chroma_dir)
+    keywords = KeywordIndexes(store)
+    splitter = Splitter(settings.splitter.chunk_size, settings.splitter.chunk_overlap, too_long=embedder.too_long)
+    ocr = settings.ingest.ocr
+    ingestor = Ingestor(store, keywords, embedder, splitter,
+                        load=lambda path, name: load_document(path, ocr=ocr, name=name),
+                        max_bytes=int(settings.ingest.max_file_mb * 2**20))
+    r = settings.retrieval
+    retriever = Retriever(embedder, store, keywords,
+                          RetrievalConfig(r.mode, r.dense_weight, r.bm25_weight, r.rrf_k, r.candidates),
+                          reranker=build_reranker(r.reranker, cache))
+    prompts_dir = settings.paths.prompts_dir
+    if not prompts_dir.is_absolute() and not prompts_dir.is_dir():
+        prompts_dir = PROJECT_ROOT / prompts_dir
+    prompts = PromptBook.load(prompts_dir, settings.prompts.qa_zh, settings.prompts.qa_en)
+    g = settings.llm
+    params = GenerationParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
+                              repetition_penalty=g.repetition_penalty)
+    emb = embedder
+
+    def threshold() -> float:
+        if r.score_threshold is not None:
+            return r.score_threshold
+        profile = getattr(emb, "profile", None)
+        return profile.score_threshold if profile is not None else 0.0
+
+    qa = QAEngine(retriever, llm, prompts, top_k=r.top_k, threshold=threshold, params=params)
+    return KBQAService(root, store, keywords, ingestor, qa, llm)

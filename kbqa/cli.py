@@ -1,0 +1,230 @@
+"""The ``kbqa`` command line: ingest, ask, kb, docs, serve, convert-chatglm, eval.
+
+Errors a user can fix print one line on stderr and exit 1; progress bars go to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kbqa.errors import KBQAError
+
+log = logging.getLogger(__name__)
+
+#: Files a folder walk skips: hidden files and operating-system clutter.
+_JUNK = {"thumbs.db", "desktop.ini"}
+
+
+def expand_paths(paths: Sequence[str]) -> Iterator[Path]:
+    """Files as given, and the files under folders (recursively, sorted, skipping hidden ones)."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for sub in sorted(path.rglob("*")):
+                rel = sub.relative_to(path).parts
+                if sub.is_file() and not any(p.startswith(".") for p in rel) and sub.name.lower() not in _JUNK:
+                    yield sub
+        else:
+            yield path
+
+
+class _Bar:
+    """A tqdm bar on stderr driven by ``progress(fraction, message)`` callbacks."""
+
+    def __init__(self, desc: str, unit_scale: float = 100.0) -> None:
+        from tqdm import tqdm
+
+        self.scale = unit_scale
+        self.bar = tqdm(total=unit_scale, desc=desc, unit="%", file=sys.stderr, leave=False,
+                        bar_format="{desc} {bar} {percentage:3.0f}% {elapsed}<{remaining} {postfix}",
+                        disable=None)
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        self.bar.n = min(self.scale, fraction * self.scale)
+        if message:
+            self.bar.set_postfix_str(message[:60], refresh=False)
+        self.bar.refresh()
+
+    def bytes(self, done: int, total: int) -> None:
+        """Adapter for ``progress(done, total)`` callbacks."""
+        self(done / total if total else 1.0)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _service(args: argparse.Namespace) -> Any:
+    from kbqa.bootstrap import build_service
+    from kbqa.settings import load_settings
+
+    settings = load_settings(args.config)
+    bar = _Bar("preparing models")
+    try:
+        return build_service(settings, progress=bar.bytes)
+    finally:
+        bar.close()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    files = list(expand_paths(args.paths))
+    if not files:
+        raise KBQAError("No files found under the given paths.")
+    service = _service(args)
+    bar = _Bar(f"ingest {args.kb}")
+    try:
+        report = service.add_files(args.kb, files, progress=bar)
+    finally:
+        bar.close()
+    for result in report.files:
+        print(result.line())
+    failed = sum(f.status == "failed" for f in report.files)
+    print(f"{len(report.files) - failed} of {len(report.files)} files indexed, {report.chunks_added} chunks added "
+          f"in {report.seconds:.1f}s", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    service = _service(args)
+    answer = None
+    for event in service.ask_stream(args.kb, args.question):
+        if event.kind == "token" and not args.json:
+            print(event.text, end="", flush=True)
+        elif event.kind == "done":
+            answer = event.answer
+    assert answer is not None
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return 0
+    if answer.refused and not answer.sources:
+        print(answer.answer, end="")
+    print()
+    if answer.notice:
+        print(f"({answer.notice})")
+    if answer.sources:
+        print("\nSources:")
+    for n, src in enumerate(answer.sources, 1):
+        page = f", page {src.page}" if src.page is not None else ""
+        snippet = " ".join(src.text.split())
+        print(f"[{n}] {src.source}{page}, chunk {src.chunk}, score {src.score:.3f}\n    {snippet[:300]}")
+    return 0
+
+
+def cmd_kb(args: argparse.Namespace) -> int:
+    service = _service(args)
+    if args.kb_command == "list":
+        kbs = service.list_kbs()
+        for kb in kbs:
+            print(f"{kb.name}\t{kb.documents} files\t{kb.chunks} chunks\t{kb.embedding or '-'}")
+        if not kbs:
+            print("No knowledge bases yet: `kbqa ingest --kb NAME FILES...` creates one.", file=sys.stderr)
+    elif args.kb_command == "delete":
+        service.delete_kb(args.name)
+        print(f"deleted knowledge base {args.name}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    service = _service(args)
+    if args.docs_command == "list":
+        for doc in service.list_documents(args.kb):
+            pages = f"{doc.pages} pages\t" if doc.pages else ""
+            print(f"{doc.name}\t{pages}{doc.chunks} chunks\t{doc.size} bytes\t{doc.added_at}")
+    elif args.docs_command == "delete":
+        service.delete_document(args.kb, args.file)
+        print(f"deleted {args.file} from {args.kb}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kbqa.settings import load_settings
+    from kbqa.ui.app import serve
+
+    settings = load_settings(args.config)
+    serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_convert_chatglm(args: argparse.Namespace) -> int:
+    from kbqa.llm.chatglm.convert import convert_chatglm
+
+    bar = _Bar("convert")
+    try:
+        out = convert_chatglm(Path(args.src), Path(args.dst), progress=bar.bytes)
+    finally:
+        bar.close()
+    print(f"converted {args.src} -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="kbqa", description="Local knowledge-base question answering.")
+    parser.add_argument("--config", help="settings file (default: $KBQA_CONFIG or ./kbqa.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="add files or folders (recursively) to a knowledge base")
+    p.add_argument("--kb", required=True, help="knowledge base name (created if missing)")
+    p.add_argument("paths", nargs="+", help="files or folders")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ask", help="ask a question of a knowledge base")
+    p.add_argument("--kb", required=True)
+    p.add_argument("question")
+    p.add_argument("--json", action="store_true", help="print one JSON object: answer and sources")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("kb", help="list or delete knowledge bases")
+    kb_sub = p.add_subparsers(dest="kb_command", required=True)
+    kb_sub.add_parser("list")
+    d = kb_sub.add_parser("delete")
+    d.add_argument("name")
+    p.set_defaults(func=cmd_kb)
+
+    p = sub.add_parser("docs", help="list or delete the files of a knowledge base")
+    docs_sub = p.add_subparsers(dest="docs_command", required=True)
+    d = docs_sub.add_parser("list")
+    d.add_argument("--kb", required=True)
+    d = docs_sub.add_parser("delete")
+    d.add_argument("--kb", required=True)
+    d.add_argument("file")
+    p.set_defaults(func=cmd_docs)
+
+    p = sub.add_parser("serve", help="run the web app")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("convert-chatglm", help="convert a ChatGLM2/3-6B checkpoint to a native transformers folder")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=cmd_convert_chatglm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``kbqa`` and ``python -m kbqa``."""
+    from kbqa.bootstrap import quiet_environment
+
+    quiet_environment()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KBQAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

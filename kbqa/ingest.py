@@ -1,0 +1,213 @@
+"""The ingest pipeline: check, hash, load, split, embed, then commit each file atomically.
+
+Chunks of several small files are embedded together (the embedder sorts a batch by length, so
+bigger batches waste less padding). A file is committed only after all of its chunks are in the
+vector store and the keyword index; see ``kbqa.knowledge`` for how a crash is recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kbqa.embeddings import Embedder
+from kbqa.errors import EmptyDocument, FileTooLarge, IncompatibleIndex, KBQAError
+from kbqa.knowledge import KnowledgeBase, file_sha256, safe_file_name
+from kbqa.retrieval import KeywordIndexes
+from kbqa.schema import Chunk, FileResult, IngestReport, Section
+from kbqa.splitter import Splitter
+from kbqa.store import ChromaStore
+
+log = logging.getLogger(__name__)
+
+#: ``progress(fraction_done, message)``.
+ProgressFn = Callable[[float, str], None]
+Loader = Callable[[Path, str], list[Section]]
+
+#: Chunks gathered from several files before one embedding call.
+EMBED_GROUP = 256
+
+
+@dataclass
+class _Prepared:
+    position: int
+    path: Path
+    name: str
+    sha256: str
+    size: int
+    chunks: list[Chunk]
+    pages: int | None
+    replaces: str | None
+
+
+class Ingestor:
+    """Adds files to a knowledge base.
+
+    Args:
+        store: Vector store.
+        keywords: BM25 indexes, kept in step with the store.
+        embedder: Encodes chunks.
+        splitter: Cuts documents into chunks.
+        load: ``load(path, display_name) -> sections``; raises KBQAError for bad files.
+        max_bytes: Larger files are refused.
+    """
+
+    def __init__(self, store: ChromaStore, keywords: KeywordIndexes, embedder: Embedder, splitter: Splitter,
+                 load: Loader, max_bytes: int) -> None:
+        self.store = store
+        self.keywords = keywords
+        self.embedder = embedder
+        self.splitter = splitter
+        self.load = load
+        self.max_bytes = max_bytes
+
+    def ingest(self, kb: KnowledgeBase, files: Sequence[tuple[Path, str]],
+               progress: ProgressFn | None = None) -> IngestReport:
+        """Ingest ``(path, display name)`` pairs; one bad file never stops the others."""
+        start = time.perf_counter()
+        if kb.embedding and kb.embedding != self.embedder.name:
+            raise IncompatibleIndex(
+                f"Knowledge base '{kb.name}' was built with embedding model '{kb.embedding}', but "
+                f"embedding.model is '{self.embedder.name}'. Set it back, or re-create the knowledge base.")
+        results: list[FileResult | None] = [None] * len(files)
+        group: list[_Prepared] = []
+        seen: dict[str, str] = {}
+        report = (lambda done, msg: progress(done / max(len(files), 1), msg)) if progress else None
+        for position, (path, given_name) in enumerate(files):
+            if report:
+                report(position, f"reading {given_name}")
+            try:
+                prepared = self._prepare(kb, position, Path(path), given_name, seen)
+            except KBQAError as exc:
+                results[position] = FileResult(str(given_name), "failed", reason=str(exc))
+                continue
+            except Exception as exc:  # a loader bug must not abort the batch
+                log.exception("unexpected error reading %s", given_name)
+                results[position] = FileResult(str(given_name), "failed",
+                                               reason=f"unexpected error: {type(exc).__name__}: {exc}")
+                continue
+            if isinstance(prepared, FileResult):
+                results[position] = prepared
+                continue
+            group.append(prepared)
+            if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
+                self._flush(kb, group, results, report)
+                group = []
+        self._flush(kb, group, results, report)
+        if report:
+            report(len(files), "done")
+        return IngestReport(kb=kb.name, files=[r for r in results if r is not None],
+                            seconds=time.perf_counter() - start)
+
+    def _prepare(self, kb: KnowledgeBase, position: int, path: Path, given_name: str,
+                 seen: dict[str, str]) -> _Prepared | FileResult:
+        name = safe_file_name(given_name)
+        if not path.is_file():
+            raise KBQAError(f"{given_name}: no such file (check the path).")
+        size = path.stat().st_size
+        if size > self.max_bytes:
+            raise FileTooLarge(f"{name} is {size / 2**20:.0f} MB, over the {self.max_bytes / 2**20:.0f} MB limit "
+                               f"(ingest.max_file_mb): split it or raise the limit.")
+        sha = file_sha256(path)
+        existing = kb.manifest.files.get(name)
+        if existing and existing["sha256"] == sha:
+            return FileResult(name, "unchanged")
+        same = kb.manifest.name_of(sha) or seen.get(sha)
+        if same and same != name:
+            return FileResult(name, "unchanged", reason=f"same content as {same}")
+        seen[sha] = name
+        sections = self.load(path, name)
+        chunks = self.splitter.split(sections, source=name, sha256=sha)
+        if not chunks:
+            raise EmptyDocument(f"{name} holds no text to index.")
+        pages = max((s.page for s in sections if s.page is not None), default=None)
+        return _Prepared(position, path, name, sha, size, chunks, pages,
+                         replaces=existing["sha256"] if existing else None)
+
+    def _flush(self, kb: KnowledgeBase, group: list[_Prepared], results: list[FileResult | None],
+               report: Callable[[float, str], None] | None) -> None:
+        if not group:
+            return
+        texts = [c.text for p in group for c in p.chunks]
+        if report:
+            report(group[0].position + 0.5, f"embedding {len(texts)} chunks")
+        try:
+            vectors = self.embedder.embed_documents(texts)
+        except Exception as exc:
+            log.exception("embedding failed")
+            for p in group:
+                results[p.position] = FileResult(p.name, "failed", reason=f"embedding failed: {exc}")
+            return
+        offset = 0
+        for p in group:
+            part = vectors[offset:offset + len(p.chunks)]
+            offset += len(p.chunks)
+            try:
+                self.commit(kb, p, part)
+                results[p.position] = FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks))
+            except Exception as exc:
+                log.exception("could not index %s", p.name)
+                results[p.position] = FileResult(p.name, "failed", reason=f"could not index: {exc}")
+            if report:
+                report(p.position + 1, f"indexed {p.name}")
+
+    def commit(self, kb: KnowledgeBase, p: _Prepared, vectors: np.ndarray) -> None:
+        """Write one file's chunks to the store and keyword index, then name it in the manifest.
+
+        If anything fails midway, the partial chunks are removed before the error propagates.
+        """
+        with kb.lock:
+            if not kb.embedding:
+                kb.set_embedding(self.embedder.name)
+            index = self.keywords.get(kb)
+            shas = (p.sha256, p.replaces) if p.replaces else (p.sha256,)
+            try:
+                with kb.pending(*shas):
+                    self.store.add(kb.slug, p.chunks, vectors)
+                    index.add([c.id for c in p.chunks], [c.text for c in p.chunks])
+                    kb.store_content(p.path, p.name)
+                    kb.commit_file(p.name, p.sha256, len(p.chunks), p.pages, p.size)
+                    if p.replaces:
+                        index.delete(self.store.delete_sha(kb.slug, p.replaces))
+                    index.generation = kb.manifest.generation
+                    index.save()
+            except BaseException:
+                recover(kb, self.store)
+                raise
+
+
+def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes, name: str) -> None:
+    """Remove a file: out of the manifest first, then its chunks, then its copy."""
+    with kb.lock:
+        entry = kb.manifest.files.get(name)
+        if entry is None:
+            kb.forget_file(name)  # raises DocumentNotFound with the listing hint
+        index = keywords.get(kb)
+        with kb.pending(entry["sha256"]):
+            kb.forget_file(name)
+            index.delete(store.delete_sha(kb.slug, entry["sha256"]))
+            index.generation = kb.manifest.generation
+            index.save()
+        (kb.content_dir / name).unlink(missing_ok=True)
+
+
+def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
+    """Remove chunks an interrupted change left behind: content marked pending that no file names."""
+    if not kb.manifest.pending:
+        return
+    committed = {f["sha256"] for f in kb.manifest.files.values()}
+    with kb.lock:
+        for sha in list(kb.manifest.pending):
+            if sha not in committed:
+                removed = store.delete_sha(kb.slug, sha)
+                log.warning("removed %d chunks of an interrupted change in %s", len(removed), kb.name)
+        kb.manifest.pending = []
+        kb.manifest.generation += 1  # the keyword index no longer matches: rebuild it from the store
+        kb.save_manifest()
+    for leftover in kb.content_dir.glob(".*.partial"):
+        leftover.unlink(missing_ok=True)

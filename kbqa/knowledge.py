@@ -1,0 +1,268 @@
+"""Knowledge bases on disk: one folder each under the knowledge root.
+
+```
+<root>/<slug>/kb.json        display name, embedding model, created
+<root>/<slug>/manifest.json  generation, files {name: sha256, chunks, pages, size, added_at}, pending
+<root>/<slug>/content/       the original files, under their sanitised names
+<root>/<slug>/bm25/          the keyword index (kbqa.bm25)
+<root>/.chroma/              the Chroma database, one collection per knowledge base (named by slug)
+```
+
+The manifest is the source of truth. Chunks are written to the vector store before the manifest names
+their file, and the sha256 of a file being written or deleted is recorded in ``pending`` first, so a
+crash at any point leaves, at worst, orphan chunks that ``pending`` names and ``recover`` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kbqa.errors import DocumentNotFound, InvalidName, KBQAError, KnowledgeBaseNotFound
+from kbqa.schema import DocumentInfo
+
+_SLUG_OK = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
+_RESERVED = {"con", "prn", "aux", "nul"}
+
+
+def slugify(name: str) -> str:
+    """A Chroma-safe, file-system-safe id for a knowledge-base name in any language.
+
+    Lower-case ASCII names that are already safe are kept; others become their ASCII part plus a short
+    hash of the full name, so ``法律 文件`` and ``法律-文件`` get different slugs.
+    """
+    name = name.strip()
+    if _SLUG_OK.fullmatch(name) and name not in _RESERVED:
+        return name
+    ascii_part = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", name).lower()).strip("-")[:40]
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{ascii_part or 'kb'}-{digest}"
+
+
+def check_kb_name(name: str) -> str:
+    """A knowledge-base name, trimmed; raises InvalidName for empty or control-character names."""
+    name = name.strip()
+    if not name:
+        raise InvalidName("A knowledge base needs a name.")
+    if len(name) > 100 or any(unicodedata.category(c).startswith("C") for c in name):
+        raise InvalidName(f"'{name[:40]}' cannot be a knowledge-base name: use up to 100 printable characters.")
+    return name
+
+
+def safe_file_name(name: str) -> str:
+    """The base name of an uploaded file, stripped of any path, so ``../../etc/passwd`` -> ``passwd``.
+
+    Raises:
+        InvalidName: nothing usable is left (empty, ``.``, ``..``, only control characters).
+    """
+    base = re.split(r"[\\/]", name)[-1]
+    base = "".join(c for c in unicodedata.normalize("NFC", base) if not unicodedata.category(c).startswith("C"))
+    base = base.strip()
+    if not base or set(base) <= {"."}:
+        raise InvalidName(f"'{name}' is not a usable file name: give the file a name such as report.pdf.")
+    if len(base.encode("utf-8")) > 255:
+        stem, dot, suffix = base.rpartition(".")
+        base = stem.encode("utf-8")[:200].decode("utf-8", "ignore") + dot + suffix
+    return base
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Manifest:
+    """What a knowledge base holds. ``generation`` grows with every committed change."""
+
+    generation: int = 0
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)
+
+    def name_of(self, sha256: str) -> str | None:
+        """The file name holding this content, if any."""
+        return next((n for n, f in self.files.items() if f["sha256"] == sha256), None)
+
+
+class KnowledgeBase:
+    """One knowledge base folder. Writers hold ``lock``; the manifest is rewritten atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.slug = folder.name
+        info = json.loads((folder / "kb.json").read_text(encoding="utf-8"))
+        self.name: str = info["name"]
+        self.embedding: str = info.get("embedding", "")
+        self.created: str = info.get("created", "")
+        self.lock = threading.RLock()
+        self.manifest = self._read_manifest()
+
+    @property
+    def content_dir(self) -> Path:
+        """Where the original files are kept."""
+        return self.folder / "content"
+
+    @property
+    def bm25_dir(self) -> Path:
+        """Where the keyword index is kept."""
+        return self.folder / "bm25"
+
+    def _read_manifest(self) -> Manifest:
+        path = self.folder / "manifest.json"
+        if not path.is_file():
+            return Manifest()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest(generation=data.get("generation", 0), files=data.get("files", {}),
+                        pending=data.get("pending", []))
+
+    def save_manifest(self) -> None:
+        """Persist the manifest (atomic)."""
+        m = self.manifest
+        write_json_atomic(self.folder / "manifest.json",
+                          {"generation": m.generation, "files": m.files, "pending": m.pending})
+
+    def set_embedding(self, spec: str) -> None:
+        """Record the embedding model the first chunks were written with."""
+        self.embedding = spec
+        write_json_atomic(self.folder / "kb.json",
+                          {"name": self.name, "embedding": spec, "created": self.created})
+
+    @contextmanager
+    def pending(self, *shas: str) -> Iterator[None]:
+        """Mark content as in flight for the duration of a store change (see module docstring)."""
+        self.manifest.pending = sorted(set(self.manifest.pending) | set(shas))
+        self.save_manifest()
+        yield
+        self.manifest.pending = [s for s in self.manifest.pending if s not in shas]
+        self.save_manifest()
+
+    def commit_file(self, name: str, sha256: str, chunks: int, pages: int | None, size: int) -> None:
+        """Name a file whose chunks are fully written."""
+        self.manifest.files[name] = {"sha256": sha256, "chunks": chunks, "pages": pages, "size": size,
+                                     "added_at": _now()}
+        self.manifest.generation += 1
+        self.save_manifest()
+
+    def forget_file(self, name: str) -> dict[str, Any]:
+        """Drop a file from the manifest (before its chunks are deleted) and return its entry."""
+        entry = self.manifest.files.pop(name, None)
+        if entry is None:
+            raise DocumentNotFound(
+                f"Knowledge base '{self.name}' has no file '{name}'. List them with `kbqa docs list --kb {self.name}`.")
+        self.manifest.generation += 1
+        self.save_manifest()
+        return entry
+
+    def store_content(self, src: Path, name: str) -> None:
+        """Copy an original file into ``content/`` (temp name, then rename)."""
+        self.content_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.content_dir / f".{name}.partial"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, self.content_dir / name)
+
+    def documents(self) -> list[DocumentInfo]:
+        """The files it holds, by name."""
+        return [DocumentInfo(name=n, sha256=f["sha256"], chunks=f["chunks"], pages=f.get("pages"),
+                             size=f.get("size", 0), added_at=f.get("added_at", ""))
+                for n, f in sorted(self.manifest.files.items())]
+
+    @property
+    def chunk_count(self) -> int:
+        """Chunks of all committed files."""
+        return sum(f["chunks"] for f in self.manifest.files.values())
+
+
+class KnowledgeRoot:
+    """The folder of all knowledge bases."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._open: dict[str, KnowledgeBase] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def chroma_dir(self) -> Path:
+        """The Chroma database folder."""
+        return self.root / ".chroma"
+
+    def list(self) -> list[KnowledgeBase]:
+        """All knowledge bases, by display name."""
+        kbs = [self.open(p.name) for p in self.root.iterdir() if (p / "kb.json").is_file()]
+        return sorted(kbs, key=lambda kb: kb.name.lower())
+
+    def folder_for(self, name: str) -> Path | None:
+        """The folder of a knowledge base given its display name or its slug."""
+        for candidate in (slugify(name.strip()), name.strip()):
+            if candidate and "/" not in candidate and (self.root / candidate / "kb.json").is_file():
+                return self.root / candidate
+        return None
+
+    def open(self, name: str) -> KnowledgeBase:
+        """An existing knowledge base (cached per process).
+
+        Raises:
+            KnowledgeBaseNotFound: no such name or slug.
+        """
+        folder = self.folder_for(name)
+        if folder is None:
+            known = ", ".join(sorted(json.loads((p / "kb.json").read_text(encoding="utf-8"))["name"]
+                                     for p in self.root.iterdir() if (p / "kb.json").is_file())) or "none yet"
+            raise KnowledgeBaseNotFound(
+                f"No knowledge base named '{name}' (existing: {known}). Create it by adding files to it.")
+        with self._lock:
+            if folder.name not in self._open:
+                self._open[folder.name] = KnowledgeBase(folder)
+            return self._open[folder.name]
+
+    def create(self, name: str) -> KnowledgeBase:
+        """Create a knowledge base, or open it when it exists."""
+        name = check_kb_name(name)
+        folder = self.root / slugify(name)
+        if not (folder / "kb.json").is_file():
+            if folder.exists() and any(folder.iterdir()):
+                raise KBQAError(f"{folder} exists but is not a knowledge base; move it away and try again.")
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "kb.json", {"name": name, "embedding": "", "created": _now()})
+        return self.open(name)
+
+    def remove(self, kb: KnowledgeBase) -> None:
+        """Delete a knowledge base's folder (the caller drops its vector collection first)."""
+        with self._lock:
+            self._open.pop(kb.slug, None)
+        shutil.rmtree(kb.folder)

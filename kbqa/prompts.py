@@ -1,0 +1,117 @@
+"""Prompt templates: TOML files in ``prompts/``, placeholders checked when loaded.
+
+Each template has ``system``, ``user`` (with ``{context}`` and ``{question}``, optionally
+``{refusal}``), ``refusal`` (the sentence used when the context lacks the answer) and ``context_item``
+(how one retrieved chunk is shown). A missing or unknown placeholder fails at load, not mid-answer.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbqa.errors import ConfigError
+from kbqa.schema import ChatMessage, SourceChunk
+
+_REQUIRED = {"user": {"context", "question"}, "context_item": {"text"}}
+_ALLOWED = {"system": set(), "user": {"context", "question", "refusal"},
+            "context_item": {"n", "source", "page", "text"}, "refusal": set()}
+
+
+def _placeholders(text: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A question-answering prompt in one language."""
+
+    name: str
+    system: str
+    user: str
+    refusal: str
+    context_item: str
+
+    def format_context(self, sources: Sequence[SourceChunk], zh: bool) -> str:
+        """The numbered passages, in retrieval order."""
+        items = []
+        for n, src in enumerate(sources, 1):
+            page = "" if src.page is None else (f"，第{src.page}页" if zh else f", page {src.page}")
+            items.append(self.context_item.format(n=n, source=src.source, page=page, text=src.text.strip()))
+        return "\n\n".join(items)
+
+    def messages(self, question: str, context: str) -> list[ChatMessage]:
+        """System and user messages for the LLM."""
+        msgs = [ChatMessage("system", self.system)] if self.system.strip() else []
+        msgs.append(ChatMessage("user", self.user.format(context=context, question=question.strip(),
+                                                         refusal=self.refusal)))
+        return msgs
+
+    def is_refusal(self, answer: str) -> bool:
+        """True when the model answered with (essentially) the refusal sentence."""
+        def norm(s: str) -> str:
+            return re.sub(r"[\W_]+", "", s.lower())
+        target = norm(self.refusal)
+        return bool(target) and target in norm(answer)
+
+
+def load_prompt(folder: Path, name: str) -> PromptTemplate:
+    """Load ``<folder>/<name>.toml`` and check its placeholders.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, lacks a key, or uses a wrong placeholder.
+    """
+    path = Path(folder) / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"Prompt template {path} not found; check paths.prompts_dir and the prompts.* settings.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Prompt template {path} is not valid TOML: {exc}") from exc
+    for key, allowed in _ALLOWED.items():
+        if key not in data or not isinstance(data[key], str):
+            raise ConfigError(f"Prompt template {path} needs a text value '{key}'.")
+        try:
+            found = _placeholders(data[key])
+        except ValueError as exc:
+            raise ConfigError(f"Prompt template {path}, '{key}': {exc} (write literal braces as {{{{ }}}}).") from exc
+        missing = _REQUIRED.get(key, set()) - found
+        unknown = found - allowed
+        if missing or unknown:
+            raise ConfigError(f"Prompt template {path}, '{key}': "
+                              + (f"missing {sorted(missing)} " if missing else "")
+                              + (f"unknown {sorted(unknown)}" if unknown else "")
+                              + f"; allowed placeholders: {sorted(allowed)}.")
+    return PromptTemplate(name=name, system=data["system"], user=data["user"], refusal=data["refusal"].strip(),
+                          context_item=data["context_item"])
+
+
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
+
+
+def is_chinese(text: str) -> bool:
+    """True when Han characters outnumber Latin words (``ChatGLM2 的上下文多长`` is Chinese)."""
+    han = len(_HAN.findall(text))
+    return han > 0 and han >= len(_LATIN_WORD.findall(text))
+
+
+class PromptBook:
+    """The Chinese and English templates, picked by the question's language."""
+
+    def __init__(self, zh: PromptTemplate, en: PromptTemplate) -> None:
+        self.zh = zh
+        self.en = en
+
+    @classmethod
+    def load(cls, folder: Path, zh_name: str = "qa_zh", en_name: str = "qa_en") -> PromptBook:
+        """Load both templates from ``folder``."""
+        return cls(load_prompt(folder, zh_name), load_prompt(folder, en_name))
+
+    def for_question(self, question: str) -> tuple[PromptTemplate, str]:
+        """The template for this question and its language code (``zh`` or ``en``)."""
+        return (self.zh, "zh") if is_chinese(question) else (self.en, "en")

@@ -1,0 +1,203 @@
+"""Question -> retrieve -> prompt -> generate -> ``Answer`` with its sources, as a LangChain (LCEL) chain.
+
+The chain is ``retrieve | branch(no relevant chunk -> refusal sentence, else prompt | chat model)``.
+Streaming it yields the sources first and then the answer's tokens, which become ``AnswerEvent``s.
+``KBQAChatModel`` (any kbqa LLM as a LangChain chat model) and ``KBRetriever`` (a knowledge base as a
+LangChain retriever, scores in metadata) are usable on their own by LangChain apps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableBranch, RunnableLambda, RunnablePassthrough
+from pydantic import ConfigDict
+
+from kbqa.errors import EmptyKnowledgeBase
+from kbqa.knowledge import KnowledgeBase
+from kbqa.llm.base import LLM, GenerationParams
+from kbqa.prompts import PromptBook, PromptTemplate
+from kbqa.retrieval import Retriever
+from kbqa.schema import Answer, AnswerEvent, ChatMessage, SourceChunk
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
+    """LangChain messages -> kbqa messages."""
+    return [ChatMessage(_ROLES.get(m.type, "user"), str(m.content)) for m in messages]  # type: ignore[arg-type]
+
+
+def to_langchain_messages(messages: Sequence[ChatMessage]) -> list[BaseMessage]:
+    """kbqa messages -> LangChain messages."""
+    kinds: dict[str, type[BaseMessage]] = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m.role](content=m.content) for m in messages]
+
+
+class KBQAChatModel(BaseChatModel):
+    """Any kbqa ``LLM`` as a LangChain chat model (``invoke``, ``stream``, ``batch``)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: Any
+    params: GenerationParams = GenerationParams()
+
+    @property
+    def _llm_type(self) -> str:
+        return "kbqa"
+
+    def _params(self, stop: list[str] | None) -> GenerationParams:
+        return replace(self.params, stop=tuple(stop)) if stop else self.params
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        text = "".join(c.text for c in self._stream(messages, stop, run_manager))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        for piece in self.llm.stream(to_chat_messages(messages), self._params(stop)):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+
+def to_document(chunk: SourceChunk) -> Document:
+    """A retrieved chunk as a LangChain document; provenance and score in its metadata."""
+    return Document(page_content=chunk.text, id=chunk.id,
+                    metadata={"source": chunk.source, "page": chunk.page, "chunk": chunk.chunk,
+                              "score": chunk.score, "rank": chunk.rank})
+
+
+class KBRetriever(BaseRetriever):
+    """A knowledge base as a LangChain retriever; each document's metadata carries its score."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    retriever: Any
+    kb: Any
+    k: int = 3
+
+    def _get_relevant_documents(self, query: str, *,
+                                run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return [to_document(c) for c in self.retriever.retrieve(self.kb, query, self.k)]
+
+
+class QAEngine:
+    """Answers questions from one knowledge base at a time.
+
+    Args:
+        retriever: Finds chunks.
+        llm: Returns the LLM, loading it on first use (ingest never needs it).
+        prompts: Chinese and English templates.
+        top_k: Chunks given to the model.
+        threshold: Least cosine score a chunk needs to be used (or a function returning it, read at each
+            question, for a default that depends on the lazily loaded embedding model).
+        params: Generation settings.
+    """
+
+    def __init__(self, retriever: Retriever, llm: Callable[[], LLM], prompts: PromptBook, top_k: int,
+                 threshold: float | Callable[[], float], params: GenerationParams) -> None:
+        self.retriever = retriever
+        self.get_llm = llm
+        self.prompts = prompts
+        self.top_k = top_k
+        self._threshold = threshold
+        self.params = params
+
+    @property
+    def threshold(self) -> float:
+        """Least cosine score a chunk needs to be used."""
+        return self._threshold() if callable(self._threshold) else self._threshold
+
+    def _chain(self, kb: KnowledgeBase) -> Any:
+        llm = self.get_llm()
+        chat = KBQAChatModel(llm=llm, params=self.params)
+
+        def retrieve(x: dict[str, Any]) -> list[SourceChunk]:
+            start = time.perf_counter()
+            found = self.retriever.retrieve(kb, x["question"], self.top_k)
+            x["timings"]["retrieve"] = time.perf_counter() - start
+            x["found"] = found
+            return [c for c in found if c.score >= self.threshold]
+
+        def prompt(x: dict[str, Any]) -> list[BaseMessage]:
+            template: PromptTemplate = x["template"]
+            used = fit_context(llm, template, x["question"], x["sources"], x["zh"], self.params.max_tokens)
+            x["used"] = used
+            return to_langchain_messages(template.messages(x["question"], template.format_context(used, x["zh"])))
+
+        refuse = RunnableLambda(lambda x: x["template"].refusal)
+        answer = RunnableBranch((lambda x: not x["sources"], refuse), RunnableLambda(prompt) | chat | StrOutputParser())
+        return RunnablePassthrough.assign(sources=RunnableLambda(retrieve)) | RunnablePassthrough.assign(answer=answer)
+
+    def stream(self, kb: KnowledgeBase, question: str) -> Iterator[AnswerEvent]:
+        """Sources, then answer tokens, then the finished ``Answer``.
+
+        Raises:
+            EmptyKnowledgeBase: the knowledge base has no documents.
+        """
+        if not kb.manifest.files:
+            raise EmptyKnowledgeBase(f"Knowledge base '{kb.name}' has no documents yet: add files to it first.")
+        template, lang = self.prompts.for_question(question)
+        state: dict[str, Any] = {"question": question, "template": template, "zh": lang == "zh", "timings": {}}
+        start = time.perf_counter()
+        pieces: list[str] = []
+        sources: list[SourceChunk] = []
+        for part in self._chain(kb).stream(state):
+            if "sources" in part:
+                sources = part["sources"]
+                yield AnswerEvent("sources", sources=sources)
+            if "answer" in part and part["answer"]:
+                if not pieces:
+                    state["timings"]["first_token"] = time.perf_counter() - start
+                pieces.append(part["answer"])
+                yield AnswerEvent("token", text=part["answer"])
+        text = "".join(pieces).strip()
+        timings = {**state["timings"], "total": time.perf_counter() - start}
+        if not sources:
+            best = max((c.score for c in state.get("found", [])), default=None)
+            notice = (f"No passage reached the relevance threshold {self.threshold:.2f}"
+                      + (f" (best score {best:.2f})" if best is not None else "")
+                      + "; answered with the refusal sentence without asking the model.")
+            answer = Answer(question, text, [], refused=True, language=lang, notice=notice, timings=timings)
+        else:
+            used = state.get("used", sources)
+            refused = template.is_refusal(text)
+            notice = "The model found no answer in the retrieved passages." if refused else ""
+            answer = Answer(question, text, used, refused=refused, language=lang, notice=notice, timings=timings)
+        yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)
+
+
+def fit_context(llm: LLM, template: PromptTemplate, question: str, sources: Sequence[SourceChunk], zh: bool,
+                max_tokens: int) -> list[SourceChunk]:
+    """The leading sources that fit the model's context after the prompt and the answer's budget.
+
+    The first source is shortened rather than dropped, so a question always gets some context.
+    """
+    frame = sum(llm.count_tokens(m.content) for m in template.messages(question, "")) + 64
+    budget = llm.context_window - max_tokens - frame
+    used: list[SourceChunk] = []
+    for src in sources:
+        if llm.count_tokens(template.format_context([*used, src], zh)) <= budget:
+            used.append(src)
+            continue
+        if not used and budget > 0:
+            text = src.text
+            while text and llm.count_tokens(template.format_context([replace(src, text=text)], zh)) > budget:
+                text = text[: int(len(text) * 0.8)]
+            if text:
+                used.append(replace(src, text=text))
+        break
+    return used

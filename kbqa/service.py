@@ -1,0 +1,110 @@
+"""``KBQAService``: the one API the web app, the HTTP API and the CLI call. It speaks ``kbqa.schema``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from kbqa.errors import KBQAError
+from kbqa.ingest import Ingestor, ProgressFn, delete_document, recover
+from kbqa.knowledge import KnowledgeBase, KnowledgeRoot
+from kbqa.llm.base import LLM
+from kbqa.qa import QAEngine
+from kbqa.retrieval import KeywordIndexes
+from kbqa.schema import Answer, AnswerEvent, DocumentInfo, IngestReport, KnowledgeBaseInfo
+from kbqa.store import ChromaStore
+
+log = logging.getLogger(__name__)
+
+
+class KBQAService:
+    """Knowledge bases, ingestion and question answering.
+
+    Args:
+        root: The knowledge bases on disk.
+        store: Their vectors.
+        keywords: Their keyword indexes.
+        ingestor: The ingest pipeline.
+        qa: The answering engine.
+        llm: Returns the LLM (loaded on first use), for plain chat through the API.
+    """
+
+    def __init__(self, root: KnowledgeRoot, store: ChromaStore, keywords: KeywordIndexes, ingestor: Ingestor,
+                 qa: QAEngine, llm: Callable[[], LLM]) -> None:
+        self.root = root
+        self.store = store
+        self.keywords = keywords
+        self.ingestor = ingestor
+        self.qa = qa
+        self.get_llm = llm
+        self._recovered: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _kb(self, name: str) -> KnowledgeBase:
+        kb = self.root.open(name)
+        with self._lock:
+            if kb.slug not in self._recovered:
+                recover(kb, self.store)
+                self._recovered.add(kb.slug)
+        return kb
+
+    # knowledge bases -------------------------------------------------------------------------
+    def list_kbs(self) -> list[KnowledgeBaseInfo]:
+        """All knowledge bases."""
+        return [KnowledgeBaseInfo(kb.name, kb.slug, len(kb.manifest.files), kb.chunk_count, kb.embedding)
+                for kb in self.root.list()]
+
+    def create_kb(self, name: str) -> KnowledgeBaseInfo:
+        """Create a knowledge base (no error if it exists)."""
+        kb = self.root.create(name)
+        return KnowledgeBaseInfo(kb.name, kb.slug, len(kb.manifest.files), kb.chunk_count, kb.embedding)
+
+    def delete_kb(self, name: str) -> None:
+        """Delete a knowledge base with all its files and chunks."""
+        kb = self.root.open(name)
+        with kb.lock:
+            self.store.drop(kb.slug)
+            self.keywords.forget(kb)
+            self.root.remove(kb)
+
+    # documents -------------------------------------------------------------------------------
+    def list_documents(self, kb_name: str) -> list[DocumentInfo]:
+        """The files of a knowledge base."""
+        return self._kb(kb_name).documents()
+
+    def add_files(self, kb_name: str, files: Sequence[Path | str | tuple[Path | str, str]],
+                  progress: ProgressFn | None = None) -> IngestReport:
+        """Ingest files into a knowledge base, creating it if needed.
+
+        Args:
+            kb_name: Knowledge base (display name or slug).
+            files: Paths, or ``(path, display name)`` pairs for uploads whose temp name differs.
+            progress: ``progress(fraction, message)`` for a progress bar.
+        """
+        kb = self.root.create(kb_name) if self.root.folder_for(kb_name) is None else self._kb(kb_name)
+        pairs = [(Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name) for f in files]
+        return self.ingestor.ingest(kb, pairs, progress)
+
+    def delete_document(self, kb_name: str, file_name: str) -> None:
+        """Remove one file and all its chunks."""
+        delete_document(self._kb(kb_name), self.store, self.keywords, file_name)
+
+    # questions -------------------------------------------------------------------------------
+    def ask_stream(self, kb_name: str, question: str) -> Iterator[AnswerEvent]:
+        """Sources, tokens, then the finished answer."""
+        if not question.strip():
+            raise KBQAError("The question is empty: type a question first.")
+        yield from self.qa.stream(self._kb(kb_name), question)
+
+    def ask(self, kb_name: str, question: str) -> Answer:
+        """The finished answer with its sources (``ask_stream`` collected)."""
+        for event in self.ask_stream(kb_name, question):
+            if event.kind == "done" and event.answer is not None:
+                return event.answer
+        raise KBQAError("internal error: the answer stream ended without an answer")
+
+    def search(self, kb_name: str, query: str, k: int) -> list:
+        """Retrieval only: the top ``k`` chunks with scores (no LLM)."""
+        return self.qa.retriever.retrieve(self._kb(kb_name), query, k)

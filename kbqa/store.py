@@ -1,0 +1,144 @@
+"""Vector store: Chroma, embedded (``PersistentClient``), one collection per knowledge base.
+
+Vectors are always computed by kbqa's embedder and passed in; collections are created with an
+embedding function that refuses to run, so Chroma never falls back to its default model (which
+would try to download weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kbqa.errors import KBQAError
+from kbqa.schema import Chunk, SourceChunk
+
+log = logging.getLogger(__name__)
+
+_BATCH = 2000
+
+
+class _NoEmbeddingFunction:
+    """Stands in for Chroma's default embedding function: kbqa always supplies vectors."""
+
+    def __call__(self, input: Any) -> Any:  # noqa: A002 - Chroma's parameter name
+        raise KBQAError("internal error: Chroma was asked to embed text itself; kbqa passes vectors.")
+
+    @staticmethod
+    def name() -> str:
+        return "kbqa-precomputed"
+
+    def is_legacy(self) -> bool:
+        return False
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> _NoEmbeddingFunction:
+        return _NoEmbeddingFunction()
+
+
+def _metadata(chunk: Chunk) -> dict[str, Any]:
+    meta: dict[str, Any] = {"source": chunk.source, "sha256": chunk.sha256, "chunk": chunk.index}
+    if chunk.page is not None:
+        meta["page"] = chunk.page
+    for key, value in chunk.extra.items():
+        if isinstance(value, str | int | float | bool):
+            meta[f"x_{key}"] = value
+    return meta
+
+
+def _source_chunk(chunk_id: str, text: str, meta: dict[str, Any], score: float) -> SourceChunk:
+    return SourceChunk(source=str(meta.get("source", "")), page=meta.get("page"), chunk=int(meta.get("chunk", 0)),
+                       score=float(score), text=text, id=chunk_id)
+
+
+class ChromaStore:
+    """All knowledge bases' vectors in one embedded Chroma database.
+
+    Args:
+        path: Folder of the database (created if missing).
+    """
+
+    def __init__(self, path: Path) -> None:
+        os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        self._client = chromadb.PersistentClient(
+            path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        self._collections: dict[str, Any] = {}
+
+    def _collection(self, slug: str) -> Any:
+        if slug not in self._collections:
+            self._collections[slug] = self._client.get_or_create_collection(
+                slug, embedding_function=_NoEmbeddingFunction(),  # type: ignore[arg-type]
+                metadata={"hnsw:space": "cosine"})
+        return self._collections[slug]
+
+    def add(self, slug: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Upsert chunks with their vectors (idempotent: ids are stable)."""
+        col = self._collection(slug)
+        for start in range(0, len(chunks), _BATCH):
+            part = chunks[start:start + _BATCH]
+            col.upsert(ids=[c.id for c in part], embeddings=vectors[start:start + _BATCH],
+                       documents=[c.text for c in part], metadatas=[_metadata(c) for c in part])
+
+    def search(self, slug: str, vector: np.ndarray, k: int) -> list[SourceChunk]:
+        """The ``k`` nearest chunks, best first, scored by cosine similarity."""
+        col = self._collection(slug)
+        n = col.count()
+        if n == 0:
+            return []
+        res = col.query(query_embeddings=[vector], n_results=min(k, n),
+                        include=["documents", "metadatas", "distances"])
+        return [_source_chunk(i, d, m, 1.0 - dist) for i, d, m, dist in
+                zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0], strict=True)]
+
+    def fetch(self, slug: str, ids: Sequence[str], vector: np.ndarray) -> list[SourceChunk]:
+        """Chunks by id (in the given order), scored by cosine similarity to ``vector``."""
+        if not ids:
+            return []
+        res = self._collection(slug).get(ids=list(ids), include=["documents", "metadatas", "embeddings"])
+        found = {i: (d, m, e) for i, d, m, e in
+                 zip(res["ids"], res["documents"], res["metadatas"], res["embeddings"], strict=True)}
+        out = []
+        for chunk_id in ids:
+            if chunk_id in found:
+                doc, meta, emb = found[chunk_id]
+                out.append(_source_chunk(chunk_id, doc, meta, float(np.dot(np.asarray(emb), vector))))
+        return out
+
+    def texts(self, slug: str) -> Iterable[tuple[list[str], list[str]]]:
+        """All (ids, documents) of a collection, in pages (to rebuild a keyword index)."""
+        col = self._collection(slug)
+        total = col.count()
+        for offset in range(0, total, _BATCH):
+            res = col.get(include=["documents"], limit=_BATCH, offset=offset)
+            yield res["ids"], res["documents"]
+
+    def delete_sha(self, slug: str, sha256: str) -> list[str]:
+        """Remove every chunk of one file's content; returns the removed ids."""
+        col = self._collection(slug)
+        ids = col.get(where={"sha256": sha256}, include=[])["ids"]
+        for start in range(0, len(ids), _BATCH):
+            col.delete(ids=ids[start:start + _BATCH])
+        return ids
+
+    def count(self, slug: str) -> int:
+        """Chunks in a collection."""
+        return int(self._collection(slug).count())
+
+    def drop(self, slug: str) -> None:
+        """Delete a collection (no error if it does not exist)."""
+        self._collections.pop(slug, None)
+        try:
+            self._client.delete_collection(slug)
+        except Exception:  # chromadb raises different types for a missing collection across versions
+            log.debug("collection %s did not exist", slug)

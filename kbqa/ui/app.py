@@ -1,0 +1,132 @@
+"""The Gradio web app: layout, then wiring to ``kbqa.ui.handlers``. Gradio is imported only here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kbqa.errors import KBQAError
+from kbqa.service import KBQAService
+from kbqa.settings import Settings
+from kbqa.ui import handlers
+from kbqa.ui.render import CSS, DOC_HEADERS, RESULT_HEADERS, sources_html
+
+
+def _gradio() -> Any:
+    # Gradio looks up outside hosts at start-up unless analytics are off (MODELS.md).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    return gr
+
+
+def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
+    """The web app's ``gr.Blocks`` for a service."""
+    gr = _gradio()
+
+    def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Show a KBQAError as an error toast instead of a traceback."""
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except KBQAError as exc:
+                raise gr.Error(str(exc), title="kbqa") from exc
+        return wrapped
+
+    def refresh_kbs(current: str | None) -> Any:
+        names = handlers.kb_names(service)
+        value = current if current in names or current else (names[0] if names else None)
+        return gr.update(choices=names, value=value)
+
+    def refresh_docs(kb: str | None) -> tuple[Any, Any]:
+        rows = handlers.documents(service, kb)
+        return rows, gr.update(choices=[r[0] for r in rows], value=None)
+
+    @guard
+    def on_ingest(kb: str | None, files: Any, progress: Any = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        results, docs, summary = handlers.ingest(service, kb, files, lambda f, m: progress(f, desc=m))
+        if any("failed" in str(r[1]) for r in results):
+            gr.Warning("Some files could not be indexed: see the reason column.")
+        return (results, docs, summary, None, refresh_kbs(kb), gr.update(choices=[r[0] for r in docs]))
+
+    def on_ask(kb: str | None, question: str, history: list[dict[str, str]]) -> Iterator[tuple[Any, ...]]:
+        try:
+            for chat, panel in handlers.ask(service, kb, question, history):
+                yield chat, panel, ""
+        except KBQAError as exc:
+            raise gr.Error(str(exc), title="kbqa") from exc
+
+    @guard
+    def on_delete_doc(kb: str | None, name: str | None) -> tuple[Any, ...]:
+        rows, message = handlers.delete_document(service, kb, name)
+        return rows, gr.update(choices=[r[0] for r in rows], value=None), message
+
+    @guard
+    def on_delete_kb(kb: str | None) -> tuple[Any, ...]:
+        message = handlers.delete_kb(service, kb)
+        names = handlers.kb_names(service)
+        return gr.update(choices=names, value=names[0] if names else None), [], message
+
+    names = handlers.kb_names(service)
+    with gr.Blocks(title="kbqa") as app:
+        gr.Markdown("## kbqa · local knowledge-base question answering\n"
+                    "Answers come only from your documents; the passages used are shown beside each answer.")
+        with gr.Row():
+            kb = gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True,
+                             label="Knowledge base (choose one, or type a new name and add files)",
+                             elem_id="kb-select", scale=4)
+            refresh = gr.Button("↻ Refresh", scale=0, elem_id="kb-refresh")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        chatbot = gr.Chatbot(label="Answers", height=520, elem_id="chatbot")
+                        with gr.Row():
+                            question = gr.Textbox(placeholder="Ask a question about your documents…",
+                                                  show_label=False, scale=5, elem_id="question")
+                            ask = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
+                        clear = gr.Button("Clear chat", size="sm")
+                    with gr.Column(scale=2):
+                        gr.Markdown("### Sources")
+                        sources = gr.HTML(sources_html([]), elem_id="sources")
+            with gr.Tab("Documents", id="documents"):
+                upload = gr.File(file_count="multiple", label=f"Drop files here (up to {max_file_mb:g} MB each)",
+                                 elem_id="upload")
+                ingest = gr.Button("Add to knowledge base", variant="primary", elem_id="ingest-button")
+                summary = gr.Markdown(elem_id="ingest-summary")
+                results = gr.Dataframe(headers=RESULT_HEADERS, label="This upload", interactive=False,
+                                       elem_id="ingest-results", wrap=True)
+                docs = gr.Dataframe(headers=DOC_HEADERS, label="Files in this knowledge base",
+                                    interactive=False, elem_id="docs")
+                with gr.Row():
+                    doc_choice = gr.Dropdown(label="File", choices=[], elem_id="doc-choice", scale=3)
+                    delete_doc = gr.Button("Delete file", elem_id="delete-doc", scale=1)
+                    delete_kb = gr.Button("Delete knowledge base", variant="stop", elem_id="delete-kb", scale=1)
+                message = gr.Markdown()
+
+        refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
+        kb.change(refresh_docs, kb, [docs, doc_choice])
+        app.load(refresh_docs, kb, [docs, doc_choice])
+        ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice])
+        for trigger in (ask.click, question.submit):
+            trigger(on_ask, [kb, question, chatbot], [chatbot, sources, question])
+        clear.click(lambda: ([], sources_html([])), None, [chatbot, sources])
+        delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
+        delete_kb.click(on_delete_kb, kb, [kb, docs, message])
+    return app
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Build the service and run the web app until interrupted."""
+    from kbqa.bootstrap import build_service, quiet_environment
+
+    quiet_environment()
+    gr = _gradio()
+
+    service = build_service(settings)
+    app = build_app(service, settings.ingest.max_file_mb)
+    app.queue(default_concurrency_limit=1)
+    app.launch(server_name=host or settings.server.host, server_port=port or settings.server.port,
+               max_file_size=f"{settings.ingest.max_file_mb:g}mb", css=CSS, theme=gr.themes.Soft(),
+               footer_links=["settings"], show_error=True)

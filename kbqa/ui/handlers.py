@@ -1,0 +1,98 @@
+"""Web-app event handlers as plain functions of the service (testable without a browser).
+
+They return plain values; ``kbqa.ui.app`` turns a ``KBQAError`` into a warning toast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kbqa.errors import KBQAError
+from kbqa.service import KBQAService
+from kbqa.ui.render import doc_rows, ingest_summary, result_rows, sources_html
+
+Message = dict[str, str]
+
+
+def kb_names(service: KBQAService) -> list[str]:
+    """Display names of all knowledge bases."""
+    return [kb.name for kb in service.list_kbs()]
+
+
+def documents(service: KBQAService, kb: str | None) -> list[list[object]]:
+    """The files table of a knowledge base (empty when none is chosen or it does not exist yet)."""
+    if not kb or service.root.folder_for(kb) is None:
+        return []
+    return doc_rows(service.list_documents(kb))
+
+
+def upload_names(files: Sequence[Any] | None) -> list[tuple[Path, str]]:
+    """Gradio upload values -> ``(temp path, original file name)`` pairs."""
+    pairs = []
+    for f in files or []:
+        path = Path(getattr(f, "name", None) or str(f))
+        original = getattr(f, "orig_name", None) or path.name
+        pairs.append((path, original))
+    return pairs
+
+
+def ingest(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
+           progress: Callable[[float, str], None] | None = None) -> tuple[list[list[object]], list[list[object]], str]:
+    """Add uploaded files; returns (per-file results, the knowledge base's files, a summary).
+
+    Raises:
+        KBQAError: no knowledge base name, or no files.
+    """
+    if not kb or not kb.strip():
+        raise KBQAError("Choose a knowledge base, or type a name for a new one, before adding files.")
+    pairs = upload_names(files)
+    if not pairs:
+        raise KBQAError("Drop or choose at least one file to add.")
+    report = service.add_files(kb.strip(), pairs, progress=progress)
+    return result_rows(report), documents(service, kb.strip()), ingest_summary(report)
+
+
+def ask(service: KBQAService, kb: str | None, question: str,
+        history: list[Message] | None) -> Iterator[tuple[list[Message], str]]:
+    """Stream an answer into the chat; the sources panel fills as soon as retrieval is done.
+
+    Raises:
+        KBQAError: no knowledge base chosen, empty question, empty knowledge base, model errors.
+    """
+    if not kb:
+        raise KBQAError("Choose a knowledge base first (add files to create one).")
+    if not question or not question.strip():
+        raise KBQAError("Type a question first.")
+    history = [*(history or []), {"role": "user", "content": question},
+               {"role": "assistant", "content": ""}]
+    panel = sources_html([])
+    text = ""
+    for event in service.ask_stream(kb, question):
+        if event.kind == "sources":
+            panel = sources_html(event.sources or [])
+        elif event.kind == "token":
+            text += event.text
+            history[-1] = {"role": "assistant", "content": text}
+        elif event.kind == "done" and event.answer is not None:
+            answer = event.answer
+            history[-1] = {"role": "assistant", "content": answer.answer}
+            panel = sources_html(answer.sources, answer.notice)
+        yield history, panel
+
+
+def delete_document(service: KBQAService, kb: str | None, name: str | None) -> tuple[list[list[object]], str]:
+    """Remove a file; returns the updated files table and a message."""
+    if not kb or not name:
+        raise KBQAError("Choose a knowledge base and a file to delete.")
+    service.delete_document(kb, name)
+    return documents(service, kb), f"Deleted **{name}** from **{kb}**."
+
+
+def delete_kb(service: KBQAService, kb: str | None) -> str:
+    """Delete a whole knowledge base."""
+    if not kb:
+        raise KBQAError("Choose a knowledge base to delete.")
+    service.delete_kb(kb)
+    return f"Deleted knowledge base **{kb}**."

@@ -1,0 +1,59 @@
+"""Pure rendering helpers for the web app: schema records -> table rows and HTML."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from kbqa.schema import DocumentInfo, IngestReport, SourceChunk
+
+RESULT_HEADERS = ["file", "status", "chunks", "reason"]
+DOC_HEADERS = ["file", "pages", "chunks", "size (KB)", "added"]
+
+_STATUS_MARK = {"added": "✅ added", "updated": "🔄 updated", "unchanged": "⏸ unchanged", "failed": "❌ failed"}
+
+
+def result_rows(report: IngestReport) -> list[list[object]]:
+    """One row per file of an ingest batch."""
+    return [[f.name, _STATUS_MARK.get(f.status, f.status), f.chunks, f.reason] for f in report.files]
+
+
+def doc_rows(docs: Sequence[DocumentInfo]) -> list[list[object]]:
+    """One row per file of a knowledge base."""
+    return [[d.name, d.pages if d.pages is not None else "", d.chunks, round(d.size / 1024, 1), d.added_at]
+            for d in docs]
+
+
+def ingest_summary(report: IngestReport) -> str:
+    """A one-line Markdown summary of an ingest batch."""
+    failed = sum(f.status == "failed" for f in report.files)
+    text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{report.kb}**, "
+            f"{report.chunks_added} chunks added in {report.seconds:.1f}s.")
+    if failed:
+        text += f" {failed} failed: see the reason column; the other files were indexed."
+    return text
+
+
+def sources_html(sources: Sequence[SourceChunk], notice: str = "") -> str:
+    """The retrieved chunks as cards: number, file, page, chunk, score, and the text itself."""
+    parts = []
+    if notice:
+        parts.append(f'<div class="kbqa-notice">{html.escape(notice)}</div>')
+    if not sources:
+        parts.append('<div class="kbqa-empty">No sources for this answer.</div>')
+    for n, src in enumerate(sources, 1):
+        page = f" · page {src.page}" if src.page is not None else ""
+        parts.append(
+            f'<div class="kbqa-source"><div class="kbqa-source-head"><b>[{n}] {html.escape(src.source)}</b>'
+            f'{page} · chunk {src.chunk} · score <span class="kbqa-score">{src.score:.3f}</span></div>'
+            f'<div class="kbqa-source-text">{html.escape(src.text)}</div></div>')
+    return '<div class="kbqa-sources">' + "".join(parts) + "</div>"
+
+
+CSS = """
+.kbqa-source {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; margin-bottom: 8px;}
+.kbqa-source-head {font-size: 0.9em; margin-bottom: 4px;}
+.kbqa-source-text {white-space: pre-wrap; font-size: 0.85em; max-height: 16em; overflow-y: auto;}
+.kbqa-notice {background: var(--color-accent-soft); padding: 6px; border-radius: 6px; margin-bottom: 8px;}
+.kbqa-empty {color: var(--body-text-color-subdued);}
+"""

@@ -1,0 +1,70 @@
+"""Test doubles for the model protocols: deterministic, instant, and inspectable."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from kbqa.embeddings import ModelProfile
+from kbqa.llm.base import GenerationParams, apply_stop
+from kbqa.schema import ChatMessage
+
+
+class FakeEmbedder:
+    """Hashed character unigrams and bigrams: texts sharing characters get similar vectors."""
+
+    def __init__(self, dim: int = 256, name: str = "fake:ngrams", max_chars: int = 10_000,
+                 threshold: float = 0.2) -> None:
+        self.name = name
+        self.dim = dim
+        self.max_chars = max_chars
+        self.profile = ModelProfile(score_threshold=threshold)
+        self.calls: list[int] = []
+
+    def _vector(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, dtype=np.float32)
+        t = re.sub(r"\s+", " ", text.lower())
+        grams = list(t) + [t[i:i + 2] for i in range(len(t) - 1)]
+        for g in grams:
+            h = int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little")
+            v[h % self.dim] += 1.0
+        norm = float(np.linalg.norm(v))
+        return v / norm if norm else v
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._vector(t) for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vector(text)
+
+    def too_long(self, texts: Sequence[str]) -> list[bool]:
+        return [len(t) > self.max_chars for t in texts]
+
+
+class FakeLLM:
+    """Records the messages it gets; replies with scripted text (or the last user line by default)."""
+
+    def __init__(self, replies: Sequence[str] = (), context_window: int = 4096, name: str = "fake-llm") -> None:
+        self.name = name
+        self.context_window = context_window
+        self.replies = list(replies)
+        self.prompts: list[list[ChatMessage]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 2)
+
+    def generate(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> str:
+        return "".join(self.stream(messages, params))
+
+    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> Iterator[str]:
+        self.prompts.append(list(messages))
+        reply = self.replies.pop(0) if self.replies else "fake answer"
+        reply, _ = apply_stop(reply, (params or GenerationParams()).stop)
+        for word in re.findall(r"\S+\s*", reply):
+            yield word

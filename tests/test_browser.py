@@ -1,0 +1,109 @@
+"""The web app in headless Chromium: upload with progress, ask, see the answer and its sources.
+
+Runs the real Gradio app (in this process, fake models) on 127.0.0.1 and drives it with Playwright and
+Debian's Chromium (``make browser`` installs it).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kbqa.bootstrap import build_service
+from kbqa.ui.app import build_app
+from tests.fakes import FakeEmbedder, FakeLLM
+from tests.test_service import make_settings
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+def wait_text(locator: Any, text: str, seconds: float) -> None:
+    """Wait until ``text`` shows in the element (Gradio re-renders tables, so poll the text)."""
+    deadline = time.time() + seconds
+    while text not in locator.inner_text():
+        assert time.time() < deadline, f"{text!r} did not appear in: {locator.inner_text()[:500]}"
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("web")
+    llm = FakeLLM(replies=["The Yangtze is the longest river in Asia [1]."] * 5)
+    service = build_service(make_settings(tmp), embedder=FakeEmbedder(), llm=lambda: llm)
+    app = build_app(service)
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[Any]:
+    assert Path(CHROMIUM).exists(), "Chromium is missing: run `make browser`"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page()
+        pg.goto(server)
+        yield pg
+        browser.close()
+
+
+def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> None:
+    doc = tmp_path / "rivers.txt"
+    doc.write_text("The Yangtze is the longest river in Asia.\n\nThe Nile flows north.", encoding="utf-8")
+    bad = tmp_path / "notes.xyz"
+    bad.write_text("unknown format", encoding="utf-8")
+
+    kb = page.locator("#kb-select input")
+    kb.fill("河流 rivers")
+    kb.press("Enter")
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#upload input[type=file]").set_input_files([str(doc), str(bad)])
+    page.wait_for_timeout(500)
+    page.locator("#ingest-button").click()
+    results = page.locator("#ingest-results")
+    wait_text(results, "rivers.txt", 30)
+    assert "added" in results.inner_text()
+    assert "failed" in results.inner_text() and "notes.xyz" in results.inner_text()
+    assert "1 of 2 files" in page.locator("#ingest-summary").inner_text()
+    wait_text(page.locator("#docs"), "rivers.txt", 10)
+
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#question textarea").fill("Which is the longest river in Asia?")
+    page.locator("#ask-button").click()
+    wait_text(page.locator("#chatbot"), "longest river in Asia [1]", 30)
+    sources = page.locator("#sources")
+    wait_text(sources, "rivers.txt", 10)
+    text = sources.inner_text()
+    assert "score" in text and "The Yangtze is the longest river in Asia." in text
+
+
+def test_asking_before_choosing_files_shows_an_error_not_a_traceback(page: Any) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    kb = page.locator("#kb-select input")
+    kb.fill("nothing here yet")
+    kb.press("Enter")
+    page.locator("#question textarea").fill("anything?")
+    page.locator("#ask-button").click()
+    deadline = time.time() + 15
+    while time.time() < deadline and "No knowledge base named" not in page.content():
+        page.wait_for_timeout(200)
+    assert "No knowledge base named" in page.content()
+    assert "Traceback" not in page.content()

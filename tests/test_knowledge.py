@@ -1,0 +1,62 @@
+"""Knowledge-base names, file names and the on-disk manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kbqa.errors import DocumentNotFound, InvalidName, KnowledgeBaseNotFound
+from kbqa.knowledge import KnowledgeRoot, safe_file_name, slugify
+
+
+@pytest.mark.parametrize("name", ["法律法规", "My Docs", "a", "検索 テスト", "x" * 90, "con"])
+def test_any_name_maps_to_a_chroma_safe_slug(name: str) -> None:
+    import re
+
+    slug = slugify(name)
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]", slug)
+
+
+def test_different_chinese_names_get_different_slugs() -> None:
+    assert slugify("法律 文件") != slugify("法律-文件")
+    assert slugify("docs") == "docs"
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("../../etc/passwd", "passwd"),
+    ("..\\..\\windows\\win.ini", "win.ini"),
+    ("/abs/path/报告.pdf", "报告.pdf"),
+    ("ok\x00name.txt", "okname.txt"),
+])
+def test_uploaded_file_names_lose_their_path(given: str, expected: str) -> None:
+    assert safe_file_name(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", "..", "../", "a/..", "   "])
+def test_unusable_file_names_are_refused(given: str) -> None:
+    with pytest.raises(InvalidName):
+        safe_file_name(given)
+
+
+def test_knowledge_base_keeps_display_name_and_survives_reopen(tmp_path: Path) -> None:
+    root = KnowledgeRoot(tmp_path)
+    kb = root.create("法律法规")
+    kb.commit_file("a.txt", "abc", chunks=3, pages=None, size=10)
+    again = KnowledgeRoot(tmp_path).open("法律法规")
+    assert again.name == "法律法规"
+    assert again.manifest.files["a.txt"]["chunks"] == 3
+    assert KnowledgeRoot(tmp_path).open(kb.slug).name == "法律法规"
+
+
+def test_opening_an_unknown_knowledge_base_names_the_existing_ones(tmp_path: Path) -> None:
+    root = KnowledgeRoot(tmp_path)
+    root.create("alpha")
+    with pytest.raises(KnowledgeBaseNotFound, match="alpha"):
+        root.open("beta")
+
+
+def test_forgetting_an_unknown_file_says_how_to_list(tmp_path: Path) -> None:
+    kb = KnowledgeRoot(tmp_path).create("kb1")
+    with pytest.raises(DocumentNotFound, match="docs list"):
+        kb.forget_file("missing.txt")

@@ -1,0 +1,67 @@
+"""Prompt templates: placeholder checks, language choice, refusal detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kbqa.errors import ConfigError
+from kbqa.prompts import PromptBook, is_chinese, load_prompt
+from kbqa.schema import SourceChunk
+
+PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
+
+GOOD = '''refusal = "No."
+system = "sys"
+user = "{context} {question} {refusal}"
+context_item = "[{n}] {source}{page} {text}"
+'''
+
+
+def test_shipped_templates_load_in_both_languages() -> None:
+    book = PromptBook.load(PROMPTS)
+    assert "根据已知信息无法回答该问题" in book.zh.refusal
+    assert book.en.refusal
+
+
+@pytest.mark.parametrize(("question", "lang"), [
+    ("How many projects were announced?", "en"),
+    ("第十条规定了什么？", "zh"),
+    ("ChatGLM2-6B 的上下文长度是多少？", "zh"),
+    ("What does 我 mean in the sentence above?", "en"),
+])
+def test_template_is_picked_by_question_language(question: str, lang: str) -> None:
+    _, picked = PromptBook.load(PROMPTS).for_question(question)
+    assert picked == lang
+    assert is_chinese(question) == (lang == "zh")
+
+
+def test_missing_placeholder_fails_at_load(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text(GOOD.replace("{context} ", ""), encoding="utf-8")
+    with pytest.raises(ConfigError, match="missing.*context"):
+        load_prompt(tmp_path, "bad")
+
+
+def test_unknown_placeholder_fails_at_load(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text(GOOD.replace("{refusal}", "{answer}"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown.*answer"):
+        load_prompt(tmp_path, "bad")
+
+
+def test_missing_template_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="prompts"):
+        load_prompt(tmp_path, "absent")
+
+
+def test_context_lists_numbered_sources_with_pages() -> None:
+    en = PromptBook.load(PROMPTS).en
+    ctx = en.format_context([SourceChunk("a.pdf", 3, 0, 0.9, "alpha"), SourceChunk("b.txt", None, 1, 0.8, "beta")],
+                            zh=False)
+    assert ctx.index("[1] (a.pdf, page 3)") < ctx.index("alpha") < ctx.index("[2] (b.txt)") < ctx.index("beta")
+
+
+def test_refusal_is_recognised_despite_punctuation() -> None:
+    zh = PromptBook.load(PROMPTS).zh
+    assert zh.is_refusal("根据已知信息无法回答该问题")
+    assert not zh.is_refusal("根据第十条，答案是三十日。")

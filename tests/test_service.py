@@ -1,0 +1,288 @@
+"""The service end to end with fake models: ingest, dedup, delete, restart, crash safety, answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kbqa.bootstrap import build_service
+from kbqa.errors import DocumentNotFound, EmptyKnowledgeBase, IncompatibleIndex, KBQAError
+from kbqa.service import KBQAService
+from kbqa.settings import Settings, load_settings
+from tests.fakes import FakeEmbedder, FakeLLM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_settings(tmp_path: Path, **retrieval: object) -> Settings:
+    return load_settings(paths={"knowledge_root": tmp_path / "kb", "cache_dir": tmp_path / "cache",
+                                "prompts_dir": ROOT / "prompts"},
+                         splitter={"chunk_size": 200, "chunk_overlap": 20},
+                         retrieval={"top_k": 3, "score_threshold": 0.2, **retrieval},
+                         ingest={"ocr": False})
+
+
+@pytest.fixture
+def llm() -> FakeLLM:
+    return FakeLLM()
+
+
+@pytest.fixture
+def make(tmp_path: Path, llm: FakeLLM) -> Callable[..., KBQAService]:
+    def build(**retrieval: object) -> KBQAService:
+        return build_service(make_settings(tmp_path, **retrieval), embedder=FakeEmbedder(), llm=lambda: llm)
+    return build
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "rivers.txt").write_text(
+        "The Yangtze is the longest river in Asia.\n\nThe Nile flows north through Egypt.", encoding="utf-8")
+    (folder / "planets.md").write_text(
+        "# Planets\n\nJupiter is the largest planet.\n\nMars is called the red planet.", encoding="utf-8")
+    (folder / "规则.txt").write_text("第十条 当事人应当在三十日内提出申请。\n第十一条 检察院应当审查。", encoding="gbk")
+    return folder
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir())
+
+
+def test_ingest_reports_each_file_and_creates_the_knowledge_base(make: Callable[..., KBQAService],
+                                                                docs: Path) -> None:
+    service = make()
+    report = service.add_files("测试库", files_in(docs))
+    assert report.ok
+    assert [f.status for f in report.files] == ["added"] * 3
+    assert all(f.chunks >= 1 for f in report.files)
+    assert [kb.name for kb in service.list_kbs()] == ["测试库"]
+    assert {d.name for d in service.list_documents("测试库")} == {"rivers.txt", "planets.md", "规则.txt"}
+
+
+def test_reingesting_same_file_adds_no_chunks(make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    count = service.store.count(service.root.open("kb").slug)
+    again = service.add_files("kb", files_in(docs))
+    assert [f.status for f in again.files] == ["unchanged"] * 3
+    assert again.chunks_added == 0
+    assert service.store.count(service.root.open("kb").slug) == count
+
+
+def test_same_content_under_another_name_is_not_indexed_twice(make: Callable[..., KBQAService], docs: Path,
+                                                              tmp_path: Path) -> None:
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    copy = tmp_path / "copy.txt"
+    copy.write_bytes((docs / "rivers.txt").read_bytes())
+    result = service.add_files("kb", [copy]).files[0]
+    assert result.status == "unchanged" and "rivers.txt" in result.reason
+
+
+def test_changed_file_replaces_its_old_chunks(make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    (docs / "rivers.txt").write_text("The Danube flows through Vienna.", encoding="utf-8")
+    result = service.add_files("kb", [docs / "rivers.txt"]).files[0]
+    assert result.status == "updated"
+    slug = service.root.open("kb").slug
+    assert service.store.count(slug) == result.chunks
+    texts = [t for _, batch in service.store.texts(slug) for t in batch]
+    assert not any("Yangtze" in t for t in texts)
+    assert service.search("kb", "Yangtze", 3)[0].text.startswith("The Danube")
+
+
+def test_deleting_a_file_removes_every_chunk_of_it(make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    service.delete_document("kb", "planets.md")
+    slug = service.root.open("kb").slug
+    texts = [t for _, batch in service.store.texts(slug) for t in batch]
+    assert texts and not any("Jupiter" in t for t in texts)
+    assert all(c.source != "planets.md" for c in service.search("kb", "Jupiter largest planet", 10))
+    assert all(c.source != "planets.md" for c in make(mode="bm25").search("kb", "Jupiter", 10))
+    with pytest.raises(DocumentNotFound):
+        service.delete_document("kb", "planets.md")
+
+
+def test_everything_survives_a_restart(make: Callable[..., KBQAService], docs: Path) -> None:
+    make().add_files("kb", files_in(docs))
+    fresh = make(mode="hybrid")
+    assert len(fresh.list_documents("kb")) == 3
+    hits = fresh.search("kb", "第十条 三十日", 3)
+    assert hits[0].source == "规则.txt"
+    assert hits[0].rank == 1
+
+
+def test_deleting_a_knowledge_base_removes_it(make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    service.delete_kb("kb")
+    assert service.list_kbs() == []
+    service.add_files("kb", [docs / "rivers.txt"])
+    assert service.store.count(service.root.open("kb").slug) == service.list_documents("kb")[0].chunks
+
+
+def test_crash_mid_ingest_leaves_nothing_of_that_file_indexed(make: Callable[..., KBQAService], docs: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    slug = service.root.open("kb").slug
+    before = service.store.count(slug)
+    real_add = service.keywords.get(service.root.open("kb")).add
+
+    def add_then_crash(ids: list[str], texts: list[str]) -> None:
+        real_add(ids, texts)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(service.keywords.get(service.root.open("kb")), "add", add_then_crash)
+    result = service.add_files("kb", [docs / "planets.md"]).files[0]
+    assert result.status == "failed" and "disk full" in result.reason
+    monkeypatch.undo()
+    assert service.store.count(slug) == before
+    assert [d.name for d in service.list_documents("kb")] == ["rivers.txt"]
+    assert all(c.source == "rivers.txt" for c in make(mode="bm25").search("kb", "Jupiter planet", 5))
+
+
+def test_chunks_left_by_a_killed_process_are_removed_on_next_open(make: Callable[..., KBQAService],
+                                                                  docs: Path) -> None:
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    kb = service.root.open("kb")
+    # Simulate a process killed after writing chunks but before the manifest named the file.
+    from kbqa.schema import Chunk
+
+    orphan = [Chunk(id="dead:0", text="orphan text about Jupiter", source="x.txt", sha256="dead", index=0)]
+    kb.manifest.pending = ["dead"]
+    kb.save_manifest()
+    service.store.add(kb.slug, orphan, FakeEmbedder().embed_documents([orphan[0].text]))
+    fresh = make(mode="hybrid")
+    assert all(c.id != "dead:0" for c in fresh.search("kb", "orphan Jupiter", 10))
+    assert fresh.store.count(kb.slug) == fresh.list_documents("kb")[0].chunks
+
+
+def test_one_bad_file_never_aborts_the_batch(make: Callable[..., KBQAService], docs: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.txt").write_bytes(b"")
+    (bad / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (bad / "passwd").write_text("root:x:0:0", encoding="utf-8")
+    (bad / "data.xyz").write_text("what", encoding="utf-8")
+    service = make()
+    report = service.add_files("kb", [*files_in(bad), *files_in(docs)])
+    status = {f.name: f for f in report.files}
+    assert not report.ok
+    assert {n for n, f in status.items() if f.status == "failed"} == {"empty.txt", "broken.pdf", "passwd", "data.xyz"}
+    assert all(status[n].reason for n in ("empty.txt", "broken.pdf", "passwd", "data.xyz"))
+    assert {n for n, f in status.items() if f.status == "added"} == {"rivers.txt", "planets.md", "规则.txt"}
+
+
+def test_path_traversal_upload_name_is_stored_under_its_base_name(make: Callable[..., KBQAService],
+                                                                  docs: Path, tmp_path: Path) -> None:
+    service = make()
+    report = service.add_files("kb", [(docs / "rivers.txt", "../../etc/rivers.txt")])
+    assert report.files[0].name == "rivers.txt"
+    kb = service.root.open("kb")
+    assert (kb.content_dir / "rivers.txt").is_file()
+    assert not (tmp_path / "etc").exists()
+
+
+def test_file_over_the_size_limit_is_refused_without_reading_it(tmp_path: Path, llm: FakeLLM) -> None:
+    settings = make_settings(tmp_path).model_copy(update={"ingest": load_settings(ingest={"max_file_mb": 1}).ingest})
+    service = build_service(settings, embedder=FakeEmbedder(), llm=lambda: llm)
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as fh:  # a sparse 200 MB file: no disk or time spent
+        fh.truncate(200 * 2**20)
+    result = service.add_files("kb", [big]).files[0]
+    assert result.status == "failed" and "200 MB" in result.reason and "max_file_mb" in result.reason
+
+
+def test_question_on_an_empty_knowledge_base_is_a_clear_error(make: Callable[..., KBQAService]) -> None:
+    service = make()
+    service.create_kb("empty")
+    with pytest.raises(EmptyKnowledgeBase, match="add files"):
+        service.ask("empty", "anything?")
+
+
+def test_empty_question_is_refused(make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    with pytest.raises(KBQAError, match="empty"):
+        service.ask("kb", "   ")
+
+
+def test_answer_carries_sources_in_retrieval_order_and_prompt_holds_them(make: Callable[..., KBQAService],
+                                                                         docs: Path, llm: FakeLLM) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    llm.replies = ["Jupiter [1]."]
+    answer = service.ask("kb", "Which is the largest planet?")
+    assert answer.answer == "Jupiter [1]."
+    assert not answer.refused
+    assert answer.sources and answer.sources[0].source == "planets.md"
+    assert [s.rank for s in answer.sources] == list(range(1, len(answer.sources) + 1))
+    prompt = llm.prompts[-1][-1].content
+    assert "Jupiter is the largest planet" in prompt
+    assert "Which is the largest planet?" in prompt
+    assert prompt.index("[1]") < prompt.index("Jupiter is the largest planet")
+
+
+def test_chinese_question_gets_the_chinese_template(make: Callable[..., KBQAService], docs: Path,
+                                                    llm: FakeLLM) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    answer = service.ask("kb", "第十条规定申请期限是多少日？")
+    assert answer.language == "zh"
+    assert "已知信息" in llm.prompts[-1][-1].content
+    assert answer.sources[0].source == "规则.txt"
+
+
+def test_no_relevant_chunk_gives_the_refusal_without_calling_the_model(make: Callable[..., KBQAService],
+                                                                       docs: Path, llm: FakeLLM) -> None:
+    service = make(score_threshold=0.99)
+    service.add_files("kb", files_in(docs))
+    answer = service.ask("kb", "Who won the football world cup?")
+    assert answer.refused
+    assert answer.answer == "I cannot answer this from the knowledge base."
+    assert "threshold" in answer.notice
+    assert answer.sources == []
+    assert llm.prompts == []
+
+
+def test_model_refusal_is_flagged(make: Callable[..., KBQAService], docs: Path, llm: FakeLLM) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    llm.replies = ["根据已知信息无法回答该问题。"]
+    answer = service.ask("kb", "第十条的申请期限？")
+    assert answer.refused and answer.sources
+
+
+def test_stream_yields_sources_before_tokens(make: Callable[..., KBQAService], docs: Path, llm: FakeLLM) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    llm.replies = ["The Nile flows north [1]."]
+    kinds = [e.kind for e in service.ask_stream("kb", "Which way does the Nile flow?")]
+    assert kinds[0] == "sources" and kinds[-1] == "done"
+    assert kinds.count("token") == 5
+
+
+def test_context_is_trimmed_to_the_model_window(tmp_path: Path, docs: Path) -> None:
+    small = FakeLLM(context_window=700)
+    settings = make_settings(tmp_path, top_k=5)
+    service = build_service(settings.model_copy(update={"llm": load_settings(llm={"max_tokens": 100}).llm}),
+                            embedder=FakeEmbedder(), llm=lambda: small)
+    service.add_files("kb", files_in(docs))
+    answer = service.ask("kb", "Yangtze Nile Jupiter Mars river planet")
+    assert 1 <= len(answer.sources) < 5
+    assert sum(small.count_tokens(m.content) for m in small.prompts[-1]) <= 700 - 100
+
+
+def test_knowledge_base_built_with_another_embedder_is_refused(tmp_path: Path, docs: Path, llm: FakeLLM) -> None:
+    build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm).add_files("kb", [docs / "rivers.txt"])
+    other = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name="fake:other"), llm=lambda: llm)
+    with pytest.raises(IncompatibleIndex, match="fake:ngrams"):
+        other.add_files("kb", [docs / "planets.md"])

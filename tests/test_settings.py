@@ -1,0 +1,75 @@
+"""Settings: defaults, TOML, environment precedence, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kbqa.errors import ConfigError
+from kbqa.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray kbqa.toml
+    for var in ("KBQA_CONFIG", "KBQA_LLM__MODEL", "KBQA_RETRIEVAL__TOP_K", "KBQA_SERVER__PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_defaults_use_embedded_models_on_loopback() -> None:
+    s = load_settings()
+    assert s.embedding.model.startswith("embedded:")
+    assert s.llm.model.startswith("embedded:")
+    assert s.server.host == "127.0.0.1"
+
+
+def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "custom.toml"
+    cfg.write_text('[retrieval]\ntop_k = 7\n[llm]\nmodel = "from-toml"\n', encoding="utf-8")
+    monkeypatch.setenv("KBQA_LLM__MODEL", "from-env")
+    s = load_settings(cfg)
+    assert s.retrieval.top_k == 7
+    assert s.llm.model == "from-env"
+
+
+def test_kbqa_toml_in_working_folder_is_read() -> None:
+    Path("kbqa.toml").write_text("[server]\nport = 9001\n", encoding="utf-8")
+    assert load_settings().server.port == 9001
+
+
+def test_kbqa_config_variable_points_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "elsewhere.toml"
+    cfg.write_text("[splitter]\nchunk_size = 300\nchunk_overlap = 30\n", encoding="utf-8")
+    monkeypatch.setenv("KBQA_CONFIG", str(cfg))
+    assert load_settings().splitter.chunk_size == 300
+
+
+def test_explicit_overrides_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_RETRIEVAL__TOP_K", "9")
+    assert load_settings(retrieval={"top_k": 2}).retrieval.top_k == 2
+
+
+def test_invalid_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_RETRIEVAL__TOP_K", "lots")
+    with pytest.raises(ConfigError, match="retrieval.top_k"):
+        load_settings()
+
+
+def test_overlap_not_below_size_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "k.toml"
+    cfg.write_text("[splitter]\nchunk_size = 100\nchunk_overlap = 100\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="chunk_overlap"):
+        load_settings(cfg)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_unknown_setting_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "k.toml"
+    cfg.write_text("[llm]\nmodle = 'typo'\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="modle"):
+        load_settings(cfg)

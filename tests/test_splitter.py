@@ -1,0 +1,61 @@
+"""Splitting: size limit, Chinese separators, stable ids, provenance."""
+
+from __future__ import annotations
+
+import random
+
+from kbqa.schema import Section
+from kbqa.splitter import Splitter
+
+
+def test_no_chunk_is_longer_than_the_limit_even_without_separators() -> None:
+    rng = random.Random(0)
+    alphabet = "中文字符测试。，！？abc def\n"
+    splitter = Splitter(chunk_size=60, chunk_overlap=10)
+    for _ in range(50):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 800)))
+        text += "x" * rng.randint(0, 300)  # a long run with no separator at all
+        assert all(len(c) <= 60 for c in splitter.split_text(text))
+
+
+def test_chinese_text_is_cut_at_sentence_ends() -> None:
+    text = "第一条 为了保障公民的合法权益，制定本规则。" * 3 + "第二条 本规则适用于行政诉讼监督。" * 3
+    chunks = Splitter(chunk_size=50, chunk_overlap=0).split_text(text)
+    assert len(chunks) > 1
+    assert all(c.endswith("。") for c in chunks)
+
+
+def test_line_breaks_are_preferred_over_spaces() -> None:
+    text = "alpha beta gamma delta\nepsilon zeta eta theta"
+    chunks = Splitter(chunk_size=30, chunk_overlap=0).split_text(text)
+    assert chunks == ["alpha beta gamma delta", "epsilon zeta eta theta"]
+
+
+def test_chunk_ids_are_file_hash_and_index_and_stable() -> None:
+    sections = [Section("One. " * 40, page=1), Section("Two. " * 40, page=2)]
+    splitter = Splitter(chunk_size=50, chunk_overlap=5)
+    first = splitter.split(sections, source="a.pdf", sha256="abc")
+    again = splitter.split(sections, source="a.pdf", sha256="abc")
+    assert [c.id for c in first] == [c.id for c in again]
+    assert [c.id for c in first] == [f"abc:{i}" for i in range(len(first))]
+    assert {c.page for c in first} == {1, 2}
+    assert all(c.source == "a.pdf" for c in first)
+    assert first[-1].page == 2 and first[0].page == 1
+
+
+def test_section_extra_metadata_reaches_every_chunk() -> None:
+    chunks = Splitter(50, 0).split([Section("row text " * 20, extra={"row": 7})], "t.csv", "f00")
+    assert chunks and all(c.extra == {"row": 7} for c in chunks)
+
+
+def test_chunks_the_embedder_would_truncate_are_cut_again() -> None:
+    def too_long(texts: list[str]) -> list[bool]:
+        return [len(t) > 40 for t in texts]
+
+    chunks = Splitter(chunk_size=200, chunk_overlap=20, too_long=too_long).split_text("句子很长。" * 100)
+    assert chunks and all(len(c) <= 40 for c in chunks)
+    assert "".join(chunks).count("句子很长") >= 100
+
+
+def test_blank_sections_give_no_chunks() -> None:
+    assert Splitter(100, 10).split([Section("  \n\n  ")], "a.txt", "s") == []

@@ -1,0 +1,78 @@
+"""Web-app handlers called as plain functions, with fake models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from kbqa.bootstrap import build_service
+from kbqa.errors import KBQAError
+from kbqa.service import KBQAService
+from kbqa.ui import handlers
+from kbqa.ui.render import sources_html
+from tests.fakes import FakeEmbedder, FakeLLM
+from tests.test_service import make_settings
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> KBQAService:
+    return build_service(make_settings(tmp_path), embedder=FakeEmbedder(),
+                         llm=lambda: FakeLLM(replies=["Mars [1]."]))
+
+
+def upload(tmp_path: Path, name: str, text: str) -> SimpleNamespace:
+    path = tmp_path / f"gradio-tmp-{len(name)}"
+    path.write_text(text, encoding="utf-8")
+    return SimpleNamespace(name=str(path), orig_name=name)
+
+
+def test_upload_keeps_original_names_and_reports_each_file(service: KBQAService, tmp_path: Path) -> None:
+    progress: list[float] = []
+    files = [upload(tmp_path, "planets.md", "Mars is the red planet."), upload(tmp_path, "empty.txt", "")]
+    results, docs, summary = handlers.ingest(service, "太空", files, lambda f, m: progress.append(f))
+    assert [r[0] for r in results] == ["planets.md", "empty.txt"]
+    assert "added" in str(results[0][1]) and "failed" in str(results[1][1])
+    assert results[1][3]  # the reason is shown
+    assert [d[0] for d in docs] == ["planets.md"]
+    assert "1 of 2 files" in summary and "failed" in summary
+    assert progress and progress[-1] == pytest.approx(1.0)
+    assert handlers.kb_names(service) == ["太空"]
+
+
+def test_ingest_without_a_knowledge_base_name_is_explained(service: KBQAService, tmp_path: Path) -> None:
+    with pytest.raises(KBQAError, match="knowledge base"):
+        handlers.ingest(service, "", [upload(tmp_path, "a.txt", "x")])
+    with pytest.raises(KBQAError, match="file"):
+        handlers.ingest(service, "kb", [])
+
+
+def test_ask_streams_into_the_chat_and_fills_the_sources_panel(service: KBQAService, tmp_path: Path) -> None:
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    steps = list(handlers.ask(service, "kb", "Which planet is red?", []))
+    history, panel = steps[-1]
+    assert history == [{"role": "user", "content": "Which planet is red?"},
+                       {"role": "assistant", "content": "Mars [1]."}]
+    assert "planets.md" in panel and "Mars is the red planet." in panel and "score" in panel
+    assert len(steps) >= 3  # sources, tokens, done
+
+
+def test_sources_panel_escapes_document_text() -> None:
+    from kbqa.schema import SourceChunk
+
+    panel = sources_html([SourceChunk("<b>x</b>.html", 2, 0, 0.5, "<script>alert(1)</script>")])
+    assert "<script>" not in panel and "&lt;script&gt;" in panel and "page 2" in panel
+
+
+def test_delete_document_updates_the_table(service: KBQAService, tmp_path: Path) -> None:
+    handlers.ingest(service, "kb", [upload(tmp_path, "a.md", "alpha text"), upload(tmp_path, "b.md", "beta text")])
+    rows, message = handlers.delete_document(service, "kb", "a.md")
+    assert [r[0] for r in rows] == ["b.md"] and "a.md" in message
+    assert "Deleted" in handlers.delete_kb(service, "kb")
+    assert handlers.kb_names(service) == []
+
+
+def test_asking_without_a_knowledge_base_is_explained(service: KBQAService) -> None:
+    with pytest.raises(KBQAError, match="Choose a knowledge base"):
+        list(handlers.ask(service, None, "hi", []))
