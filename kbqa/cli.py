@@ -162,6 +162,47 @@ def cmd_convert_chatglm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from kbqa import evaluation as ev
+    from kbqa.bootstrap import build_service
+    from kbqa.settings import load_settings
+
+    dataset = ev.load_dataset(Path(args.dataset), Path(args.docs) if args.docs else None)
+    items = ev.sample(dataset.items, args.limit)
+    with tempfile.TemporaryDirectory(prefix="kbqa-eval-") as tmp:
+        settings = load_settings(args.config)
+        settings.paths.knowledge_root = Path(tmp)
+        service = build_service(settings)
+        bar = _Bar(f"ingest {dataset.name}")
+        try:
+            ingest_s = ev.build_knowledge_base(service, dataset, "eval", bar)
+        finally:
+            bar.close()
+        result: dict[str, Any] = {
+            "dataset": dataset.name, "questions": len(items), "embedding": settings.embedding.model,
+            "retrieval_mode": settings.retrieval.mode, "chunk_size": settings.splitter.chunk_size,
+            "documents": len(dataset.texts) + len(dataset.files), "ingest_seconds": round(ingest_s, 1)}
+        bar = _Bar("retrieval")
+        try:
+            result.update(ev.evaluate_retrieval(service, "eval", items, progress=bar))
+        finally:
+            bar.close()
+        if not args.retrieval_only:
+            result["llm"] = settings.llm.model
+            bar = _Bar("answers")
+            try:
+                result.update(ev.evaluate_answers(service, "eval", items, progress=bar))
+            finally:
+                bar.close()
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=1))
+    else:
+        print(ev.format_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="kbqa", description="Local knowledge-base question answering.")
@@ -200,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("eval", help="measure retrieval and answer quality on a QA dataset")
+    p.add_argument("--dataset", required=True, help="SQuAD-style .json, or .jsonl of {question, answer, doc}")
+    p.add_argument("--docs", help="folder of documents for a .jsonl dataset (default: its folder)")
+    p.add_argument("--limit", type=int, help="a fixed random sample of N questions")
+    p.add_argument("--retrieval-only", action="store_true", help="skip answering (no LLM)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (with every answer)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert-chatglm", help="convert a ChatGLM2/3-6B checkpoint to a native transformers folder")
     p.add_argument("src")

@@ -23,7 +23,7 @@ def service(tmp_path: Path) -> KBQAService:
 
 
 def upload(tmp_path: Path, name: str, text: str) -> SimpleNamespace:
-    path = tmp_path / f"gradio-tmp-{len(name)}"
+    path = tmp_path / f"gradio-tmp-{abs(hash((name, text)))}"
     path.write_text(text, encoding="utf-8")
     return SimpleNamespace(name=str(path), orig_name=name)
 

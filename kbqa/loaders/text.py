@@ -1,0 +1,168 @@
+"""Text-based loaders: encoding detection, plain text and Markdown, CSV rows and visible HTML text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from pathlib import Path
+
+from kbqa.errors import CorruptDocument, EmptyDocument
+from kbqa.schema import Section
+
+logger = logging.getLogger(__name__)
+
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def read_text(data: bytes, name: str) -> str:
+    """Decode a text file: BOMs, UTF-8, GBK/GB18030, then charset-normalizer's guess.
+
+    Args:
+        data: The file's bytes.
+        name: The display name used in error messages.
+
+    Returns:
+        The text with a BOM removed and CRLF / CR line ends turned into LF.
+
+    Raises:
+        CorruptDocument: The bytes are binary or in no recognisable encoding.
+    """
+    text = _decode(data, name)
+    if len(_CONTROL.findall(text)) > max(2, len(text) // 1000):
+        raise CorruptDocument(f"{name} looks like a binary file, not text; upload the document itself.")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decode(data: bytes, name: str) -> str:
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom):].decode(encoding, errors="replace")
+    if b"\x00" in data:
+        for encoding, offset in (("utf-16-le", 1), ("utf-16-be", 0)):  # UTF-16 without a BOM
+            if len(data) % 2 == 0 and data[offset::2].count(0) > 0.3 * len(data) // 2 \
+                    and b"\x00" not in data[1 - offset::2]:
+                return data.decode(encoding, errors="replace")
+        raise CorruptDocument(f"{name} looks like a binary file, not text (it contains NUL bytes); "
+                              "upload the document itself or save it as UTF-8 text.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("gb18030")
+        # GBK text is almost all GB2312 characters; Latin-1 bytes that happen to decode are not.
+        wide = [c for c in text if ord(c) > 0x7F]
+        if sum(_in_gb2312(c) for c in wide) >= 0.8 * len(wide):
+            return text
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    if best is None:
+        raise CorruptDocument(f"{name}: the text encoding could not be recognised; save it as UTF-8 and "
+                              "upload it again.")
+    logger.info("%s decoded as %s", name, best.encoding)
+    return str(best)
+
+
+def _in_gb2312(char: str) -> bool:
+    try:
+        char.encode("gb2312")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
+    """A .txt or .md file as one section holding its whole text."""
+    text = read_text(path.read_bytes(), name)
+    if not text.strip():
+        raise EmptyDocument(f"{name} is empty; add some text to it and upload it again.")
+    return [Section(text)]
+
+
+def load_csv(path: Path, name: str, ocr: bool) -> list[Section]:
+    """A CSV file as one section per non-empty data row, in ``header: value`` lines (``extra["row"]``)."""
+    text = read_text(path.read_bytes(), name)
+    first_line = text.lstrip("\n").split("\n", 1)[0]
+    delimiter = max(",;\t|", key=first_line.count)
+    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(c.strip() for c in row)]
+    if len(rows) < 2:
+        raise EmptyDocument(f"{name} has {'only a header row' if rows else 'no rows'}; "
+                            "add data rows and upload it again.")
+    header, data = [h.strip() for h in rows[0]], rows[1:]
+    # An unnamed column of integers (pandas' to_csv index) carries no meaning; other unnamed columns
+    # get a positional name.
+    skip = {i for i, h in enumerate(header) if not h and all(
+        not r[i].strip() or r[i].strip().isdigit() for r in data if i < len(r))}
+    sections = []
+    for number, row in enumerate(data, 1):
+        lines = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {cell.strip()}"
+                 for i, cell in enumerate(row) if cell.strip() and i not in skip]
+        if lines:
+            sections.append(Section("\n".join(lines), extra={"row": number}))
+    return sections
+
+
+# ---------------------------------------------------------------- html
+
+_HIDDEN_TAGS = ["script", "style", "head", "template", "noscript", "ix:header", "svg", "iframe", "object"]
+_BLOCK_TAGS = frozenset((
+    "address", "article", "aside", "blockquote", "caption", "center", "dd", "details", "dialog", "div", "dl",
+    "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
+    "hr", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "title", "tr", "ul"))
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+
+
+def load_html(path: Path, name: str, ocr: bool) -> list[Section]:
+    """An HTML page as one section of its visible text; table rows become ``a | b`` lines."""
+    from bs4 import BeautifulSoup
+
+    # Inline XBRL files start with an XML declaration, which only makes BeautifulSoup warn.
+    raw = re.sub(rb"^\s*<\?xml[^>]*\?>", b"", path.read_bytes())
+    soup = BeautifulSoup(raw, "lxml")
+    for tag in [*soup.find_all(_HIDDEN_TAGS), *soup.find_all(hidden=True),
+                *soup.find_all(style=_HIDDEN_STYLE)]:
+        if not tag.decomposed:
+            tag.decompose()
+    parts: list[str] = []
+    _html_text(soup, parts)
+    lines = (re.sub(r"\s+", " ", line).strip() for line in "".join(parts).split("\n"))
+    return [Section("\n".join(line for line in lines if line))]
+
+
+def _html_text(node: object, out: list[str]) -> None:
+    from bs4 import CData, NavigableString, Tag
+
+    for child in getattr(node, "children", ()):
+        if isinstance(child, NavigableString):
+            if type(child) is NavigableString or isinstance(child, CData):  # not comments, doctype...
+                out.append(str(child).replace("\n", " "))
+        elif not isinstance(child, Tag):
+            continue
+        elif child.name == "br":
+            out.append("\n")
+        elif child.name == "table":
+            caption = child.find("caption")
+            out.append("\n" + (caption.get_text(" ", strip=True) + "\n" if caption else ""))
+            for row in child.find_all("tr"):
+                if row.find_parent("table") is child:
+                    cells = []
+                    for cell in row.find_all(["td", "th"], recursive=False):
+                        cell_parts: list[str] = []
+                        _html_text(cell, cell_parts)
+                        cells.append(re.sub(r"\s+", " ", "".join(cell_parts)).strip())
+                    out.append(" | ".join(c for c in cells if c) + "\n")
+        elif child.name in _BLOCK_TAGS:
+            out.append("\n")
+            _html_text(child, out)
+            out.append("\n")
+        else:
+            _html_text(child, out)
+            if child.name in ("td", "th"):
+                out.append(" ")

@@ -1,0 +1,84 @@
+"""Clean-up of text extracted from PDFs or by OCR: stray glyphs, blank runs and broken Chinese lines."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20"
+_CJK_ANY = f"{_CJK}{_CJK_PUNCT}"
+_SPACED_CJK = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+_SPACE_AT_PUNCT = re.compile(f"(?<=[{_CJK_PUNCT}]) (?=\\S)|(?<=\\S) (?=[{_CJK_PUNCT}])")
+#: Spaces around a number amid Chinese ("年产 4,000 万千米", "约 30%。") or starting a clause ("，2022 年").
+_SPACE_BEFORE_NUMBER = re.compile(f"(?<=[{_CJK_ANY}]) (?=\\d[\\d,.%~-]* ?[{_CJK_ANY}])")
+_SPACE_AFTER_NUMBER = re.compile(f"(?:(?<=[{_CJK_ANY}])|^)(\\d[\\d,.%~-]*) (?=[{_CJK_ANY}])")
+_LIST_START = re.compile(r"^(\d+[.、)）](?!\d)|[•·\-*])")
+_LABEL_START = re.compile(r"^[^，。：:]{1,8}[：:]")
+_TABLE_ROW = re.compile(r"(\s[-+]?[\d,.]+%?){2,}$")
+
+
+def tidy_text(text: str) -> str:
+    """Clean text extracted from a PDF or by OCR.
+
+    Strips each line, maps private-use glyphs (symbol-font bullets) to "•", and collapses blank
+    runs. When the text is Chinese, also joins lines broken inside a sentence and removes the
+    spaces that extraction puts between Chinese characters and around numbers.
+
+    Args:
+        text: Raw extracted text.
+
+    Returns:
+        The cleaned text.
+    """
+    text = re.sub("[\ue000-\uf8ff]", "•", text)
+    lines = [line.strip() for line in text.split("\n")]
+    if _CJK_CHAR.search(text):
+        lines = _join_wrapped(lines)
+        lines = [_SPACE_AT_PUNCT.sub("", _unspace(line)) for line in lines]
+        lines = [_SPACE_AFTER_NUMBER.sub(r"\1", _SPACE_BEFORE_NUMBER.sub("", line)) for line in lines]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _unspace(line: str) -> str:
+    """Undo letter-spacing ("金 刚 线"); a lone space between Chinese words is a cell or legend gap."""
+    spaced = len(_SPACED_CJK.findall(line))
+    if spaced >= 2 and spaced >= 0.5 * len(_CJK_CHAR.findall(line)):
+        return _SPACED_CJK.sub("", line)
+    return line
+
+
+def _width(line: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
+
+
+def _wrapped(line: str, following: str) -> bool:
+    """Whether ``following`` continues ``line``'s sentence (a soft line break of a Chinese paragraph)."""
+    if not line or not following or "  " in line or _LIST_START.match(following) \
+            or _LABEL_START.match(following) or _TABLE_ROW.search(following):
+        return False
+    last, first = line[-1], following[0]
+    if last in "。！？；：!?;:" or not (_CJK_CHAR.match(first) or first in "（《“‘【「+"
+                                         or (first.isascii() and first.isalnum())):
+        return False
+    if not (_CJK_CHAR.match(last) or last in "，、（《“‘【「—…·"):
+        # A line may end in a number or Latin word ("公司 22Q1"), but not a table row ("7.18 32.88").
+        head = re.sub(r"[0-9A-Za-z.,%]+$", "", line).rstrip()
+        if head == line or not head or not _CJK_CHAR.match(head[-1]) or not _CJK_CHAR.match(first):
+            return False
+    # A short line (heading, label) ends where it is, even before a long one.
+    width = _width(line)
+    return width >= 20 and width >= 0.75 * _width(following)
+
+
+def _join_wrapped(lines: list[str]) -> list[str]:
+    joined: list[str] = []
+    previous = ""
+    for line in lines:
+        if joined and _wrapped(previous, line):
+            joined[-1] += line
+        else:
+            joined.append(line)
+        previous = line
+    return joined

@@ -1,0 +1,295 @@
+"""Loaders: every corpus document loads; bad, empty, encrypted and unknown files fail with a clear KBQAError.
+
+OCR behaviour (scans, images, pictures inside .docx) is in test_ocr.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader, PdfWriter
+
+from kbqa.errors import CorruptDocument, EmptyDocument, EncryptedDocument, KBQAError, UnsupportedFile
+from kbqa.loaders import SUPPORTED_SUFFIXES, load_document, read_text, tidy_text
+from tests.conftest import CORPUS
+
+#: The documents to ingest: top-level files except the JSON datasets and the corpus's own README.
+DOCUMENTS = sorted(p for p in CORPUS.iterdir()
+                   if p.is_file() and p.suffix != ".json" and p.name != "README.md")
+PRIMER = CORPUS / "en_langchain_llm_apps_primer.pdf"
+GAOCE = CORPUS / "zh_research_report_gaoce_688556.pdf"
+
+
+def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+# ---------------------------------------------------------------- the corpus
+
+def test_the_corpus_has_the_documents_the_readme_lists() -> None:
+    assert {p.suffix for p in DOCUMENTS} == {".txt", ".md", ".pdf", ".docx", ".csv", ".html"}
+    assert len(DOCUMENTS) == 10
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
+def test_every_corpus_document_loads_with_text(path: Path) -> None:
+    sections = load_document(path, ocr=False)
+    assert sections and all(s.text.strip() for s in sections)
+    if path.suffix == ".pdf":
+        assert [s.page for s in sections] == list(range(1, len(PdfReader(path).pages) + 1))
+    else:
+        assert all(s.page is None for s in sections)
+
+
+def test_pdf_pages_are_numbered_from_one() -> None:
+    sections = load_document(PRIMER, ocr=False)
+    assert [s.page for s in sections] == list(range(1, 9))
+    assert "LangChain" in sections[1].text
+
+
+def test_text_file_is_one_section_with_its_exact_text() -> None:
+    [section] = load_document(CORPUS / "state_of_the_union.txt")
+    assert len(section.text) == 38080
+    assert "4,000 projects have already been announced." in section.text
+
+
+def test_chinese_pdf_lines_broken_inside_sentences_are_joined() -> None:
+    text = "\n".join(s.text for s in load_document(GAOCE, ocr=False))
+    assert "项目一期计划建设年产4,000万千米金刚线产能" in text
+    assert "金刚线需求释放" in text  # "金刚线需" + line break + "求释放" in the raw extraction
+    assert "南京大学材料学学士" in text
+    # Table rows, headings and key: value lines keep their own lines.
+    assert "\n营业收入(百万元) 746 1,567 3,684 5,056 5,752\n" in text
+    assert "\n投资要点\n" in text
+    assert "\n总股本(百万股)：227.92\n" in text
+
+
+def test_tidy_text_removes_letter_spacing_but_keeps_word_gaps() -> None:
+    assert tidy_text("金 刚 线 需 求 释 放") == "金刚线需求释放"
+    assert tidy_text("买入 相对强于市场表现") == "买入 相对强于市场表现"
+    assert tidy_text("年产 4,000 万千米，较去年提升约 30%。") == "年产4,000万千米，较去年提升约30%。"
+    assert tidy_text("English  text\n\n\n\nstays  as it is") == "English  text\n\nstays  as it is"
+
+
+def test_tidy_text_keeps_short_headings_and_table_rows_apart() -> None:
+    text = ("投资要点\n事件：公司拟与壶关县人民政府签署协议书\n"
+            "绝对涨幅(%) 7.18 32.88 80.86\n相对涨幅(%) 8.10 25.93")
+    assert tidy_text(text) == text
+
+
+def test_csv_rows_become_sections_of_header_value_lines() -> None:
+    sections = load_document(CORPUS / "zh_langchain_chatglm_closed_issues.csv")
+    assert len(sections) == 172
+    assert [s.extra["row"] for s in sections] == list(range(1, 173))
+    first = sections[0].text.split("\n")
+    assert first[0] == "title: 加油~以及一些建议"
+    assert all(": " in line and not line.startswith(": ") for line in first)  # the index column is dropped
+    assert any("\n" in s.text.split("detail: ", 1)[-1] for s in sections)  # multi-line quoted cells
+
+
+def test_csv_skips_empty_values_and_names_unnamed_columns(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", 'name,,note\r\nAda,x,"two\r\nlines"\r\nBob,,\r\n\r\n,,\r\n')
+    sections = load_document(path)
+    assert [s.text for s in sections] == ["name: Ada\ncolumn 2: x\nnote: two\nlines", "name: Bob"]
+    assert [s.extra for s in sections] == [{"row": 1}, {"row": 2}]
+
+
+def test_csv_in_gbk_with_semicolons_is_decoded(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "问题;答案\n天空是什么颜色;蓝色\n".encode("gbk"))
+    assert load_document(path)[0].text == "问题: 天空是什么颜色\n答案: 蓝色"
+
+
+def test_csv_with_only_a_header_is_empty(tmp_path: Path) -> None:
+    with pytest.raises(EmptyDocument, match="only a header"):
+        load_document(write(tmp_path, "header.csv", "title,body\n"))
+
+
+def test_docx_keeps_paragraphs_headings_and_tables_in_body_order(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("第一章 总则", level=1)
+    document.add_paragraph("Before the table.")
+    table = document.add_table(rows=2, cols=3)
+    table.cell(0, 0).merge(table.cell(0, 1)).text = "merged"
+    table.cell(0, 2).text = "c"
+    table.cell(1, 0).text = "1"
+    table.cell(1, 2).text = "3"
+    document.add_paragraph("After the table.")
+    document.save(str(tmp_path / "order.docx"))
+    [section] = load_document(tmp_path / "order.docx")
+    assert section.text == "第一章 总则\nBefore the table.\nmerged | c\n1 | 3\nAfter the table."
+
+
+def test_html_keeps_visible_text_only(tmp_path: Path) -> None:
+    html = """<html><head><title>T</title><style>p {color: red}</style></head><body>
+      <script>var x = 1;</script><noscript>enable js</noscript><template><p>tmpl</p></template>
+      <h1>Title</h1><p>Visible <b>bold</b>&nbsp;text</p><div style="display: none">gone</div>
+      <p hidden>also gone</p><span style="visibility:hidden">hidden span</span><!-- a comment -->
+      <table><tr><th>Key</th><th>Value</th></tr><tr><td>a</td><td>1</td></tr></table>
+      line one<br>line two</body></html>"""
+    [section] = load_document(write(tmp_path, "page.html", html))
+    assert section.text == "Title\nVisible bold text\nKey | Value\na | 1\nline one\nline two"
+
+
+def test_inline_xbrl_cover_page_yields_its_facts_and_no_css() -> None:
+    [section] = load_document(CORPUS / "en_galaxy_gaming_10k_cover.html")
+    text = section.text
+    address = "6480 Cameron Street Ste. 305 – Las Vegas, NV 89118"
+    for fact in ("Galaxy Gaming", "Nevada", "000-30653", "GLXZ", address):
+        assert fact in text
+    assert "font-" not in text and "{" not in text and "  " not in text
+
+
+# ---------------------------------------------------------------- text decoding
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "gbk", "gb18030"])
+def test_text_encodings_are_detected(tmp_path: Path, encoding: str) -> None:
+    text = "第一条 为了保障公民合法权益，制定本规则。\r\nSecond line – “quoted”.\r\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    if encoding == "gbk":
+        data = text.replace("–", "-").replace("“", '"').replace("”", '"').encode("gbk")
+    [section] = load_document(write(tmp_path, "t.txt", data))
+    assert section.text.startswith("第一条 为了保障公民合法权益，制定本规则。\nSecond line")
+    assert "\r" not in section.text and "\ufeff" not in section.text
+
+
+def test_utf16_without_bom_is_detected() -> None:
+    assert read_text("Hello 你好\n".encode("utf-16-le"), "t.txt") == "Hello 你好\n"
+
+
+def test_latin1_text_is_not_mistaken_for_gbk() -> None:
+    text = "Le café de la gare est fermé le dimanche. Résumé: très bien, à bientôt, naïve élève."
+    assert read_text(text.encode("cp1252"), "t.txt") == text
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\t\r\n  \n"])
+def test_empty_or_blank_text_file_is_empty(tmp_path: Path, content: bytes) -> None:
+    with pytest.raises(EmptyDocument, match="notes.md"):
+        load_document(write(tmp_path, "notes.md", content))
+
+
+@pytest.mark.parametrize("data", [os.urandom(4096), bytes(range(1, 32)) * 50,
+                                  b"\x7fELF\x02\x01" + bytes(600)])
+def test_binary_file_named_txt_is_corrupt(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(CorruptDocument, match="binary"):
+        load_document(write(tmp_path, "garbage.txt", data))
+
+
+# ---------------------------------------------------------------- PDF failures
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["random", "random after a PDF header", "truncated", "head only"])
+def test_corrupt_pdf_fails_quickly(tmp_path: Path, kind: str) -> None:
+    real = GAOCE.read_bytes()
+    data = {"random": os.urandom(200_000), "random after a PDF header": b"%PDF-1.7\n" + os.urandom(200_000),
+            "truncated": real[: len(real) // 2], "head only": real[:3000]}[kind]
+    with pytest.raises(CorruptDocument, match="broken.pdf"):
+        load_document(write(tmp_path, "broken.pdf", data))
+
+
+def encrypted_copy(tmp_path: Path, user_password: str, algorithm: str) -> Path:
+    writer = PdfWriter()
+    writer.append(PRIMER, pages=[1])
+    writer.encrypt(user_password=user_password, owner_password="owner-secret", algorithm=algorithm)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return write(tmp_path, "locked.pdf", buffer.getvalue())
+
+
+@pytest.mark.parametrize("algorithm", ["RC4-128", "AES-256"])
+def test_pdf_with_a_password_is_reported_as_encrypted(tmp_path: Path, algorithm: str) -> None:
+    if algorithm.startswith("AES"):
+        pytest.importorskip("cryptography")
+    with pytest.raises(EncryptedDocument, match="locked.pdf is password-protected: remove the password"):
+        load_document(encrypted_copy(tmp_path, "s3cret", algorithm))
+
+
+@pytest.mark.parametrize("algorithm", ["RC4-128", "AES-128", "AES-256"])
+def test_pdf_encrypted_with_an_empty_user_password_loads(tmp_path: Path, algorithm: str) -> None:
+    if algorithm.startswith("AES"):
+        pytest.importorskip("cryptography")
+    [section] = load_document(encrypted_copy(tmp_path, "", algorithm), ocr=False)
+    assert section.page == 1 and "LangChain" in section.text
+
+
+def test_scanned_pdf_with_ocr_off_says_so() -> None:
+    with pytest.raises(EmptyDocument, match="no text layer.*OCR is off"):
+        load_document(CORPUS / "ocr" / "zh_scanned_magazine_page.pdf", ocr=False)
+
+
+# ---------------------------------------------------------------- other failures
+
+@pytest.mark.parametrize("name", ["data.xyz", "passwd", "archive.tar.gz", "notes.doc"])
+def test_unknown_suffix_is_unsupported_and_lists_the_supported_ones(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsupportedFile) as info:
+        load_document(write(tmp_path, name, "text"))
+    assert name in str(info.value) and ".pdf" in str(info.value) and ".docx" in str(info.value)
+    if name == "notes.doc":
+        assert "save it as .docx" in str(info.value)
+
+
+def test_supported_suffixes_cover_the_documented_types() -> None:
+    assert {".txt", ".md", ".pdf", ".docx", ".csv", ".html", ".htm", ".png", ".jpg", ".jpeg", ".bmp", ".tif",
+            ".tiff", ".webp"} == SUPPORTED_SUFFIXES
+
+
+def test_suffix_is_matched_case_insensitively(tmp_path: Path) -> None:
+    assert load_document(write(tmp_path, "README.TXT", "hello"))[0].text == "hello"
+
+
+@pytest.mark.parametrize("kind", ["not a zip", "zip without document.xml"])
+def test_corrupt_docx_is_reported(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "report.docx"
+    if kind == "not a zip":
+        path.write_bytes(os.urandom(3000))
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("hello.txt", "not a word document")
+    with pytest.raises(CorruptDocument, match="report.docx is not a readable Word .docx file"):
+        load_document(path)
+
+
+def test_empty_docx_is_empty(tmp_path: Path) -> None:
+    import docx
+
+    docx.Document().save(str(tmp_path / "blank.docx"))
+    with pytest.raises(EmptyDocument, match="blank.docx"):
+        load_document(tmp_path / "blank.docx")
+
+
+def test_image_with_ocr_off_is_unsupported() -> None:
+    with pytest.raises(UnsupportedFile, match="OCR is off"):
+        load_document(CORPUS / "ocr" / "zh_ocr_test.jpg", ocr=False)
+
+
+def test_broken_image_is_corrupt(tmp_path: Path) -> None:
+    with pytest.raises(CorruptDocument, match="scan.png is not a readable image"):
+        load_document(write(tmp_path, "scan.png", b"\x89PNG\r\n\x1a\n" + os.urandom(500)))
+
+
+def test_display_name_is_used_in_messages(tmp_path: Path) -> None:
+    path = write(tmp_path, "7f3a9c.txt", b"")
+    with pytest.raises(EmptyDocument, match="我的笔记.txt"):
+        load_document(path, name="我的笔记.txt")
+
+
+def test_unreadable_path_is_a_kbqa_error(tmp_path: Path) -> None:
+    with pytest.raises(KBQAError, match="missing.txt could not be read"):
+        load_document(tmp_path / "missing.txt")
+
+
+def test_the_loader_is_picked_by_the_suffix_of_the_given_name(tmp_path: Path) -> None:
+    upload = write(tmp_path, "abc123", "# Notes\n\nuploaded text")  # an upload's temp file has no suffix
+    [section] = load_document(upload, name="x.md")
+    assert section.text == "# Notes\n\nuploaded text"
+    with pytest.raises(UnsupportedFile, match="passwd: Files without an extension are not supported"):
+        load_document(write(tmp_path, "notes.txt", "text"), name="passwd")

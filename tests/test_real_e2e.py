@@ -1,0 +1,96 @@
+"""End to end with the real embedded models (default settings): documents in, cited answers out.
+
+Slow (minutes on 2 cores): the embedding model and the 1.5B chat model run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kbqa.bootstrap import build_service
+from kbqa.service import KBQAService
+from kbqa.settings import load_settings
+from tests.conftest import CORPUS, ROOT
+
+pytestmark = pytest.mark.real
+
+DATASETS = {"cmrc2018_dev.json", "cmrc2018_dev.cmrc_format.json"}
+
+
+def corpus_documents() -> list[Path]:
+    """Every document of the shared corpus (top level and ocr/), not the datasets or its README."""
+    files = [p for p in sorted(CORPUS.iterdir()) if p.is_file() and p.name not in DATASETS | {"README.md"}]
+    return files + sorted((CORPUS / "ocr").iterdir())
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBQAService]:
+    root = tmp_path_factory.mktemp("real")
+    yield build_service(load_settings(paths={"knowledge_root": root / "knowledge"}))
+
+
+def test_state_of_the_union_question_cites_the_right_passage(service: KBQAService) -> None:
+    report = service.add_files("sotu", [CORPUS / "state_of_the_union.txt"])
+    assert report.ok, report.to_dict()
+    answer = service.ask("sotu", "How many projects were announced?")
+    assert "4,000 projects have already been announced." in answer.sources[0].text
+    assert "4,000" in answer.answer or "4000" in answer.answer
+    assert not answer.refused
+
+
+def test_chinese_question_cites_the_article(service: KBQAService) -> None:
+    report = service.add_files("检察规则", [CORPUS / "zh_procuratorate_admin_litigation_supervision_rules.md"])
+    assert report.ok, report.to_dict()
+    answer = service.ask("检察规则", "人民检察院受理当事人申请监督的案件，应当在多长时间内审查终结？")
+    assert answer.language == "zh"
+    assert "第十二条" in answer.sources[0].text
+    assert "三个月" in answer.answer or "3个月" in answer.answer
+
+
+def test_question_outside_the_documents_is_refused(service: KBQAService) -> None:
+    if not service.list_documents("sotu"):
+        service.add_files("sotu", [CORPUS / "state_of_the_union.txt"])
+    answer = service.ask("sotu", "What is the boiling point of liquid nitrogen in Kelvin?")
+    assert answer.refused, answer.answer
+
+
+def test_cli_ingests_the_whole_corpus_in_one_batch(tmp_path: Path) -> None:
+    env = {**os.environ, "KBQA_PATHS__KNOWLEDGE_ROOT": str(tmp_path / "knowledge")}
+    files = [str(p) for p in corpus_documents()]
+    run = subprocess.run([sys.executable, "-m", "kbqa", "ingest", "--kb", "corpus", *files],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == len(files)
+    assert all(": added (" in line for line in lines), run.stdout
+    again = subprocess.run([sys.executable, "-m", "kbqa", "ingest", "--kb", "corpus", *files],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and all(line.endswith("unchanged") for line in again.stdout.splitlines())
+    listed = subprocess.run([sys.executable, "-m", "kbqa", "docs", "list", "--kb", "corpus"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert len(listed.stdout.splitlines()) == len(files)
+    pdf_line = next(line for line in listed.stdout.splitlines() if line.startswith("en_langchain_llm_apps_primer.pdf"))
+    assert "8 pages" in pdf_line
+
+
+def test_cli_ask_json_has_the_documented_shape(tmp_path: Path) -> None:
+    env = {**os.environ, "KBQA_PATHS__KNOWLEDGE_ROOT": str(tmp_path / "knowledge")}
+    subprocess.run([sys.executable, "-m", "kbqa", "ingest", "--kb", "s", str(CORPUS / "state_of_the_union.txt")],
+                   check=True, capture_output=True, env=env, cwd=ROOT, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "kbqa", "ask", "--kb", "s", "--json",
+                          "How many projects were announced?"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert isinstance(data["answer"], str) and data["sources"]
+    first = data["sources"][0]
+    assert set(first) == {"source", "page", "chunk", "score", "text"}
+    assert first["source"] == "state_of_the_union.txt" and first["page"] is None
+    assert isinstance(first["chunk"], int) and isinstance(first["score"], float)
