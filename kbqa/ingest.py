@@ -99,6 +99,11 @@ class Ingestor:
                 self._flush(kb, group, results, report)
                 group = []
         self._flush(kb, group, results, report)
+        try:
+            with kb.lock:
+                self.keywords.get(kb).save()
+        except Exception:  # the saved index then lags the manifest and is rebuilt from the store on open
+            log.exception("could not save the keyword index of %s", kb.name)
         if report:
             report(len(files), "done")
         return IngestReport(kb=kb.name, files=[r for r in results if r is not None],
@@ -143,39 +148,52 @@ class Ingestor:
             for p in group:
                 results[p.position] = FileResult(p.name, "failed", reason=f"embedding failed: {exc}")
             return
-        offset = 0
-        for p in group:
-            part = vectors[offset:offset + len(p.chunks)]
-            offset += len(p.chunks)
-            try:
-                self.commit(kb, p, part)
-                results[p.position] = FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks))
-            except Exception as exc:
-                log.exception("could not index %s", p.name)
-                results[p.position] = FileResult(p.name, "failed", reason=f"could not index: {exc}")
-            if report:
-                report(p.position + 1, f"indexed {p.name}")
+        try:
+            self.commit(kb, group, vectors)
+            done = [(p, None) for p in group]
+        except Exception as exc:  # e.g. disk full: retry file by file so one failure stays one failure
+            log.warning("group commit failed (%s); committing file by file", exc)
+            done = []
+            offset = 0
+            for p in group:
+                part = vectors[offset:offset + len(p.chunks)]
+                offset += len(p.chunks)
+                try:
+                    self.commit(kb, [p], part)
+                    done.append((p, None))
+                except Exception as exc_one:
+                    log.exception("could not index %s", p.name)
+                    done.append((p, exc_one))
+        for p, error in done:
+            results[p.position] = (FileResult(p.name, "failed", reason=f"could not index: {error}") if error
+                                   else FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks)))
+        if report:
+            report(group[-1].position + 1, f"indexed {group[-1].name}")
 
-    def commit(self, kb: KnowledgeBase, p: _Prepared, vectors: np.ndarray) -> None:
-        """Write one file's chunks to the store and keyword index, then name it in the manifest.
+    def commit(self, kb: KnowledgeBase, group: list[_Prepared], vectors: np.ndarray) -> None:
+        """Write files' chunks to the store and keyword index, then name them in the manifest.
 
-        If anything fails midway, the partial chunks are removed before the error propagates.
+        The keyword index is saved at the end of the batch; if the process dies before that, its
+        generation lags the manifest's and it is rebuilt from the store. If anything fails midway, the
+        partial chunks are removed before the error propagates.
         """
+        chunks = [c for p in group for c in p.chunks]
+        shas = [p.sha256 for p in group] + [p.replaces for p in group if p.replaces]
         with kb.lock:
             if not kb.embedding:
                 kb.set_embedding(self.embedder.name)
             index = self.keywords.get(kb)
-            shas = (p.sha256, p.replaces) if p.replaces else (p.sha256,)
             try:
                 with kb.pending(*shas):
-                    self.store.add(kb.slug, p.chunks, vectors)
-                    index.add([c.id for c in p.chunks], [c.text for c in p.chunks])
-                    kb.store_content(p.path, p.name)
-                    kb.commit_file(p.name, p.sha256, len(p.chunks), p.pages, p.size)
-                    if p.replaces:
-                        index.delete(self.store.delete_sha(kb.slug, p.replaces))
+                    self.store.add(kb.slug, chunks, vectors)
+                    index.add([c.id for c in chunks], [c.text for c in chunks])
+                    for p in group:
+                        kb.store_content(p.path, p.name)
+                    kb.commit_files([(p.name, p.sha256, len(p.chunks), p.pages, p.size) for p in group])
+                    for p in group:
+                        if p.replaces:
+                            index.delete(self.store.delete_sha(kb.slug, p.replaces))
                     index.generation = kb.manifest.generation
-                    index.save()
             except BaseException:
                 recover(kb, self.store)
                 raise

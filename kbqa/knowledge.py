@@ -173,8 +173,13 @@ class KnowledgeBase:
 
     def commit_file(self, name: str, sha256: str, chunks: int, pages: int | None, size: int) -> None:
         """Name a file whose chunks are fully written."""
-        self.manifest.files[name] = {"sha256": sha256, "chunks": chunks, "pages": pages, "size": size,
-                                     "added_at": _now()}
+        self.commit_files([(name, sha256, chunks, pages, size)])
+
+    def commit_files(self, files: list[tuple[str, str, int, int | None, int]]) -> None:
+        """Name files whose chunks are fully written: ``(name, sha256, chunks, pages, size)`` each, one write."""
+        for name, sha256, chunks, pages, size in files:
+            self.manifest.files[name] = {"sha256": sha256, "chunks": chunks, "pages": pages, "size": size,
+                                         "added_at": _now()}
         self.manifest.generation += 1
         self.save_manifest()
 
