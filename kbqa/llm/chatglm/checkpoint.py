@@ -1,0 +1,153 @@
+"""Read a ChatGLM2/3 checkpoint folder as published: ``config.json``, weight shards, ``tokenizer.model``.
+
+Nothing here imports or runs the checkpoint's own Python files; they are at most read as text to tell
+ChatGLM3 from ChatGLM2 (both use the same ``model_type`` and shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from kbqa.errors import ModelUnavailable
+from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, Version
+
+log = logging.getLogger(__name__)
+
+CHATGLM_ARCHITECTURES = {"ChatGLMModel", "ChatGLMForConditionalGeneration"}
+#: Settings ChatGLM2/3 always have; a checkpoint with other values is a different architecture.
+_REQUIRED = {"rmsnorm": True, "original_rope": True, "add_bias_linear": False, "post_layer_norm": True,
+             "apply_residual_connection_post_layernorm": False}
+
+
+@dataclass(frozen=True)
+class ChatGLMSource:
+    """A published ChatGLM2/3 checkpoint, checked and ready to convert."""
+
+    folder: Path
+    config: dict[str, Any]
+    version: Version
+    weight_files: tuple[Path, ...]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file as a dict; an unreadable file is a ModelUnavailable naming it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"Cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelUnavailable(f"{path} does not hold a JSON object.")
+    return data
+
+
+def is_chatglm_checkpoint(folder: Path) -> bool:
+    """True when ``folder`` holds a ChatGLM-format (``transformer.encoder.*``) checkpoint."""
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        return False
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    architectures = set(config.get("architectures") or [])
+    if config.get("model_type") == "chatglm" or CHATGLM_ARCHITECTURES & architectures:
+        return True
+    for index in ("pytorch_model.bin.index.json", "model.safetensors.index.json"):
+        if (Path(folder) / index).is_file():
+            keys = read_json(Path(folder) / index).get("weight_map", {})
+            return any(k.startswith("transformer.encoder.layers.") for k in keys)
+    return False
+
+
+def find_weight_files(folder: Path) -> list[Path]:
+    """The weight shards of a checkpoint, safetensors preferred over ``.bin``, in shard order."""
+    folder = Path(folder)
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / index_name).is_file():
+            names = sorted(set(read_json(folder / index_name).get("weight_map", {}).values()))
+            missing = [n for n in names if not (folder / n).is_file()]
+            if missing:
+                raise ModelUnavailable(
+                    f"{folder} is incomplete: {', '.join(missing)} missing (see {index_name}).")
+            return [folder / n for n in names]
+        if (folder / single).is_file():
+            return [folder / single]
+    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of one shard, by name; ``.bin`` files are read with ``weights_only`` (no pickled code)."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                yield key, handle.get_tensor(key)
+        return
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files from before torch's zip format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelUnavailable(f"Cannot read weights from {path}: {exc}") from exc
+    yield from state.items()
+
+
+def detect_version(folder: Path, config: dict[str, Any]) -> Version:
+    """ChatGLM3 or ChatGLM2: the shapes match, so look at names and the tokenizer's role tokens."""
+    texts = [json.dumps(config)]
+    for name in ("tokenizer_config.json", "tokenization_chatglm.py", "generation_config.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    hay = "\n".join(texts).lower()
+    if "chatglm3" in hay or "<|user|>" in hay or "chatglm3" in Path(folder).resolve().name.lower():
+        return "chatglm3"
+    return "chatglm2"
+
+
+def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
+    """Check a ChatGLM checkpoint folder and describe it.
+
+    Args:
+        folder: The checkpoint as published (config.json, weight shards, tokenizer.model).
+        version: Force ``chatglm2`` or ``chatglm3``; detected when None.
+
+    Raises:
+        ModelUnavailable: not a ChatGLM2/3 checkpoint kbqa can convert, with the reason.
+    """
+    folder = Path(folder)
+    if not is_chatglm_checkpoint(folder):
+        raise ModelUnavailable(
+            f"{folder} is not a ChatGLM checkpoint (config.json with model_type 'chatglm').")
+    config = read_json(folder / "config.json")
+    if "position_encoding_2d" in config or "inner_hidden_size" in config:
+        raise ModelUnavailable(
+            f"{folder} is a first-generation ChatGLM-6B checkpoint, whose architecture differs; "
+            f"use ChatGLM2-6B or ChatGLM3-6B.")
+    if config.get("quantization_bit"):
+        raise ModelUnavailable(
+            f"{folder} is a pre-quantized ChatGLM checkpoint (quantization_bit="
+            f"{config['quantization_bit']}); "
+            f"use the full-precision checkpoint and set llm.quantization = '8bit' or '4bit' instead.")
+    wrong = {k: config[k] for k, v in _REQUIRED.items() if k in config and config[k] != v}
+    if wrong:
+        raise ModelUnavailable(f"{folder}: unsupported ChatGLM variant ({wrong}); kbqa reads ChatGLM2/3-6B.")
+    for key in ("hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size", "padded_vocab_size"):
+        if not isinstance(config.get(key), int):
+            raise ModelUnavailable(f"{folder}/config.json lacks '{key}': not a ChatGLM2/3 config.")
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise ModelUnavailable(f"{folder} has no {TOKENIZER_FILE}; it is part of the published checkpoint.")
+    files = find_weight_files(folder)
+    if not files:
+        raise ModelUnavailable(f"{folder} holds no weights (pytorch_model*.bin or *.safetensors).")
+    return ChatGLMSource(folder=folder, config=config, version=version or detect_version(folder, config),
+                         weight_files=tuple(files))

@@ -1,0 +1,236 @@
+"""Convert a ChatGLM2/3 checkpoint into a native transformers ``GlmForCausalLM`` folder (no remote code).
+
+The mapping is exact (MODELS.md): the fused ``query_key_value`` rows split into ``q_proj``/``k_proj``/
+``v_proj``; the other weights are renamed; the rotary cache is dropped; ``rope_ratio`` scales the rotary
+base. The output folder also holds ``tokenizer.model`` and ``kbqa_chatglm.json`` (prompt format and stop
+ids), which tells kbqa to use ChatGLM's own tokenizer and prompt format. One output shard is written per
+input shard, so memory stays at about one shard; the folder is written under a temporary name and
+renamed when complete, so a half-written conversion is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import GenerationConfig, GlmConfig
+
+from kbqa.errors import ConfigError, ModelUnavailable
+from kbqa.llm.chatglm.checkpoint import iter_tensors, read_json, read_source
+from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, ChatGLMTokenizer, Version
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the output changes, so cached conversions are redone.
+CONVERTER_VERSION = 1
+MARKER_FILE = "kbqa_chatglm.json"
+Progress = Callable[[int, int], None]
+
+_TOP = {"transformer.embedding.word_embeddings": "model.embed_tokens",
+        "transformer.encoder.final_layernorm": "model.norm", "transformer.output_layer": "lm_head"}
+_LAYER = re.compile(r"transformer\.encoder\.layers\.(\d+)\.(.+)")
+_IN_LAYER = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
+             "self_attention.dense": "self_attn.o_proj", "mlp.dense_h_to_4h": "mlp.gate_up_proj",
+             "mlp.dense_4h_to_h": "mlp.down_proj"}
+_DROPPED = ("transformer.rotary_pos_emb.inv_freq",)
+
+
+def attention_dims(config: dict[str, Any]) -> tuple[int, int, int]:
+    """``(heads, kv_groups, head_dim)`` of a ChatGLM config."""
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("kv_channels") or config["hidden_size"] // heads)
+    groups = heads
+    if config.get("multi_query_attention"):
+        groups = int(config.get("multi_query_group_num") or heads)
+    return heads, groups, head_dim
+
+
+def map_module(name: str) -> list[tuple[str, str | None]] | None:
+    """Native module name(s) of a ChatGLM module; the part is ``q``/``k``/``v`` for the fused QKV rows.
+
+    Returns None for a module that has no native counterpart.
+    """
+    if name in _TOP:
+        return [(_TOP[name], None)]
+    match = _LAYER.fullmatch(name)
+    if not match:
+        return None
+    index, rest = match.groups()
+    if rest == "self_attention.query_key_value":
+        return [(f"model.layers.{index}.self_attn.{part}_proj", part) for part in "qkv"]
+    if rest in _IN_LAYER:
+        return [(f"model.layers.{index}.{_IN_LAYER[rest]}", None)]
+    return None
+
+
+def split_rows(tensor: torch.Tensor, part: str | None, dims: tuple[int, int, int]) -> torch.Tensor:
+    """Rows of the fused QKV tensor for ``part`` (a copy, so shards never share storage)."""
+    if part is None:
+        return tensor.contiguous()
+    heads, groups, head_dim = dims
+    q, kv = heads * head_dim, groups * head_dim
+    start, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[part]
+    if tensor.shape[0] != q + 2 * kv:
+        raise ModelUnavailable(
+            f"query_key_value has {tensor.shape[0]} rows, expected {q + 2 * kv} from config.json.")
+    return tensor[start:start + size].clone()
+
+
+def native_config(config: dict[str, Any], eos_ids: list[int]) -> GlmConfig:
+    """The ``GlmConfig`` equivalent to a ChatGLM2/3 ``config.json``."""
+    heads, groups, head_dim = attention_dims(config)
+    rope_theta = 10000.0 * float(config.get("rope_ratio") or 1.0)
+    return GlmConfig(
+        vocab_size=config["padded_vocab_size"], hidden_size=config["hidden_size"],
+        intermediate_size=config["ffn_hidden_size"], num_hidden_layers=config["num_layers"],
+        num_attention_heads=heads, num_key_value_heads=groups, head_dim=head_dim,
+        max_position_embeddings=int(config.get("seq_length") or 32768),
+        rms_norm_eps=float(config.get("layernorm_epsilon") or 1e-5),
+        attention_bias=bool(config.get("add_qkv_bias", True)), tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "partial_rotary_factor": 0.5},
+        pad_token_id=int(config.get("pad_token_id") or 0), eos_token_id=eos_ids, bos_token_id=None,
+        architectures=["GlmForCausalLM"], dtype=config.get("torch_dtype") or "float16")
+
+
+def stop_ids(tokenizer: ChatGLMTokenizer) -> list[int]:
+    """Ids that end a reply: ``</s>``, and for ChatGLM3 the next ``<|user|>`` or ``<|observation|>``."""
+    ids = [tokenizer.eos_id]
+    if tokenizer.version == "chatglm3":
+        ids += [tokenizer.token_id("<|user|>"), tokenizer.token_id("<|observation|>")]
+    return ids
+
+
+def is_converted_chatglm(folder: Path) -> bool:
+    """True when ``folder`` is a finished conversion made by ``convert_chatglm``."""
+    return (Path(folder) / MARKER_FILE).is_file() and (Path(folder) / "config.json").is_file()
+
+
+def read_marker(folder: Path) -> dict[str, Any]:
+    """The conversion record of a converted folder (``version``, ``eos_token_ids``, ``source``...)."""
+    return read_json(Path(folder) / MARKER_FILE)
+
+
+def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
+                    version: Version | None = None) -> Path:
+    """Convert a ChatGLM2-6B / ChatGLM3-6B checkpoint into a native ``GlmForCausalLM`` folder.
+
+    Args:
+        src: The checkpoint as published (config.json, pytorch_model-*.bin or *.safetensors, tokenizer.model).
+        dst: The folder to create; it must not exist yet (or be empty).
+        progress: Called as ``progress(done, total)`` in bytes of source weights (tqdm: ``bar.update``).
+        version: Force ``chatglm2`` or ``chatglm3``; detected from the checkpoint when None.
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        ModelUnavailable: ``src`` is not a checkpoint kbqa can convert.
+        ConfigError: ``dst`` already exists and is not empty.
+    """
+    source = read_source(Path(src), version)
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConfigError(f"{dst} already exists; choose a new folder or delete it first.")
+    tokenizer = ChatGLMTokenizer.from_folder(source.folder, source.version)
+    if tokenizer.vocab_size > source.config["padded_vocab_size"]:
+        raise ModelUnavailable(f"{src}: tokenizer.model has {tokenizer.vocab_size} tokens, more than the "
+                               f"model's padded_vocab_size {source.config['padded_vocab_size']}.")
+    dims = attention_dims(source.config)
+    total = sum(f.stat().st_size for f in source.weight_files)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(dst)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    log.info("converting %s (%s) into %s", src, source.version, dst)
+    try:
+        weight_map = _convert_shards(source.weight_files, tmp, dims, total, progress)
+        _check_complete(weight_map, source.config)
+        eos = stop_ids(tokenizer)
+        native_config(source.config, eos).save_pretrained(tmp)
+        GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_id).save_pretrained(tmp)
+        shutil.copyfile(source.folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        marker = {"converter_version": CONVERTER_VERSION, "version": source.version,
+                  "source": str(source.folder), "eos_token_ids": eos}
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        if dst.is_dir():
+            dst.rmdir()  # empty, checked above
+        try:
+            os.rename(tmp, dst)
+        except OSError:
+            if not is_converted_chatglm(dst):
+                raise
+            log.info("%s was converted meanwhile by another process", dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        progress(total, total)
+    return dst
+
+
+def _remove_abandoned(dst: Path) -> None:
+    """Delete half-written conversions of ``dst`` left by processes that no longer run."""
+    for partial in dst.parent.glob(f".{dst.name}.partial-*"):
+        try:
+            os.kill(int(partial.name.rsplit("-", 2)[-2]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # alive, owned by someone else
+            pass
+
+
+def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, int], total: int,
+                    progress: Progress | None) -> dict[str, str]:
+    weight_map: dict[str, str] = {}
+    done = 0
+    for number, path in enumerate(files, start=1):
+        name = f"model-{number:05d}-of-{len(files):05d}.safetensors"
+        if len(files) == 1:
+            name = "model.safetensors"
+        shard: dict[str, torch.Tensor] = {}
+        for key, tensor in iter_tensors(path):
+            done += tensor.numel() * tensor.element_size()
+            if progress:
+                progress(min(done, total), total)
+            if key in _DROPPED:
+                continue
+            if key.startswith("transformer.prefix_encoder."):
+                log.warning("%s holds a P-tuning prefix (%s): set llm.adapter to this folder to use it",
+                            path, key)
+                continue
+            module, _, param = key.rpartition(".")
+            targets = map_module(module) if param in ("weight", "bias") else None
+            if targets is None:
+                raise ModelUnavailable(f"{path}: unexpected weight '{key}' (not a ChatGLM2/3 full-precision "
+                                       f"checkpoint?).")
+            for native, part in targets:
+                shard[f"{native}.{param}"] = split_rows(tensor, part, dims)
+        if shard:
+            save_file(shard, str(out / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+        del shard
+    if len(files) > 1:
+        sizes = sum((out / n).stat().st_size for n in set(weight_map.values()))
+        index = {"metadata": {"total_size": sizes}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return weight_map
+
+
+def _check_complete(weight_map: dict[str, str], config: dict[str, Any]) -> None:
+    expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for i in range(config["num_layers"]):
+        expected |= {f"model.layers.{i}.{m}.weight" for m in
+                     ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+                      "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+    missing = sorted(expected - set(weight_map))
+    if missing:
+        raise ModelUnavailable(
+            f"The checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}: is it complete?")

@@ -1,0 +1,96 @@
+"""Fine-tuned ChatGLM adapters: P-tuning v2 prefixes and LoRA, checked against the reference forward pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kbqa.errors import ConfigError
+from kbqa.llm.transformers_backend import build_transformers_llm
+from kbqa.schema import ChatMessage
+from tests.chatglm_fixtures import (
+    greedy_params,
+    llm_settings,
+    merge_lora,
+    train_tokenizer,
+    write_checkpoint,
+    write_lora,
+    write_ptuning,
+)
+from tests.chatglm_reference import ChatGLM2Reference
+
+QUESTION = [ChatMessage("user", "你好，请介绍一下 ChatGLM2。")]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    root = tmp_path_factory.mktemp("chatglm")
+    sp_model = train_tokenizer(root / "tokenizer.model")
+    config, state = write_checkpoint(root / "chatglm2", sp_model)
+    return root / "chatglm2", config, state
+
+
+def reply_ids(llm, reference: ChatGLM2Reference, steps: int, prefix=None) -> tuple[str, list[int]]:
+    """The reference's greedy reply to QUESTION, as ids and as the text the backend should stream."""
+    prompt = llm.prompt_ids(QUESTION, steps)
+    ids = reference.greedy(prompt, steps, prefix=prefix, stop=llm.stop_token_ids)
+    return llm.codec.visible_reply(llm.codec.decode(ids), True), ids
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_ptuning_prefix_changes_the_reply_and_matches_the_reference(tmp_path: Path, checkpoint: tuple,
+                                                                    projection: bool) -> None:
+    src, config, state = checkpoint
+    weights = write_ptuning(tmp_path / "ptuning", config, pre_seq_len=4, projection=projection)
+    settings = llm_settings(src, adapter=str(tmp_path / "ptuning"))
+    plain = build_transformers_llm(llm_settings(src), tmp_path / "cache")
+    tuned = build_transformers_llm(settings, tmp_path / "cache")
+    reference = ChatGLM2Reference(state, config)
+    embedding = weights["transformer.prefix_encoder.embedding.weight"]
+    if projection:
+        hidden = torch.tanh(embedding @ weights["transformer.prefix_encoder.trans.0.weight"].T
+                            + weights["transformer.prefix_encoder.trans.0.bias"])
+        embedding = (hidden @ weights["transformer.prefix_encoder.trans.2.weight"].T
+                     + weights["transformer.prefix_encoder.trans.2.bias"])
+    prefix = reference.prefix(embedding)
+
+    ids = torch.tensor([tuned.prompt_ids(QUESTION, 20)])
+    with torch.no_grad():
+        tuned_logits, plain_logits = tuned.model(ids).logits, plain.model(ids).logits
+    assert float((tuned_logits.double() - reference(ids, prefix=prefix)).abs().max()) < 1e-4
+    assert float((tuned_logits - plain_logits).abs().max()) > 1e-2
+
+    text, tokens = reply_ids(tuned, reference, 20, prefix)
+    assert tuned.generate(QUESTION, greedy_params(settings)) == text
+    assert tuned.last_usage.completion_tokens == len(tokens)
+    assert reply_ids(plain, reference, 20)[1] != tokens
+
+
+def test_ptuning_prefix_of_another_model_shape_is_refused(tmp_path: Path, checkpoint: tuple) -> None:
+    src, config, _ = checkpoint
+    write_ptuning(tmp_path / "ptuning", {**config, "num_layers": 3})
+    with pytest.raises(ConfigError, match="does not fit"):
+        build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "ptuning")), tmp_path / "cache")
+
+
+def test_lora_on_chatglm_module_names_matches_the_reference_with_merged_weights(tmp_path: Path,
+                                                                                checkpoint: tuple) -> None:
+    src, config, state = checkpoint
+    lora = write_lora(tmp_path / "lora", config, rank=4, alpha=8.0)
+    llm = build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "lora")), tmp_path / "cache")
+    reference = ChatGLM2Reference(merge_lora(state, lora, rank=4, alpha=8.0), config)
+    ids = torch.tensor([llm.prompt_ids(QUESTION, 20)])
+    with torch.no_grad():
+        logits = llm.model(ids).logits
+    assert type(llm.model).__name__ == "GlmForCausalLM"  # merged, no peft wrapper left
+    assert float((logits.double() - reference(ids)).abs().max()) < 1e-4
+    assert float((logits.double() - ChatGLM2Reference(state, config)(ids)).abs().max()) > 1e-2
+
+
+def test_an_adapter_folder_of_unknown_kind_is_refused(tmp_path: Path, checkpoint: tuple) -> None:
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(ConfigError, match="neither a LoRA"):
+        build_transformers_llm(llm_settings(checkpoint[0], adapter=str(tmp_path / "adapter")),
+                               tmp_path / "cache")

@@ -1,0 +1,151 @@
+"""ChatGLM2/3 checkpoints converted to native GlmForCausalLM match an independent reference forward pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+from transformers import AutoModelForCausalLM, GlmForCausalLM
+
+from kbqa.errors import ConfigError, ModelUnavailable
+from kbqa.llm.chatglm import convert_chatglm, is_chatglm_checkpoint, is_converted_chatglm, read_marker
+from tests.chatglm_fixtures import train_tokenizer, write_checkpoint
+from tests.chatglm_reference import ChatGLM2Reference
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("sp") / "tokenizer.model")
+
+
+def load(folder: Path) -> GlmForCausalLM:
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    diff = (a.double() - b.double()).abs()
+    if mask is not None:
+        diff = diff * mask[..., None]
+    return float(diff.max())
+
+
+IDS = torch.tensor([[401, 403, 17, 250, 33, 120, 7, 399, 64, 65, 10, 20]])
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_converted_model_gives_the_reference_logits(tmp_path: Path, sp_model: Path, fmt: str) -> None:
+    config, state = write_checkpoint(tmp_path / "src", sp_model, fmt=fmt)
+    model = load(convert_chatglm(tmp_path / "src", tmp_path / "dst"))
+    with torch.no_grad():
+        logits = model(IDS).logits
+    assert max_diff(logits, ChatGLM2Reference(state, config)(IDS)) < 1e-4
+
+
+def test_left_padded_batch_gives_the_reference_logits(tmp_path: Path, sp_model: Path) -> None:
+    config, state = write_checkpoint(tmp_path / "src", sp_model)
+    model = load(convert_chatglm(tmp_path / "src", tmp_path / "dst"))
+    ids = torch.tensor([[0, 0, 0, 0, 401, 403, 17, 250, 33, 120, 7, 399], IDS[0].tolist()])
+    mask = (torch.arange(12) >= torch.tensor([[4], [0]])).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() computes
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, position_ids=positions).logits
+    assert max_diff(logits, ChatGLM2Reference(state, config)(ids, mask), mask) < 1e-4
+
+
+def test_rope_ratio_scales_the_rotary_base_like_the_reference(tmp_path: Path, sp_model: Path) -> None:
+    config, state = write_checkpoint(tmp_path / "src", sp_model, version="chatglm3", fmt="safetensors",
+                                     shards=1, rope_ratio=50)
+    folder = convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    model = load(folder)
+    assert model.config.rope_parameters["rope_theta"] == 500000.0
+    with torch.no_grad():
+        logits = model(IDS).logits
+    assert max_diff(logits, ChatGLM2Reference(state, config)(IDS)) < 1e-4
+
+
+def test_batched_greedy_generation_with_left_padding_matches_reference(tmp_path: Path,
+                                                                        sp_model: Path) -> None:
+    config, state = write_checkpoint(tmp_path / "src", sp_model)
+    model = load(convert_chatglm(tmp_path / "src", tmp_path / "dst"))
+    short = IDS[0, 4:].tolist()
+    ids = torch.tensor([[0] * 4 + short, IDS[0].tolist()])
+    mask = (ids != 0).long()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                         pad_token_id=0)[:, ids.shape[1]:]
+    reference = ChatGLM2Reference(state, config)
+    assert out[0].tolist() == reference.greedy(short, 8)
+    assert out[1].tolist() == reference.greedy(IDS[0].tolist(), 8)
+
+
+def test_conversion_writes_a_native_folder_without_remote_code(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, version="chatglm3")
+    folder = convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "glm" and config["architectures"] == ["GlmForCausalLM"]
+    assert "auto_map" not in config and not list(folder.glob("*.py"))
+    assert (folder / "tokenizer.model").is_file()
+    assert is_converted_chatglm(folder) and not is_chatglm_checkpoint(folder)
+    marker = read_marker(folder)
+    assert marker["version"] == "chatglm3"
+    pieces = spm.SentencePieceProcessor(model_file=str(sp_model)).get_piece_size()
+    assert marker["eos_token_ids"] == [2, pieces + 6, pieces + 8]  # </s>, <|user|>, <|observation|>
+    assert isinstance(load(folder), GlmForCausalLM)
+
+
+def test_progress_reaches_the_total_bytes(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, shards=3)
+    calls: list[tuple[int, int]] = []
+    convert_chatglm(tmp_path / "src", tmp_path / "dst",
+                    progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) > 3
+    assert calls[-1][0] == calls[-1][1] > 0
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
+
+
+def test_failed_conversion_leaves_nothing_behind(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, shards=2)
+    (tmp_path / "src" / "pytorch_model-00002-of-00002.bin").write_bytes(b"not a torch file")
+    with pytest.raises(ModelUnavailable):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_existing_destination_is_refused(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model)
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already exists"):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"position_encoding_2d": True}, "first-generation"),
+    ({"quantization_bit": 4}, "pre-quantized"),
+    ({"add_bias_linear": True}, "unsupported ChatGLM variant"),
+])
+def test_unsupported_checkpoints_are_refused_with_the_reason(tmp_path: Path, sp_model: Path,
+                                                             override: dict[str, object],
+                                                             message: str) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, **override)
+    with pytest.raises(ModelUnavailable, match=message):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+
+
+def test_unknown_weights_are_refused(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, shards=1)
+    state = torch.load(tmp_path / "src" / "pytorch_model.bin", weights_only=True)
+    state["transformer.encoder.layers.0.self_attention.query_key_value.weight_scale"] = torch.ones(3)
+    torch.save(state, tmp_path / "src" / "pytorch_model.bin")
+    with pytest.raises(ModelUnavailable, match="weight_scale"):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+
+
+def test_chatglm2_and_chatglm3_are_told_apart(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "v2", sp_model, version="chatglm2")
+    write_checkpoint(tmp_path / "v3", sp_model, version="chatglm3")
+    assert read_marker(convert_chatglm(tmp_path / "v2", tmp_path / "o2"))["version"] == "chatglm2"
+    assert read_marker(convert_chatglm(tmp_path / "v3", tmp_path / "o3"))["version"] == "chatglm3"

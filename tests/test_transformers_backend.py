@@ -1,0 +1,374 @@
+"""The transformers backend: model resolution and caching, placement, prompt trimming, streaming, service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from kbqa.errors import ConfigError, ModelUnavailable
+from kbqa.llm import chatglm
+from kbqa.llm.base import LLM, GenerationParams
+from kbqa.llm.transformers_backend import (
+    Machine,
+    Placement,
+    TransformersLLM,
+    build_transformers_llm,
+    choose_placement,
+    fit_prompt,
+    prepare_model,
+)
+from kbqa.schema import ChatMessage
+from tests.chatglm_fixtures import greedy_params, llm_settings, train_tokenizer, write_checkpoint
+from tests.chatglm_reference import ChatGLM2Reference
+from tests.tiny_causal_lm import write_tiny_causal_lm
+
+GIB = 1 << 30
+QUESTION = [ChatMessage("system", "You answer from the context."), ChatMessage("user", "What is 知识库？")]
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("sp") / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def glm2(tmp_path_factory: pytest.TempPathFactory, sp_model: Path) -> tuple[Path, dict, dict]:
+    folder = tmp_path_factory.mktemp("ckpt") / "chatglm2-6b"
+    config, state = write_checkpoint(folder, sp_model)
+    return folder, config, state
+
+
+@pytest.fixture(scope="module")
+def llm(glm2: tuple, tmp_path_factory: pytest.TempPathFactory) -> TransformersLLM:
+    return build_transformers_llm(llm_settings(glm2[0]), tmp_path_factory.mktemp("cache"))
+
+
+# ---------------------------------------------------------------- device, dtype, quantization
+
+def place(machine: Machine, n_params: int = 1_000_000, **settings: object) -> Placement:
+    values = {"device": "auto", "dtype": "auto", **settings}
+    return choose_placement(llm_settings("x", **values), machine, n_params)
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu() -> None:
+    assert place(Machine(cuda=True, mps=True, cuda_bf16=True)).device == "cuda"
+    assert place(Machine(mps=True)).device == "mps"
+    assert place(Machine()).device == "cpu"
+
+
+def test_auto_dtype_is_bf16_on_recent_gpus_fp16_on_older_ones_and_fp32_on_cpu() -> None:
+    assert place(Machine(cuda=True, cuda_bf16=True)).dtype == "bf16"
+    assert place(Machine(cuda=True, cuda_bf16=False)).dtype == "fp16"
+    assert place(Machine(free_memory={"cpu": 64 * GIB})).dtype == "fp32"
+
+
+def test_auto_dtype_on_cpu_falls_back_to_bf16_when_fp32_does_not_fit() -> None:
+    six_b = 6_243_584_000
+    assert place(Machine(free_memory={"cpu": 22 * GIB}), six_b).dtype == "bf16"
+
+
+@pytest.mark.parametrize(("machine", "settings", "message"), [
+    (Machine(), {"quantization": "4bit"}, "needs a CUDA GPU"),
+    (Machine(mps=True), {"quantization": "8bit"}, "needs a CUDA GPU"),
+    (Machine(cuda=True, cuda_bf16=True), {"quantization": "4bit"}, "kbqa\\[gpu\\]"),
+    (Machine(), {"dtype": "fp16"}, "fp16' is not usable on a CPU"),
+    (Machine(), {"device": "cuda"}, "sees no CUDA GPU"),
+    (Machine(), {"device": "mps"}, "MPS is not available"),
+    (Machine(cuda=True), {"dtype": "bf16"}, "no bf16 support"),
+])
+def test_choices_that_cannot_work_here_are_refused_clearly(machine: Machine, settings: dict,
+                                                           message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        place(machine, **settings)
+
+
+def test_not_enough_memory_is_refused_with_a_way_out() -> None:
+    gpu_8gb = Machine(cuda=True, cuda_bf16=True, bitsandbytes=True, free_memory={"cuda": int(7.5 * GIB)})
+    six_b = 6_243_584_000
+    with pytest.raises(ConfigError, match=r"about 12\.2 GiB.*'8bit' or '4bit'"):
+        place(gpu_8gb, six_b, dtype="fp16")
+    assert place(gpu_8gb, six_b, quantization="8bit").quantization == "8bit"
+    gpu_6gb = Machine(cuda=True, cuda_bf16=True, bitsandbytes=True, free_memory={"cuda": int(5.6 * GIB)})
+    assert place(gpu_6gb, six_b, quantization="4bit").quantization == "4bit"
+    with pytest.raises(ConfigError, match="only 5.6 GiB is free"):
+        place(gpu_6gb, six_b, quantization="8bit")
+
+
+# ---------------------------------------------------------------- prompt trimming
+
+class FakeCodec:
+    """One token per character; a message costs its characters plus 2."""
+
+    eos_token_ids = (0,)
+    pad_token_id = 0
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return [ord(c) for m in messages for c in f"{m.role[0]}:{m.content}"]
+
+    def encode_text(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+    def visible_reply(self, text: str, finished: bool) -> str | None:
+        return text
+
+
+def decoded(ids: list[int]) -> str:
+    return FakeCodec().decode(ids)
+
+
+def test_trimming_drops_the_oldest_turns_first_and_keeps_system_and_last_question() -> None:
+    history = [ChatMessage("user", "old question 1"), ChatMessage("assistant", "old answer 1"),
+               ChatMessage("user", "old question 2"), ChatMessage("assistant", "old answer 2")]
+    messages = [ChatMessage("system", "be brief"), *history, ChatMessage("user", "new question")]
+    everything = fit_prompt(messages, FakeCodec(), 1000)
+    assert len(everything) == 84
+    kept = decoded(fit_prompt(messages, FakeCodec(), 70))
+    assert kept == "s:be briefu:old question 2a:old answer 2u:new question"
+    assert decoded(fit_prompt(messages, FakeCodec(), 40)) == "s:be briefu:new question"
+
+
+def test_a_last_message_too_long_loses_its_middle() -> None:
+    question = "INSTRUCTIONS " + "context " * 100 + " QUESTION?"
+    messages = [ChatMessage("system", "sys"), ChatMessage("user", question)]
+    kept = decoded(fit_prompt(messages, FakeCodec(), 200))
+    assert len(kept) <= 200
+    assert kept.startswith("s:sysu:INSTRUCTIONS") and kept.endswith("QUESTION?") and "…" in kept
+
+
+def test_a_prompt_that_cannot_fit_raises_a_config_error() -> None:
+    messages = [ChatMessage("system", "s" * 300), ChatMessage("user", "question")]
+    with pytest.raises(ConfigError, match="context_window"):
+        fit_prompt(messages, FakeCodec(), 100)
+
+
+# ---------------------------------------------------------------- chatting with a converted ChatGLM2
+
+def test_backend_implements_the_llm_protocol_with_the_model_limits(llm: TransformersLLM) -> None:
+    assert isinstance(llm, LLM)
+    assert llm.name == "chatglm2-6b"
+    assert llm.context_window == 256  # the checkpoint's seq_length
+    assert llm.count_tokens("知识库 hello") == len(llm.codec.encode_text("知识库 hello")) > 3
+
+
+def test_greedy_reply_has_the_reference_tokens_over_20_steps(llm: TransformersLLM, glm2: tuple) -> None:
+    src, config, state = glm2
+    prompt = llm.prompt_ids(QUESTION, 20)
+    assert prompt[:2] == llm.codec.tokenizer.prefix_ids
+    expected = ChatGLM2Reference(state, config).greedy(prompt, 20, stop=llm.stop_token_ids)
+    reply = llm.generate(QUESTION, GenerationParams(max_tokens=20, repetition_penalty=1.0))
+    assert reply == llm.codec.visible_reply(llm.codec.decode(expected), True)
+    assert llm.last_usage.completion_tokens == len(expected) == 20
+    generated = llm.model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+    assert generated.tolist() == expected
+
+
+def test_streamed_pieces_join_to_the_whole_reply(llm: TransformersLLM) -> None:
+    params = GenerationParams(max_tokens=20, repetition_penalty=1.0)
+    pieces = list(llm.stream(QUESTION, params))
+    assert len(pieces) > 1
+    assert "".join(pieces) == llm.generate(QUESTION, params)
+    assert llm.last_usage.first_token_seconds is not None
+
+
+def test_a_stop_string_cuts_the_reply_and_ends_generation(llm: TransformersLLM) -> None:
+    full = llm.generate(QUESTION, GenerationParams(max_tokens=20, repetition_penalty=1.0))
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    cut = llm.generate(QUESTION, GenerationParams(max_tokens=20, repetition_penalty=1.0, stop=(stop,)))
+    assert cut == full[:full.index(stop)]
+    assert llm.last_usage.completion_tokens < 20
+
+
+def test_a_stop_token_ends_the_reply(llm: TransformersLLM, glm2: tuple) -> None:
+    src, config, state = glm2
+    prompt = llm.prompt_ids(QUESTION, 20)
+    expected = ChatGLM2Reference(state, config).greedy(prompt, 20)
+    saved = llm.stop_token_ids
+    llm.stop_token_ids = (expected[4],)
+    try:
+        reply = llm.generate(QUESTION, GenerationParams(max_tokens=20, repetition_penalty=1.0))
+    finally:
+        llm.stop_token_ids = saved
+    assert llm.last_usage.completion_tokens == expected.index(expected[4]) + 1
+    assert reply == llm.codec.visible_reply(llm.codec.decode(expected[:expected.index(expected[4])]), True)
+
+
+def test_leaving_a_stream_early_frees_the_model_for_the_next_reply(llm: TransformersLLM) -> None:
+    stream = llm.stream(QUESTION, GenerationParams(max_tokens=200, repetition_penalty=1.0))
+    next(stream)
+    stream.close()
+    assert llm.generate(QUESTION, GenerationParams(max_tokens=5))
+
+
+def test_sampling_with_a_seed_is_reproducible(llm: TransformersLLM) -> None:
+    params = GenerationParams(max_tokens=10, temperature=1.0, top_p=0.95, seed=3)
+    assert llm.generate(QUESTION, params) == llm.generate(QUESTION, params)
+
+
+def test_long_history_is_trimmed_to_the_context_window(llm: TransformersLLM) -> None:
+    turns = [ChatMessage("user" if i % 2 == 0 else "assistant", f"第{i}轮 some history text")
+             for i in range(40)]
+    messages = [ChatMessage("system", "System rule."), *turns, ChatMessage("user", "最后的问题？")]
+    prompt = llm.prompt_ids(messages, 20)
+    assert len(prompt) <= llm.context_window - 20
+    text = llm.codec.decode(prompt)
+    assert text.startswith("System rule.") and text.endswith("问：最后的问题？\n\n答：")
+    assert "第39轮" in text and "第0轮" not in text
+    assert llm.generate(messages, GenerationParams(max_tokens=20))  # fits: generation runs
+
+
+def test_chatglm3_checkpoint_chats_in_its_role_format(tmp_path: Path, sp_model: Path) -> None:
+    config, state = write_checkpoint(tmp_path / "chatglm3-6b", sp_model, version="chatglm3",
+                                     fmt="safetensors")
+    settings = llm_settings(tmp_path / "chatglm3-6b")
+    llm = build_transformers_llm(settings, tmp_path / "cache")
+    tok = llm.codec.tokenizer
+    prompt = llm.prompt_ids(QUESTION, 20)
+    assert prompt[2] == tok.token_id("<|system|>") and prompt[-1] == tok.token_id("<|assistant|>")
+    expected = ChatGLM2Reference(state, config).greedy(prompt, 20, stop=llm.stop_token_ids)
+    expected_text = llm.codec.visible_reply(tok.decode(expected), True)
+    assert llm.generate(QUESTION, greedy_params(settings)) == expected_text
+    assert set(llm.stop_token_ids) == {2, tok.token_id("<|user|>"), tok.token_id("<|observation|>")}
+
+
+# ---------------------------------------------------------------- resolution and the conversion cache
+
+def test_checkpoint_is_converted_once_and_then_reused(tmp_path: Path, glm2: tuple,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    progress: list[tuple[int, int]] = []
+    first = prepare_model(str(glm2[0]), tmp_path, lambda done, total: progress.append((done, total)))
+    assert chatglm.is_converted_chatglm(first) and first.parent == tmp_path / "models"
+    assert progress and progress[-1][0] == progress[-1][1]
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(chatglm, "convert_chatglm", fail)
+    assert prepare_model(str(glm2[0]), tmp_path) == first
+
+
+def test_a_changed_checkpoint_gets_a_new_conversion(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, seed=1)
+    first = prepare_model(str(tmp_path / "src"), tmp_path / "cache")
+    write_checkpoint(tmp_path / "src", sp_model, seed=2)
+    second = prepare_model(str(tmp_path / "src"), tmp_path / "cache")
+    assert first != second and chatglm.is_converted_chatglm(second)
+
+
+def test_a_half_written_conversion_is_never_used(tmp_path: Path, glm2: tuple) -> None:
+    target = prepare_model(str(glm2[0]), tmp_path)
+    os.rename(target, tmp_path / "done")
+    target.mkdir()  # an interrupted conversion: the folder exists without its marker
+    (target / "config.json").write_text("{}")
+    partial = target.parent / f".{target.name}.partial-999999999-abcd"
+    partial.mkdir()
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare_model(str(glm2[0]), tmp_path)
+    (target / "config.json").unlink()
+    assert prepare_model(str(glm2[0]), tmp_path) == target
+    assert chatglm.is_converted_chatglm(target) and not partial.exists()
+
+
+def test_a_converted_folder_is_used_as_is(tmp_path: Path, glm2: tuple) -> None:
+    folder = chatglm.convert_chatglm(glm2[0], tmp_path / "mine")
+    assert prepare_model(str(folder), tmp_path / "cache") == folder
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("spec", "error", "message"), [
+    ("embedded:nope", ConfigError, "no such embedded model"),
+    ("/no/such/folder", ModelUnavailable, "neither an existing path nor a hub id"),
+])
+def test_models_that_cannot_be_found_are_reported(tmp_path: Path, spec: str, error: type,
+                                                   message: str) -> None:
+    with pytest.raises(error, match=message):
+        prepare_model(spec, tmp_path)
+
+
+def test_a_folder_without_config_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelUnavailable, match="no config.json"):
+        prepare_model(str(tmp_path / "empty"), tmp_path / "cache")
+
+
+# ---------------------------------------------------------------- any causal-LM folder
+
+def test_a_causal_lm_folder_chats_with_its_chat_template(tmp_path: Path) -> None:
+    folder = write_tiny_causal_lm(tmp_path / "tiny-llama")
+    llm = build_transformers_llm(llm_settings(folder, context_window=4096), tmp_path / "cache")
+    assert llm.context_window == 128 and llm.name == "tiny-llama"
+    prompt = llm.codec.tokenizer.decode(llm.prompt_ids(QUESTION, 20))
+    assert prompt == ("<|im_start|>system\nYou answer from the context.<|im_end|>\n"
+                      "<|im_start|>user\nWhat is 知识库？<|im_end|>\n<|im_start|>assistant\n")
+    pieces = list(llm.stream(QUESTION, GenerationParams(max_tokens=12, repetition_penalty=1.0)))
+    assert "".join(pieces) == llm.generate(QUESTION, GenerationParams(max_tokens=12, repetition_penalty=1.0))
+    assert llm.codec.tokenizer.eos_token_id in llm.stop_token_ids
+
+
+def test_a_folder_without_chat_template_gets_a_plain_role_format(tmp_path: Path) -> None:
+    folder = write_tiny_causal_lm(tmp_path / "plain", chat_template=None)
+    llm = build_transformers_llm(llm_settings(folder), tmp_path / "cache")
+    prompt = llm.codec.tokenizer.decode(llm.prompt_ids(QUESTION, 20))
+    assert prompt.startswith("System: You answer") and prompt.endswith("Assistant:")
+
+
+def test_a_lora_folder_for_a_causal_lm_is_merged_into_it(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = write_tiny_causal_lm(tmp_path / "tiny-llama")
+    torch.manual_seed(0)
+    tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    tuned.save_pretrained(tmp_path / "lora")
+    llm = build_transformers_llm(llm_settings(folder, adapter=str(tmp_path / "lora")), tmp_path / "cache")
+    ids = torch.tensor([llm.prompt_ids(QUESTION, 20)])
+    with torch.no_grad():
+        expected, got = tuned.eval()(input_ids=ids).logits, llm.model(ids).logits
+    assert type(llm.model).__name__ == "LlamaForCausalLM"
+    assert float((expected - got).abs().max()) < 1e-5
+
+
+# ---------------------------------------------------------------- through the service
+
+def test_service_answers_with_a_converted_chatglm_checkpoint(tmp_path: Path, sp_model: Path) -> None:
+    from kbqa.bootstrap import build_service
+    from kbqa.settings import load_settings
+    from tests.fakes import FakeEmbedder
+
+    write_checkpoint(tmp_path / "chatglm2-6b", sp_model, seq_length=2048)
+    root = Path(__file__).resolve().parents[1]
+    settings = load_settings(
+        paths={"knowledge_root": tmp_path / "kb", "cache_dir": tmp_path / "cache",
+               "prompts_dir": root / "prompts"},
+        llm=llm_settings(tmp_path / "chatglm2-6b", context_window=1024, max_tokens=8).model_dump(),
+        retrieval={"top_k": 2, "score_threshold": 0.1}, ingest={"ocr": False})
+    service = build_service(settings, embedder=FakeEmbedder())
+    (tmp_path / "rivers.txt").write_text("长江是亚洲最长的河流。\n\nThe Nile flows north.", encoding="utf-8")
+    service.add_files("kb", [tmp_path / "rivers.txt"])
+    events = list(service.ask_stream("kb", "亚洲最长的河流是哪条？"))
+    assert events[0].kind == "sources" and events[-1].kind == "done"
+    answer = events[-1].answer
+    assert answer is not None and answer.sources[0].source == "rivers.txt"
+    assert answer.answer == "".join(e.text for e in events if e.kind == "token")
+    assert any(p.name.startswith("chatglm2-6b-glm-") for p in (tmp_path / "cache" / "models").iterdir())
+
+
+@pytest.mark.real
+def test_embedded_gguf_is_converted_once_and_answers(tmp_path: Path) -> None:
+    settings = llm_settings("embedded:smollm2-135m-instruct", context_window=2048, max_tokens=16)
+    llm = build_transformers_llm(settings, tmp_path)
+    assert llm.name == "smollm2-135m-instruct"
+    question = [ChatMessage("user", "What is the capital of France?")]
+    reply = llm.generate(question, GenerationParams(max_tokens=16))
+    assert "Paris" in reply
+    converted = list((tmp_path / "models").iterdir())
+    assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
+    assert prepare_model(settings.model, tmp_path) == converted[0]
