@@ -13,7 +13,14 @@ from kbqa.errors import ModelUnavailable
 from kbqa.ingest import Ingestor
 from kbqa.knowledge import KnowledgeRoot
 from kbqa.llm.base import LLM, GenerationParams
-from kbqa.models import EMBEDDED_LLMS, Progress, assemble_gguf, embedded_name, is_embedded, resolve_local_or_hub
+from kbqa.models import (
+    EMBEDDED_LLMS,
+    Progress,
+    assemble_gguf,
+    embedded_name,
+    is_embedded,
+    resolve_local_or_hub,
+)
 from kbqa.prompts import PromptBook
 from kbqa.qa import QAEngine
 from kbqa.retrieval import KeywordIndexes, Reranker, RetrievalConfig, Retriever

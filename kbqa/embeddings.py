@@ -26,7 +26,11 @@ class Embedder(Protocol):
 
     #: The model setting it was built from; stored with each knowledge base.
     name: str
-    dim: int
+
+    @property
+    def dim(self) -> int:
+        """Vector size."""
+        ...
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """One row per text, shape ``(len(texts), dim)``, float32, unit length."""
@@ -191,7 +195,7 @@ class LazyEmbedder:
             return self._model
 
     @property
-    def dim(self) -> int:  # type: ignore[override]
+    def dim(self) -> int:
         """Vector size."""
         return self.model.dim
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kbqa.embeddings import Embedder
-from kbqa.errors import EmptyDocument, FileTooLarge, IncompatibleIndex, KBQAError
+from kbqa.errors import DocumentNotFound, EmptyDocument, FileTooLarge, IncompatibleIndex, KBQAError
 from kbqa.knowledge import KnowledgeBase, file_sha256, safe_file_name
 from kbqa.retrieval import KeywordIndexes
 from kbqa.schema import Chunk, FileResult, IngestReport, Section
@@ -150,7 +150,7 @@ class Ingestor:
             return
         try:
             self.commit(kb, group, vectors)
-            done = [(p, None) for p in group]
+            done: list[tuple[_Prepared, Exception | None]] = [(p, None) for p in group]
         except Exception as exc:  # e.g. disk full: retry file by file so one failure stays one failure
             log.warning("group commit failed (%s); committing file by file", exc)
             done = []
@@ -204,7 +204,8 @@ def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordInde
     with kb.lock:
         entry = kb.manifest.files.get(name)
         if entry is None:
-            kb.forget_file(name)  # raises DocumentNotFound with the listing hint
+            raise DocumentNotFound(f"Knowledge base '{kb.name}' has no file '{name}'. "
+                                   f"List them with `kbqa docs list --kb {kb.name}`.")
         index = keywords.get(kb)
         with kb.pending(entry["sha256"]):
             kb.forget_file(name)

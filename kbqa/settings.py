@@ -49,8 +49,10 @@ class EmbeddingSettings(_Section):
     batch_size: int = Field(32, ge=1, description="Chunks encoded per forward pass.")
     device: str = Field("cpu", description="torch device for the embedding model: cpu, cuda, mps.")
     max_seq_length: int | None = Field(None, ge=8, description="Token limit per text; None = the model's own.")
-    query_prefix: str | None = Field(None, description="Text put before queries; None = the model's own (e5: 'query: ').")
-    passage_prefix: str | None = Field(None, description="Text put before chunks; None = the model's own (e5: 'passage: ').")
+    query_prefix: str | None = Field(
+        None, description="Text put before queries; None = the model's own (e5: 'query: ').")
+    passage_prefix: str | None = Field(
+        None, description="Text put before chunks; None = the model's own (e5: 'passage: ').")
 
 
 class LLMSettings(_Section):
@@ -65,9 +67,13 @@ class LLMSettings(_Section):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.15, ge=1.0, le=2.0, description="Stops small models from looping.")
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
-    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="transformers backend: auto = cuda, then mps, then cpu.")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="transformers backend weights dtype; auto = bf16 on cuda, fp32 on cpu.")
-    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="transformers backend on CUDA (needs kbqa[gpu]).")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="transformers backend: auto = cuda, then mps, then cpu.")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="transformers backend weights dtype; auto = bf16 on cuda, else fp32 "
+                            "(bf16 on a CPU when fp32 would not fit in free memory).")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="transformers backend on CUDA (needs kbqa[gpu]).")
     adapter: str | None = Field(None, description="A LoRA folder (peft) or a P-tuning v2 checkpoint folder.")
     gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers to offload to a GPU; -1 = all.")
 
@@ -92,7 +98,8 @@ class RetrievalSettings(_Section):
     score_threshold: float | None = Field(
         None, ge=-1.0, le=1.0,
         description="Least cosine similarity a chunk needs; None = the embedding model's calibrated default.")
-    mode: Literal["dense", "bm25", "hybrid"] = Field("dense", description="Dense vectors, BM25 keywords, or both fused.")
+    mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "dense", description="Dense vectors, BM25 keywords, or both fused.")
     dense_weight: float = Field(1.0, ge=0.0, description="Weight of the dense ranking in reciprocal rank fusion.")
     bm25_weight: float = Field(1.0, ge=0.0, description="Weight of the BM25 ranking in reciprocal rank fusion.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")

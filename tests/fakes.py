@@ -66,5 +66,4 @@ class FakeLLM:
         self.prompts.append(list(messages))
         reply = self.replies.pop(0) if self.replies else "fake answer"
         reply, _ = apply_stop(reply, (params or GenerationParams()).stop)
-        for word in re.findall(r"\S+\s*", reply):
-            yield word
+        yield from re.findall(r"\S+\s*", reply)

@@ -15,9 +15,11 @@ from tests.fakes import FakeEmbedder, FakeLLM
 from tests.test_service import make_settings
 
 SQUAD = {"data": [
-    {"title": "a", "paragraphs": [{"context": "长江是亚洲最长的河流，全长约六千三百公里。", "qas": [
+    {"title": "a", "paragraphs": [{
+        "context": "长江是亚洲最长的河流，全长约六千三百公里。", "qas": [
         {"id": "q1", "question": "亚洲最长的河流是哪条？", "answers": [{"text": "长江", "answer_start": 0}]},
-        {"id": "q2", "question": "长江全长约多少公里？", "answers": [{"text": "六千三百公里"}, {"text": "六千三百公里"}]}]}]},
+        {"id": "q2", "question": "长江全长约多少公里？",
+         "answers": [{"text": "六千三百公里"}, {"text": "六千三百公里"}]}]}]},
     {"title": "b", "paragraphs": [{"context": "The Nile flows north through Egypt into the Mediterranean.", "qas": [
         {"id": "q3", "question": "Where does the Nile flow into?", "answers": [{"text": "the Mediterranean"}]},
         {"id": "q4", "question": "Who painted the Mona Lisa?", "answers": [], "is_impossible": True}]}]},
@@ -84,7 +86,8 @@ def test_hit_is_gold_context_or_answer_text_ignoring_spaces() -> None:
 
 
 def test_retrieval_and_answer_metrics_on_a_tiny_dataset(tmp_path: Path, squad: Path) -> None:
-    llm = FakeLLM(replies=["长江", "约六千三百公里", "the Mediterranean", "I cannot answer this from the knowledge base."])
+    llm = FakeLLM(replies=["长江", "约六千三百公里", "the Mediterranean",
+                           "I cannot answer this from the knowledge base."])
     service = build_service(make_settings(tmp_path, score_threshold=-1.0), embedder=FakeEmbedder(), llm=lambda: llm)
     data = ev.load_dataset(squad)
     assert ev.build_knowledge_base(service, data, "eval") >= 0

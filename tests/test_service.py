@@ -285,7 +285,8 @@ def test_context_is_trimmed_to_the_model_window(tmp_path: Path, docs: Path) -> N
 
 
 def test_knowledge_base_built_with_another_embedder_is_refused(tmp_path: Path, docs: Path, llm: FakeLLM) -> None:
-    build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm).add_files("kb", [docs / "rivers.txt"])
+    first = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm)
+    first.add_files("kb", [docs / "rivers.txt"])
     other = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name="fake:other"), llm=lambda: llm)
     with pytest.raises(IncompatibleIndex, match="fake:ngrams"):
         other.add_files("kb", [docs / "planets.md"])

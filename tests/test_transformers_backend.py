@@ -5,22 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from kbqa.errors import ConfigError, ModelUnavailable
-from kbqa.llm import chatglm
+from kbqa.llm import chatglm, model_cache
 from kbqa.llm.base import LLM, GenerationParams
-from kbqa.llm.transformers_backend import (
-    Machine,
-    Placement,
-    TransformersLLM,
-    build_transformers_llm,
-    choose_placement,
-    fit_prompt,
-    prepare_model,
-)
+from kbqa.llm.model_cache import prepare_model
+from kbqa.llm.placement import Machine, Placement, choose_placement
+from kbqa.llm.prompting import fit_prompt
+from kbqa.llm.transformers_backend import TransformersLLM, build_transformers_llm
 from kbqa.schema import ChatMessage
 from tests.chatglm_fixtures import greedy_params, llm_settings, train_tokenizer, write_checkpoint
 from tests.chatglm_reference import ChatGLM2Reference
@@ -274,6 +270,26 @@ def test_a_half_written_conversion_is_never_used(tmp_path: Path, glm2: tuple) ->
     (target / "config.json").unlink()
     assert prepare_model(str(glm2[0]), tmp_path) == target
     assert chatglm.is_converted_chatglm(target) and not partial.exists()
+
+
+def test_a_gguf_conversion_removes_the_partial_folders_of_dead_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tiny = write_tiny_causal_lm(tmp_path / "tiny")
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF stand-in")  # transformers' GGUF reader is replaced by the tiny model's loaders
+    monkeypatch.setattr(model_cache, "AutoModelForCausalLM", SimpleNamespace(
+        from_pretrained=lambda folder, gguf_file, **kw: AutoModelForCausalLM.from_pretrained(tiny, **kw)))
+    monkeypatch.setattr(model_cache, "AutoTokenizer", SimpleNamespace(
+        from_pretrained=lambda folder, gguf_file: AutoTokenizer.from_pretrained(tiny)))
+    target = tmp_path / "cache" / "models" / f"tiny-hf-{model_cache.fingerprint([gguf])[:16]}"
+    dead = target.parent / f".{target.name}.partial-999999999-abcd"
+    alive = target.parent / f".{target.name}.partial-{os.getpid()}-abcd"
+    dead.mkdir(parents=True)
+    alive.mkdir()
+    assert prepare_model(str(gguf), tmp_path / "cache") == target
+    assert (target / "config.json").is_file() and not dead.exists() and alive.exists()
 
 
 def test_a_converted_folder_is_used_as_is(tmp_path: Path, glm2: tuple) -> None:

@@ -78,18 +78,17 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                              elem_id="kb-select", scale=4)
             refresh = gr.Button("↻ Refresh", scale=0, elem_id="kb-refresh")
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        chatbot = gr.Chatbot(label="Answers", height=520, elem_id="chatbot")
-                        with gr.Row():
-                            question = gr.Textbox(placeholder="Ask a question about your documents…",
-                                                  show_label=False, scale=5, elem_id="question")
-                            ask = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
-                        clear = gr.Button("Clear chat", size="sm")
-                    with gr.Column(scale=2):
-                        gr.Markdown("### Sources")
-                        sources = gr.HTML(sources_html([]), elem_id="sources")
+            with gr.Tab("Chat", id="chat"), gr.Row():
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(label="Answers", height=520, elem_id="chatbot")
+                    with gr.Row():
+                        question = gr.Textbox(placeholder="Ask a question about your documents…",
+                                              show_label=False, scale=5, elem_id="question")
+                        ask = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
+                    clear = gr.Button("Clear chat", size="sm")
+                with gr.Column(scale=2):
+                    gr.Markdown("### Sources")
+                    sources = gr.HTML(sources_html([]), elem_id="sources")
             with gr.Tab("Documents", id="documents"):
                 upload = gr.File(file_count="multiple", label=f"Drop files here (up to {max_file_mb:g} MB each)",
                                  elem_id="upload")

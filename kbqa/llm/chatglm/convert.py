@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from transformers import GenerationConfig, GlmConfig
 from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.llm.chatglm.checkpoint import iter_tensors, read_json, read_source
 from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, ChatGLMTokenizer, Version
+from kbqa.llm.staging import partial_folder, remove_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
     dims = attention_dims(source.config)
     total = sum(f.stat().st_size for f in source.weight_files)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(dst)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_abandoned(dst)
+    tmp = partial_folder(dst)
     tmp.mkdir()
     log.info("converting %s (%s) into %s", src, source.version, dst)
     try:
@@ -175,16 +175,6 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
         progress(total, total)
     return dst
 
-
-def _remove_abandoned(dst: Path) -> None:
-    """Delete half-written conversions of ``dst`` left by processes that no longer run."""
-    for partial in dst.parent.glob(f".{dst.name}.partial-*"):
-        try:
-            os.kill(int(partial.name.rsplit("-", 2)[-2]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(partial, ignore_errors=True)
-        except PermissionError:  # alive, owned by someone else
-            pass
 
 
 def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, int], total: int,
