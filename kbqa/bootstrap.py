@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from kbqa.embeddings import Embedder, LazyEmbedder, build_embedder
+from kbqa.embeddings import Embedder, LazyEmbedder, build_embedder, embedder_name
 from kbqa.errors import ModelUnavailable
 from kbqa.ingest import Ingestor
 from kbqa.knowledge import KnowledgeRoot
@@ -116,10 +116,7 @@ def build_service(settings: Settings, embedder: Embedder | None = None, llm: Cal
     cache = settings.paths.cache_dir
     emb_cfg = settings.embedding
     if embedder is None:
-        embedder = LazyEmbedder(emb_cfg.model, lambda: build_embedder(
-            emb_cfg.model, cache, batch_size=emb_cfg.batch_size, device=emb_cfg.device,
-            max_seq_length=emb_cfg.max_seq_length, query_prefix=emb_cfg.query_prefix,
-            passage_prefix=emb_cfg.passage_prefix, progress=progress))
+        embedder = LazyEmbedder(embedder_name(emb_cfg), lambda: build_embedder(emb_cfg, cache, progress))
     if llm is None:
         llm = lazy(lambda: build_llm(settings.llm, cache, progress))
     root = KnowledgeRoot(settings.paths.knowledge_root)

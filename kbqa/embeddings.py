@@ -14,6 +14,7 @@ import numpy as np
 
 from kbqa.errors import ModelUnavailable
 from kbqa.models import Progress, embedded_name, is_embedded, package_dir, resolve_local_or_hub
+from kbqa.settings import EmbeddingSettings
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,17 @@ class Text2VecEmbedder:
         self.dim = int(self._model.bert.config.hidden_size)
         self._tokenizer = self._model.tokenizer
 
+    def quantize_int8(self) -> None:
+        """Dynamic int8 quantization of the linear layers (CPU): faster, vectors slightly different."""
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao, not yet removed
+            warnings.simplefilter("ignore")
+            self._model.bert = torch.ao.quantization.quantize_dynamic(
+                self._model.bert, {torch.nn.Linear}, dtype=torch.qint8)
+
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -161,20 +173,26 @@ class Text2VecEmbedder:
         return [len(ids) > self.profile.max_seq_length for ids in enc]
 
 
-def build_embedder(spec: str, cache_dir: Path, batch_size: int = 32, device: str = "cpu",
-                   max_seq_length: int | None = None, query_prefix: str | None = None,
-                   passage_prefix: str | None = None, progress: Progress | None = None) -> Text2VecEmbedder:
-    """Resolve an embedding setting and load it; explicit arguments override the model's profile."""
-    folder, profile = resolve_embedding_model(spec, cache_dir, progress)
+def embedder_name(cfg: EmbeddingSettings) -> str:
+    """The name a knowledge base records: the model setting, marked when its vectors are quantized."""
+    return cfg.model + ("#int8" if cfg.quantize == "int8" else "")
+
+
+def build_embedder(cfg: EmbeddingSettings, cache_dir: Path, progress: Progress | None = None) -> Text2VecEmbedder:
+    """Resolve an embedding setting and load it; explicit settings override the model's profile."""
+    folder, profile = resolve_embedding_model(cfg.model, cache_dir, progress)
     profile = ModelProfile(
         pooling=profile.pooling,
-        query_prefix=profile.query_prefix if query_prefix is None else query_prefix,
-        passage_prefix=profile.passage_prefix if passage_prefix is None else passage_prefix,
-        max_seq_length=max_seq_length or profile.max_seq_length,
+        query_prefix=profile.query_prefix if cfg.query_prefix is None else cfg.query_prefix,
+        passage_prefix=profile.passage_prefix if cfg.passage_prefix is None else cfg.passage_prefix,
+        max_seq_length=cfg.max_seq_length or profile.max_seq_length,
         score_threshold=profile.score_threshold,
     )
-    log.info("loading embedding model %s from %s", spec, folder)
-    return Text2VecEmbedder(folder, spec, profile, batch_size=batch_size, device=device)
+    log.info("loading embedding model %s from %s", cfg.model, folder)
+    embedder = Text2VecEmbedder(folder, embedder_name(cfg), profile, batch_size=cfg.batch_size, device=cfg.device)
+    if cfg.quantize == "int8":
+        embedder.quantize_int8()
+    return embedder
 
 
 class LazyEmbedder:

@@ -7,13 +7,23 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from kbqa.errors import KBQAError
 from kbqa.ingest import Ingestor, ProgressFn, delete_document, recover
 from kbqa.knowledge import KnowledgeBase, KnowledgeRoot
-from kbqa.llm.base import LLM
+from kbqa.llm.base import LLM, GenerationParams
 from kbqa.qa import QAEngine
 from kbqa.retrieval import KeywordIndexes
-from kbqa.schema import Answer, AnswerEvent, DocumentInfo, IngestReport, KnowledgeBaseInfo
+from kbqa.schema import (
+    Answer,
+    AnswerEvent,
+    ChatMessage,
+    DocumentInfo,
+    IngestReport,
+    KnowledgeBaseInfo,
+    SourceChunk,
+)
 from kbqa.store import ChromaStore
 
 log = logging.getLogger(__name__)
@@ -105,6 +115,19 @@ class KBQAService:
                 return event.answer
         raise KBQAError("internal error: the answer stream ended without an answer")
 
-    def search(self, kb_name: str, query: str, k: int) -> list:
+    def search(self, kb_name: str, query: str, k: int) -> list[SourceChunk]:
         """Retrieval only: the top ``k`` chunks with scores (no LLM)."""
         return self.qa.retriever.retrieve(self._kb(kb_name), query, k)
+
+    # plain model access (the HTTP API) -------------------------------------------------------
+    def chat_stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> Iterator[str]:
+        """Chat with the local LLM directly, without a knowledge base."""
+        if not messages:
+            raise KBQAError("No messages to answer.")
+        yield from self.get_llm().stream(messages, params or self.qa.params)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of texts from the configured embedding model (as chunks are embedded)."""
+        if not texts:
+            raise KBQAError("No input to embed.")
+        return self.qa.retriever.embedder.embed_documents(list(texts))

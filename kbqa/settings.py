@@ -53,6 +53,9 @@ class EmbeddingSettings(_Section):
         None, description="Text put before queries; None = the model's own (e5: 'query: ').")
     passage_prefix: str | None = Field(
         None, description="Text put before chunks; None = the model's own (e5: 'passage: ').")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8 dynamic quantization on CPU: faster ingest, slightly different vectors "
+                            "(a knowledge base must be re-created to switch).")
 
 
 class LLMSettings(_Section):

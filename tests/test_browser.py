@@ -1,12 +1,11 @@
 """The web app in headless Chromium: upload with progress, ask, see the answer and its sources.
 
-Runs the real Gradio app (in this process, fake models) on 127.0.0.1 and drives it with Playwright and
-Debian's Chromium (``make browser`` installs it).
+Runs the real server (web app mounted on the API, in this process, fake models) on 127.0.0.1 and drives
+it with Playwright and Debian's Chromium (``make browser`` installs it).
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,10 @@ from typing import Any
 import pytest
 
 from kbqa.bootstrap import build_service
-from kbqa.ui.app import build_app
+from kbqa.settings import load_settings
+from kbqa.ui.app import build_server
 from tests.fakes import FakeEmbedder, FakeLLM
+from tests.live_server import live_server
 from tests.test_service import make_settings
 
 pytestmark = pytest.mark.browser
@@ -34,22 +35,13 @@ def wait_text(locator: Any, text: str, seconds: float) -> None:
         time.sleep(0.2)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("web")
     llm = FakeLLM(replies=["The Yangtze is the longest river in Asia [1]."] * 5)
     service = build_service(make_settings(tmp), embedder=FakeEmbedder(), llm=lambda: llm)
-    app = build_app(service)
-    port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}"
-    app.close()
+    with live_server(build_server(service, load_settings())) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

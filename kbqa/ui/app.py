@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kbqa.errors import KBQAError
+from kbqa.llm.base import GenerationParams
 from kbqa.service import KBQAService
 from kbqa.settings import Settings
 from kbqa.ui import handlers
@@ -116,16 +117,33 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     return app
 
 
+def build_server(service: KBQAService, settings: Settings) -> Any:
+    """The whole server: the OpenAI-compatible API (``/v1``, ``/kb``) with the web app mounted at ``/``."""
+    gr = _gradio()
+    from kbqa.api import build_api
+
+    g = settings.llm
+    api = build_api(service, GenerationParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
+                                              repetition_penalty=g.repetition_penalty), settings.ingest.max_file_mb)
+    blocks = build_app(service, settings.ingest.max_file_mb)
+    blocks.queue(default_concurrency_limit=1)
+    return gr.mount_gradio_app(api, blocks, path="/", max_file_size=f"{settings.ingest.max_file_mb:g}mb", css=CSS,
+                               theme=gr.themes.Soft(), footer_links=["settings"], show_error=True)
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Build the service and run the web app until interrupted."""
+    """Build the service and run the web app and API until interrupted."""
+    import sys
+
+    import uvicorn
+
     from kbqa.bootstrap import build_service, quiet_environment
 
     quiet_environment()
-    gr = _gradio()
-
     service = build_service(settings)
-    app = build_app(service, settings.ingest.max_file_mb)
-    app.queue(default_concurrency_limit=1)
-    app.launch(server_name=host or settings.server.host, server_port=port or settings.server.port,
-               max_file_size=f"{settings.ingest.max_file_mb:g}mb", css=CSS, theme=gr.themes.Soft(),
-               footer_links=["settings"], show_error=True)
+    app = build_server(service, settings)
+    host, port = host or settings.server.host, port or settings.server.port
+    # The one line a user needs at start-up (this is the server's own skin, not library code).
+    print(f"kbqa: web app on http://{host}:{port}/ , OpenAI-compatible API on http://{host}:{port}/v1",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

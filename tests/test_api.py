@@ -1,0 +1,114 @@
+"""The OpenAI-compatible API through the official ``openai`` client, against a live local server (fake models)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kbqa.bootstrap import build_service
+from kbqa.service import KBQAService
+from kbqa.settings import load_settings
+from kbqa.ui.app import build_server
+from tests.fakes import FakeEmbedder, FakeLLM
+from tests.live_server import live_server
+from tests.test_service import make_settings
+
+
+@pytest.fixture(scope="module")
+def llm() -> FakeLLM:
+    return FakeLLM()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM) -> KBQAService:
+    tmp = tmp_path_factory.mktemp("api")
+    service = build_service(make_settings(tmp), embedder=FakeEmbedder(), llm=lambda: llm)
+    doc = tmp / "rivers.txt"
+    doc.write_text("The Yangtze is the longest river in Asia.\n\nThe Nile flows north.", encoding="utf-8")
+    service.add_files("rivers", [doc])
+    return service
+
+
+@pytest.fixture(scope="module")
+def base_url(service: KBQAService) -> Iterator[str]:
+    with live_server(build_server(service, load_settings())) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url}/v1", api_key="local", max_retries=0)
+
+
+def test_models_list_the_chat_model_and_each_knowledge_base(client) -> None:  # type: ignore[no-untyped-def]
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "kbqa" and "kb:rivers" in ids
+
+
+def test_plain_chat_completion_reaches_the_local_model(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["Hello there."]
+    out = client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": "Hi"}], max_tokens=20)
+    assert out.choices[0].message.content == "Hello there."
+    assert llm.prompts[-1][-1].content == "Hi"
+
+
+def test_streamed_chat_arrives_in_pieces(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["one two three"]
+    stream = client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": "count"}],
+                                            stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) == 3 and "".join(pieces) == "one two three"
+
+
+def test_knowledge_base_model_answers_with_sources(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["The Yangtze [1]."]
+    out = client.chat.completions.create(model="kb:rivers",
+                                         messages=[{"role": "user", "content": "Longest river in Asia?"}])
+    assert out.choices[0].message.content == "The Yangtze [1]."
+    sources = out.model_extra["sources"]
+    assert sources[0]["source"] == "rivers.txt" and "Yangtze" in sources[0]["text"]
+
+
+def test_streamed_knowledge_base_answer_ends_with_sources(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["The Nile [1]."]
+    chunks = list(client.chat.completions.create(model="kb:rivers", stream=True,
+                                                 messages=[{"role": "user", "content": "Which river flows north?"}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The Nile [1]."
+    assert chunks[-1].model_extra["sources"][0]["source"] == "rivers.txt"
+
+
+def test_unknown_knowledge_base_is_a_404_with_a_message(client) -> None:  # type: ignore[no-untyped-def]
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError, match="No knowledge base named"):
+        client.chat.completions.create(model="kb:nope", messages=[{"role": "user", "content": "q"}])
+
+
+def test_embeddings_have_the_model_dimension(client) -> None:  # type: ignore[no-untyped-def]
+    out = client.embeddings.create(model="kbqa-embedding", input=["a", "b"])
+    assert len(out.data) == 2 and len(out.data[0].embedding) == 256
+
+
+def test_files_can_be_uploaded_listed_searched_and_deleted(base_url: str, tmp_path: Path) -> None:
+    files = [("files", ("planets.md", b"Mars is the red planet.", "text/markdown")),
+             ("files", ("../../etc/passwd", b"root:x:0:0", "text/plain"))]
+    report = httpx.post(f"{base_url}/kb/space/files", files=files, timeout=30).json()
+    assert [f["status"] for f in report["files"]] == ["added", "failed"]
+    assert report["files"][1]["name"] == "../../etc/passwd" and report["files"][1]["reason"]
+    assert [d["name"] for d in httpx.get(f"{base_url}/kb/space/files").json()] == ["planets.md"]
+    hits = httpx.post(f"{base_url}/kb/space/search", json={"query": "red planet", "k": 2}).json()
+    assert hits[0]["source"] == "planets.md" and hits[0]["rank"] == 1
+    assert httpx.delete(f"{base_url}/kb/space/files/planets.md").status_code == 200
+    assert httpx.delete(f"{base_url}/kb/space/files/planets.md").status_code == 404
+    assert httpx.delete(f"{base_url}/kb/space").status_code == 200
+
+
+def test_web_app_is_served_at_the_root(base_url: str) -> None:
+    page = httpx.get(base_url + "/", timeout=30)
+    assert page.status_code == 200 and "gradio" in page.text.lower()
