@@ -57,8 +57,9 @@ def main() -> None:
     lines = ["| size | contexts | characters | chunks | ingest s | s per 1k chars | peak RSS MB | RSS growth MB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        per_k = r["seconds"] / r["chars"] * 1000
         lines.append(f"| {r['factor']}x | {r['n']} | {r['chars']:,} | {r['chunks']} | {r['seconds']:.1f} | "
-                     f"{r['seconds'] / r['chars'] * 1000:.3f} | {r['rss_peak']:.0f} | {r['rss_peak'] - r['rss_before']:.0f} |")
+                     f"{per_k:.3f} | {r['rss_peak']:.0f} | {r['rss_peak'] - r['rss_before']:.0f} |")
     per_char = [r["seconds"] / r["chars"] for r in rows]
     drift = per_char[-1] / per_char[0]
     mem = (rows[-1]["rss_peak"] - rows[-1]["rss_before"]) / max(first["rss_peak"] - first["rss_before"], 1)

@@ -107,8 +107,9 @@ def answer_share(n_answers: int) -> str:
             outside.append(t.seconds - timed.seconds)
     share = sum(outside) / sum(totals)
     return (f"Whole answers ({n_answers} State of the Union questions, `{settings.llm.model}`, "
-            f"{settings.retrieval.mode} retrieval): median answer {np.median(totals):.1f} s, of which outside the LLM "
-            f"(question embedding, retrieval, prompt building, chain overhead) median {np.median(outside) * 1000:.0f} ms: "
+            f"{settings.retrieval.mode} retrieval): median answer {np.median(totals):.1f} s, of which outside the "
+            f"LLM (question embedding, retrieval, prompt building, chain overhead) median "
+            f"{np.median(outside) * 1000:.0f} ms: "
             f"**{share:.1%}** of the answer time (target <= 10%).")
 
 

@@ -129,7 +129,8 @@ def build_service(settings: Settings, embedder: Embedder | None = None, llm: Cal
                         max_bytes=int(settings.ingest.max_file_mb * 2**20))
     r = settings.retrieval
     retriever = Retriever(embedder, store, keywords,
-                          RetrievalConfig(r.mode, r.dense_weight, r.bm25_weight, r.rrf_k, r.candidates),
+                          RetrievalConfig(r.mode, r.dense_weight, r.bm25_weight, r.bm25_weight_en, r.rrf_k,
+                                          r.candidates),
                           reranker=build_reranker(r.reranker, cache))
     prompts_dir = settings.paths.prompts_dir
     if not prompts_dir.is_absolute() and not prompts_dir.is_dir():

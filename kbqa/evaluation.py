@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kbqa.errors import KBQAError
-from kbqa.prompts import is_chinese
+from kbqa.language import is_chinese
 from kbqa.schema import SourceChunk
 from kbqa.service import KBQAService
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kbqa.errors import ConfigError
+from kbqa.language import is_chinese
 from kbqa.schema import ChatMessage, SourceChunk
 
 _REQUIRED = {"user": {"context", "question"}, "context_item": {"text"}}
@@ -88,16 +89,6 @@ def load_prompt(folder: Path, name: str) -> PromptTemplate:
                               + f"; allowed placeholders: {sorted(allowed)}.")
     return PromptTemplate(name=name, system=data["system"], user=data["user"], refusal=data["refusal"].strip(),
                           context_item=data["context_item"])
-
-
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN_WORD = re.compile(r"[A-Za-z]+")
-
-
-def is_chinese(text: str) -> bool:
-    """True when Han characters outnumber Latin words (``ChatGLM2 的上下文多长`` is Chinese)."""
-    han = len(_HAN.findall(text))
-    return han > 0 and han >= len(_LATIN_WORD.findall(text))
 
 
 class PromptBook:

@@ -44,7 +44,7 @@ class PathSettings(_Section):
 class EmbeddingSettings(_Section):
     """The embedding model used for dense retrieval."""
 
-    model: str = Field("embedded:all-minilm-l6-v2",
+    model: str = Field("embedded:multilingual-e5-small",
                        description="embedded:<name>, a local folder, or a hub id (text2vec SentenceModel).")
     batch_size: int = Field(32, ge=1, description="Chunks encoded per forward pass.")
     device: str = Field("cpu", description="torch device for the embedding model: cpu, cuda, mps.")
@@ -102,10 +102,11 @@ class RetrievalSettings(_Section):
         None, ge=-1.0, le=1.0,
         description="Least cosine similarity a chunk needs; None = the embedding model's calibrated default.")
     mode: Literal["dense", "bm25", "hybrid"] = Field(
-        "dense", description="Dense vectors, BM25 keywords, or both fused.")
+        "hybrid", description="Dense vectors, BM25 keywords, or both fused.")
     dense_weight: float = Field(1.0, ge=0.0, description="Weight of the dense ranking in reciprocal rank fusion.")
-    bm25_weight: float = Field(1.0, ge=0.0, description="Weight of the BM25 ranking in reciprocal rank fusion.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
+    bm25_weight: float = Field(2.0, ge=0.0, description="Weight of the BM25 ranking for Chinese questions.")
+    bm25_weight_en: float = Field(0.1, ge=0.0, description="Weight of the BM25 ranking for other questions.")
+    rrf_k: int = Field(5, ge=1, description="Reciprocal rank fusion constant: score = weight / (rrf_k + rank).")
     candidates: int = Field(20, ge=1, description="Candidates each retriever contributes before fusion.")
     reranker: str | None = Field(None, description="Cross-encoder (hub id or folder) to rerank candidates; None = off.")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from kbqa.errors import ConfigError
-from kbqa.prompts import PromptBook, is_chinese, load_prompt
+from kbqa.language import is_chinese
+from kbqa.prompts import PromptBook, load_prompt
 from kbqa.schema import SourceChunk
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -140,10 +141,33 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     from kbqa.bootstrap import build_service, quiet_environment
 
     quiet_environment()
-    service = build_service(settings)
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc="preparing models", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    service = build_service(settings, progress=progress)
     app = build_server(service, settings)
     host, port = host or settings.server.host, port or settings.server.port
-    # The one line a user needs at start-up (this is the server's own skin, not library code).
-    print(f"kbqa: web app on http://{host}:{port}/ , OpenAI-compatible API on http://{host}:{port}/v1",
-          file=sys.stderr, flush=True)
+    # This is the server's own skin, not library code: tell the user where to go and what is loading.
+    print(f"kbqa: web app on http://{host}:{port}/ , OpenAI-compatible API on http://{host}:{port}/v1 "
+          "(loading the models in the background; the first answer waits for them)", file=sys.stderr, flush=True)
+    threading.Thread(target=_warm_up, args=(service, bar), name="kbqa-warm-up", daemon=True).start()
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _warm_up(service: KBQAService, bar: Any) -> None:
+    """Load (assemble, convert) the models before the first question needs them."""
+    import sys
+
+    try:
+        service.embed(["warm-up"])
+        service.get_llm()
+        bar.close()
+        print("kbqa: models ready", file=sys.stderr, flush=True)
+    except KBQAError as exc:  # shown again, as a toast, when a user asks
+        bar.close()
+        print(f"kbqa: {exc}", file=sys.stderr, flush=True)
