@@ -12,6 +12,7 @@ from kbqa.embeddings import Embedder, LazyEmbedder, build_embedder, embedder_nam
 from kbqa.errors import ModelUnavailable
 from kbqa.ingest import Ingestor
 from kbqa.knowledge import KnowledgeRoot
+from kbqa.language import is_chinese
 from kbqa.llm.base import LLM, GenerationParams
 from kbqa.models import (
     EMBEDDED_LLMS,
@@ -141,11 +142,13 @@ def build_service(settings: Settings, embedder: Embedder | None = None, llm: Cal
                               repetition_penalty=g.repetition_penalty)
     emb = embedder
 
-    def threshold() -> float:
-        if r.score_threshold is not None:
-            return r.score_threshold
+    def threshold(question: str) -> float:
+        chinese = is_chinese(question)
+        explicit = r.score_threshold_zh if chinese and r.score_threshold_zh is not None else r.score_threshold
+        if explicit is not None:
+            return explicit
         profile = getattr(emb, "profile", None)
-        return profile.score_threshold if profile is not None else 0.0
+        return profile.threshold(chinese) if profile is not None else 0.0
 
     qa = QAEngine(retriever, llm, prompts, top_k=r.top_k, threshold=threshold, params=params)
     return KBQAService(root, store, keywords, ingestor, qa, llm)

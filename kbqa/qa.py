@@ -102,24 +102,19 @@ class QAEngine:
         llm: Returns the LLM, loading it on first use (ingest never needs it).
         prompts: Chinese and English templates.
         top_k: Chunks given to the model.
-        threshold: Least cosine score a chunk needs to be used (or a function returning it, read at each
-            question, for a default that depends on the lazily loaded embedding model).
+        threshold: The least cosine score a chunk needs to be used, for a given question (it depends on the
+            question's language and on the lazily loaded embedding model).
         params: Generation settings.
     """
 
     def __init__(self, retriever: Retriever, llm: Callable[[], LLM], prompts: PromptBook, top_k: int,
-                 threshold: float | Callable[[], float], params: GenerationParams) -> None:
+                 threshold: Callable[[str], float], params: GenerationParams) -> None:
         self.retriever = retriever
         self.get_llm = llm
         self.prompts = prompts
         self.top_k = top_k
-        self._threshold = threshold
+        self.threshold = threshold
         self.params = params
-
-    @property
-    def threshold(self) -> float:
-        """Least cosine score a chunk needs to be used."""
-        return self._threshold() if callable(self._threshold) else self._threshold
 
     def _chain(self, kb: KnowledgeBase) -> Any:
         llm = self.get_llm()
@@ -130,7 +125,8 @@ class QAEngine:
             found = self.retriever.retrieve(kb, x["question"], self.top_k)
             x["timings"]["retrieve"] = time.perf_counter() - start
             x["found"] = found
-            return [c for c in found if c.score >= self.threshold]
+            x["threshold"] = self.threshold(x["question"])
+            return [c for c in found if c.score >= x["threshold"]]
 
         def prompt(x: dict[str, Any]) -> list[BaseMessage]:
             template: PromptTemplate = x["template"]
@@ -168,7 +164,7 @@ class QAEngine:
         timings = {**state["timings"], "total": time.perf_counter() - start}
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
-            notice = (f"No passage reached the relevance threshold {self.threshold:.2f}"
+            notice = (f"No passage reached the relevance threshold {state['threshold']:.2f}"
                       + (f" (best score {best:.2f})" if best is not None else "")
                       + "; answered with the refusal sentence without asking the model.")
             answer = Answer(question, text, [], refused=True, language=lang, notice=notice, timings=timings)

@@ -100,7 +100,12 @@ class RetrievalSettings(_Section):
     top_k: int = Field(3, ge=1, le=50, description="Chunks given to the LLM and shown as sources.")
     score_threshold: float | None = Field(
         None, ge=-1.0, le=1.0,
-        description="Least cosine similarity a chunk needs; None = the embedding model's calibrated default.")
+        description="Least cosine similarity a chunk needs for a non-Chinese question; None = the embedding "
+                    "model's calibrated default.")
+    score_threshold_zh: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="The same for Chinese questions (e5 scores Chinese pairs higher); None = the model's default, "
+                    "or score_threshold when only that is set.")
     mode: Literal["dense", "bm25", "hybrid"] = Field(
         "hybrid", description="Dense vectors, BM25 keywords, or both fused.")
     dense_weight: float = Field(1.0, ge=0.0, description="Weight of the dense ranking in reciprocal rank fusion.")

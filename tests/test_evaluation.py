@@ -88,7 +88,8 @@ def test_hit_is_gold_context_or_answer_text_ignoring_spaces() -> None:
 def test_retrieval_and_answer_metrics_on_a_tiny_dataset(tmp_path: Path, squad: Path) -> None:
     llm = FakeLLM(replies=["长江", "约六千三百公里", "the Mediterranean",
                            "I cannot answer this from the knowledge base."])
-    service = build_service(make_settings(tmp_path, score_threshold=-1.0), embedder=FakeEmbedder(), llm=lambda: llm)
+    settings = make_settings(tmp_path, score_threshold=-1.0, score_threshold_zh=-1.0)
+    service = build_service(settings, embedder=FakeEmbedder(), llm=lambda: llm)
     data = ev.load_dataset(squad)
     assert ev.build_knowledge_base(service, data, "eval") >= 0
     retrieval = ev.evaluate_retrieval(service, "eval", data.items)

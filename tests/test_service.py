@@ -20,7 +20,7 @@ def make_settings(tmp_path: Path, **retrieval: object) -> Settings:
     return load_settings(paths={"knowledge_root": tmp_path / "kb", "cache_dir": tmp_path / "cache",
                                 "prompts_dir": ROOT / "prompts"},
                          splitter={"chunk_size": 200, "chunk_overlap": 20},
-                         retrieval={"top_k": 3, "score_threshold": 0.2, **retrieval},
+                         retrieval={"top_k": 3, "score_threshold": 0.2, "score_threshold_zh": 0.2, **retrieval},
                          ingest={"ocr": False})
 
 
@@ -246,7 +246,7 @@ def test_chinese_question_gets_the_chinese_template(make: Callable[..., KBQAServ
 
 def test_no_relevant_chunk_gives_the_refusal_without_calling_the_model(make: Callable[..., KBQAService],
                                                                        docs: Path, llm: FakeLLM) -> None:
-    service = make(score_threshold=0.99)
+    service = make(score_threshold=0.99, score_threshold_zh=0.99)
     service.add_files("kb", files_in(docs))
     answer = service.ask("kb", "Who won the football world cup?")
     assert answer.refused
