@@ -99,7 +99,7 @@ def main() -> None:
         if args.cache:
             Path(args.cache).write_bytes(pickle.dumps(data))
     singles = {"dense": lambda d, b: [i for i, _ in d], "bm25": lambda d, b: [i for i, _ in b]}
-    grid = list(itertools.product([1.0], [0.5, 1.0, 1.5, 2.0, 3.0], [10, 30, 60], [20, 50], [False, True]))
+    grid = list(itertools.product([1.0], [0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], [5, 10, 30, 60], [20], [False, True]))
     results = []
     for name, fn in singles.items():
         results.append((name, {d: metrics(rows, fn) for d, rows in data.items()}))
@@ -116,6 +116,15 @@ def main() -> None:
         return float(np.mean([v for d in res.values() for v in d.values()]))
 
     ranked = sorted(results[2:], key=lambda r: (-never_worse(r[1]), -score(r[1])))
+    per_dataset = []
+    for d in data:
+        ok = [(label, res[d]) for label, res in results[2:]
+              if all(res[d][m] >= best_single[d][m] - 1e-9 for m in res[d])]
+        ok.sort(key=lambda r: -float(np.mean(list(r[1].values()))))
+        best = (f"; best: {ok[0][0]} (" + ", ".join(f"{m} {v:.3f}" for m, v in ok[0][1].items()) + ")"
+                if ok else "")
+        per_dataset.append(f"- {d}: {len(ok)} of {len(grid)} settings are never worse than the better single "
+                           f"retriever{best}")
     lines = ["| setting | " + " | ".join(f"{d} {m}" for d in data for m in ("hit@1", "hit@5", "mrr@10")) +
              " | never worse |", "|---|" + "---:|" * (3 * len(data) + 1)]
     for label, res in results[:2] + ranked[:12]:
@@ -131,6 +140,7 @@ def main() -> None:
             f"and fused offline ({len(grid)} settings; the 12 best shown after the two single retrievers). "
             "\"full-rank\": a candidate missing from one retriever's top list still gets its rank there "
             f"(looked up to depth {DEPTH}) instead of nothing.\n\n" + "\n".join(lines)
+            + "\n\nPer dataset (questions of one language each):\n" + "\n".join(per_dataset)
             + "\n\nFor the refusal threshold:\n" + "\n".join(top1))
     append_results("Fusion settings search", body, f"python benchmarks/fusion_search.py --model {args.model}")
 
