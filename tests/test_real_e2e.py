@@ -94,3 +94,16 @@ def test_cli_ask_json_has_the_documented_shape(tmp_path: Path) -> None:
     assert set(first) == {"source", "page", "chunk", "score", "text"}
     assert first["source"] == "state_of_the_union.txt" and first["page"] is None
     assert isinstance(first["chunk"], int) and isinstance(first["score"], float)
+
+
+def test_cli_eval_measures_retrieval_on_the_state_of_the_union(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "state_of_the_union.txt").symlink_to(CORPUS / "state_of_the_union.txt")
+    out = subprocess.run([sys.executable, "-m", "kbqa", "eval", "--dataset",
+                          str(ROOT / "benchmarks/datasets/sotu/sotu_qa.jsonl"), "--docs", str(docs),
+                          "--retrieval-only", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["questions"] == 24 and result["documents"] == 1
+    assert result["hit@5"] >= 0.9 and 0 < result["mrr@10"] <= 1

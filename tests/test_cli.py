@@ -1,0 +1,103 @@
+"""The command line: exit codes, one line per file, errors on stderr, convert-chatglm (fake models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kbqa import cli
+from kbqa.bootstrap import build_service
+from kbqa.service import KBQAService
+from tests.fakes import FakeEmbedder, FakeLLM
+from tests.test_service import make_settings
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KBQAService:
+    built = build_service(make_settings(tmp_path), embedder=FakeEmbedder(),
+                          llm=lambda: FakeLLM(replies=["Jupiter [1]."] * 3))
+    monkeypatch.setattr(cli, "_service", lambda args: built)
+    return built
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "planets.md").write_text("Jupiter is the largest planet.", encoding="utf-8")
+    (docs / "sub" / "moons.txt").write_text("Ganymede is the largest moon.", encoding="utf-8")
+    (docs / "sub" / "broken.pdf").write_bytes(b"%PDF-1.4 nope")
+    (docs / ".hidden.txt").write_text("skip me", encoding="utf-8")
+    return docs
+
+
+def test_ingest_walks_folders_prints_one_line_per_file_and_fails_on_a_bad_file(
+        service: KBQAService, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ingest", "--kb", "space", str(folder)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["planets.md: added (1 chunks)",
+                     lines[1],  # broken.pdf: failed (reason)
+                     "moons.txt: added (1 chunks)"]
+    assert lines[1].startswith("broken.pdf: failed (") and "damaged" in lines[1]
+    assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
+
+
+def test_ingest_of_good_unchanged_files_exits_zero(service: KBQAService, folder: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "sub" / "broken.pdf").unlink()
+    assert cli.main(["ingest", "--kb", "space", str(folder)]) == 0
+    assert cli.main(["ingest", "--kb", "space", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["planets.md: unchanged", "moons.txt: unchanged"]
+
+
+def test_ask_json_prints_answer_and_numbered_sources(service: KBQAService, folder: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["ingest", "--kb", "space", str(folder / "planets.md")])
+    capsys.readouterr()
+    assert cli.main(["ask", "--kb", "space", "--json", "Which planet is largest?"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["answer"] == "Jupiter [1]."
+    assert data["sources"][0] == {"source": "planets.md", "page": None, "chunk": 0,
+                                  "score": data["sources"][0]["score"], "text": "Jupiter is the largest planet."}
+    assert cli.main(["ask", "--kb", "space", "Which planet is largest?"]) == 0
+    out = capsys.readouterr().out
+    assert "Jupiter [1]." in out and "[1] planets.md, chunk 0, score" in out
+
+
+def test_kb_and_docs_commands(service: KBQAService, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["ingest", "--kb", "太空", str(folder / "planets.md")])
+    capsys.readouterr()
+    assert cli.main(["kb", "list"]) == 0
+    assert capsys.readouterr().out.startswith("太空\t1 files\t1 chunks")
+    assert cli.main(["docs", "list", "--kb", "太空"]) == 0
+    assert capsys.readouterr().out.startswith("planets.md\t1 chunks")
+    assert cli.main(["docs", "delete", "--kb", "太空", "planets.md"]) == 0
+    assert cli.main(["kb", "delete", "太空"]) == 0
+    assert service.list_kbs() == []
+
+
+def test_user_errors_are_one_line_on_stderr_with_exit_one(service: KBQAService,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ask", "--kb", "nowhere", "hello?"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: No knowledge base named 'nowhere'") and err.count("\n") == 1
+    assert cli.main(["docs", "delete", "--kb", "nowhere", "x.txt"]) == 1
+
+
+def test_missing_paths_are_reported(service: KBQAService, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ingest", "--kb", "k", str(tmp_path / "absent.txt")]) == 1
+    assert "absent.txt: failed (" in capsys.readouterr().out
+
+
+def test_convert_chatglm_command_writes_a_native_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.chatglm_fixtures import train_tokenizer, write_checkpoint
+
+    src = tmp_path / "chatglm2-6b"
+    write_checkpoint(src, train_tokenizer(tmp_path / "sp"))
+    assert cli.main(["convert-chatglm", str(src), str(tmp_path / "native")]) == 0
+    assert "converted" in capsys.readouterr().out
+    config = json.loads((tmp_path / "native" / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == "glm"
+    assert cli.main(["convert-chatglm", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
