@@ -176,8 +176,22 @@ class Text2VecEmbedder:
         return self._encode([self.profile.passage_prefix + t for t in texts])
 
     def embed_query(self, text: str) -> np.ndarray:
-        """Vector of a question (with the model's query prefix)."""
-        return self._encode([self.profile.query_prefix + text])[0]
+        """Vector of a question (with the model's query prefix).
+
+        One short text needs no batching or length sorting: a direct forward pass, pooled as text2vec
+        pools (mean over the attention mask, or the first token), is faster on the query path.
+        """
+        if self.profile.pooling not in ("MEAN", "CLS"):
+            return self._encode([self.profile.query_prefix + text])[0]
+        import torch
+
+        enc = self._tokenizer([self.profile.query_prefix + text], truncation=True,
+                              max_length=self.profile.max_seq_length, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self._model.bert(**enc.to(self._model.device)).last_hidden_state[0]
+        vector = hidden[0] if self.profile.pooling == "CLS" else hidden.mean(0)
+        vector = torch.nn.functional.normalize(vector, dim=0)
+        return vector.float().cpu().numpy()
 
     def too_long(self, texts: Sequence[str]) -> list[bool]:
         """True for texts over the model's token limit (prefix and special tokens included)."""

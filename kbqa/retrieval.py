@@ -132,6 +132,8 @@ class Retriever:
             hits = self.keywords.get(kb).search(question, n)
             rankings.append(([i for i, _ in hits], cfg.bm25_weight if is_chinese(question) else cfg.bm25_weight_en))
         order = [c.id for c in dense] if cfg.mode == "dense" else fuse(rankings, cfg.rrf_k)
+        if self.reranker is None:  # only the chunks that can make the top k need their text and vector
+            order = order[:k + 2]
         known = {c.id: c for c in dense}
         missing = [i for i in order if i not in known]
         for chunk in self.store.fetch(kb.slug, missing, vector):
