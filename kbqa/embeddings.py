@@ -136,7 +136,7 @@ class Text2VecEmbedder:
         device: torch device.
     """
 
-    def __init__(self, folder: Path, name: str, profile: ModelProfile, batch_size: int = 32,
+    def __init__(self, folder: Path, name: str, profile: ModelProfile, batch_size: int = 8,
                  device: str = "cpu") -> None:
         try:
             from text2vec import SentenceModel
