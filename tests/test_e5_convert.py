@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -226,18 +225,17 @@ def test_half_written_folder_is_not_used(e5_dir, tmp_path):
         (target / name).write_bytes((e5_dir / name).read_bytes())
     with open(e5_dir / "model.safetensors", "rb") as src:
         (target / "model.safetensors").write_bytes(src.read(1 << 20))
-    # ... and a leftover temp folder of an interrupted conversion, complete but for its marker.
-    leftover = models / f".{e5_dir.name}.tmp-crashed"
+    # ... and a leftover temp folder of an interrupted conversion (its process is gone), complete but for
+    # its marker.
+    leftover = models / f".{e5_dir.name}.partial-999999999-crashed"
     leftover.mkdir()
     (leftover / "config.json").write_bytes((e5_dir / "config.json").read_bytes())
-    old = time.time() - 2 * 3600
-    os.utime(leftover, (old, old))
 
     got = ensure_e5_model(tmp_path)
     assert got == target
     assert (target / MARKER).is_file()
     assert (target / "model.safetensors").stat().st_size == (e5_dir / "model.safetensors").stat().st_size
-    assert not leftover.exists()  # stale (over an hour old) temp folders are cleaned up
+    assert not leftover.exists()  # temp folders of dead processes are cleaned up
 
 
 def test_interrupted_conversion_leaves_nothing(tmp_path):

@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kbqa.errors import ConfigError, ModelUnavailable
+from kbqa.fileio import partial_folder, remove_abandoned
 from kbqa.llm import chatglm
-from kbqa.llm.staging import partial_folder, remove_abandoned
 from kbqa.models import EMBEDDED_LLMS, assemble_gguf, embedded_name, is_embedded, resolve_local_or_hub
 
 log = logging.getLogger(__name__)

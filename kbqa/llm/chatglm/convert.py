@@ -24,9 +24,9 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig, GlmConfig
 
 from kbqa.errors import ConfigError, ModelUnavailable
+from kbqa.fileio import partial_folder, remove_abandoned
 from kbqa.llm.chatglm.checkpoint import iter_tensors, read_json, read_source
 from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, ChatGLMTokenizer, Version
-from kbqa.llm.staging import partial_folder, remove_abandoned
 
 log = logging.getLogger(__name__)
 
