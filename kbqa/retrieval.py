@@ -132,13 +132,18 @@ class Retriever:
             hits = self.keywords.get(kb).search(question, n)
             rankings.append(([i for i, _ in hits], cfg.bm25_weight if is_chinese(question) else cfg.bm25_weight_en))
         order = [c.id for c in dense] if cfg.mode == "dense" else fuse(rankings, cfg.rrf_k)
-        if self.reranker is None:  # only the chunks that can make the top k need their text and vector
-            order = order[:k + 2]
         known = {c.id: c for c in dense}
-        missing = [i for i in order if i not in known]
-        for chunk in self.store.fetch(kb.slug, missing, vector):
-            known[chunk.id] = chunk
-        ranked = [known[i] for i in order if i in known]
+
+        def resolve(ids: Sequence[str]) -> list[SourceChunk]:
+            """The chunks of ``ids`` the store holds, in order (fetching text and vector of those not known)."""
+            for chunk in self.store.fetch(kb.slug, [i for i in ids if i not in known], vector):
+                known[chunk.id] = chunk
+            return [known[i] for i in ids if i in known]
+
+        # Without a reranker only the first k candidates are needed, unless the store lacks some of them.
+        ranked = resolve(order[:k]) if self.reranker is None else []
+        if len(ranked) < k:
+            ranked = resolve(order)
         if self.reranker is not None and ranked:
             scores = self.reranker.score(question, [c.text for c in ranked])
             ranked = [c for _, c in sorted(zip(scores, ranked, strict=True), key=lambda p: -p[0])]

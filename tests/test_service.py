@@ -109,6 +109,21 @@ def test_deleting_a_file_removes_every_chunk_of_it(make: Callable[..., KBQAServi
         service.delete_document("kb", "planets.md")
 
 
+def test_top_k_is_filled_past_candidates_the_vector_store_no_longer_holds(make: Callable[..., KBQAService],
+                                                                        docs: Path) -> None:
+    # The keyword index can name chunks the vector store lacks (e.g. until a stale index is rebuilt): the
+    # best-ranked ones are then skipped and the top k filled from further down the ranking.
+    (docs / "moons.txt").write_text("\n\n".join(f"Jupiter moon number {i} circles Jupiter far from any river."
+                                                for i in range(8)), encoding="utf-8")
+    service = make(mode="bm25")
+    assert service.add_files("kb", files_in(docs)).ok
+    kb = service.root.open("kb")
+    assert kb.manifest.files["moons.txt"]["chunks"] >= 3
+    service.store.delete_sha(kb.slug, kb.manifest.files["moons.txt"]["sha256"])  # the vector store only
+    found = service.search("kb", "Jupiter moon river", 2)
+    assert sorted(c.source for c in found) == ["planets.md", "rivers.txt"]
+
+
 def test_everything_survives_a_restart(make: Callable[..., KBQAService], docs: Path) -> None:
     make().add_files("kb", files_in(docs))
     fresh = make(mode="hybrid")
