@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -208,13 +208,11 @@ def embedder_name(cfg: EmbeddingSettings) -> str:
 def build_embedder(cfg: EmbeddingSettings, cache_dir: Path, progress: Progress | None = None) -> Text2VecEmbedder:
     """Resolve an embedding setting and load it; explicit settings override the model's profile."""
     folder, profile = resolve_embedding_model(cfg.model, cache_dir, progress)
-    profile = ModelProfile(
-        pooling=profile.pooling,
+    profile = replace(
+        profile,
         query_prefix=profile.query_prefix if cfg.query_prefix is None else cfg.query_prefix,
         passage_prefix=profile.passage_prefix if cfg.passage_prefix is None else cfg.passage_prefix,
         max_seq_length=cfg.max_seq_length or profile.max_seq_length,
-        score_threshold=profile.score_threshold,
-        score_threshold_zh=profile.score_threshold_zh,
     )
     log.info("loading embedding model %s from %s", cfg.model, folder)
     embedder = Text2VecEmbedder(folder, embedder_name(cfg), profile, batch_size=cfg.batch_size, device=cfg.device)

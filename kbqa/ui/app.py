@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kbqa.errors import KBQAError
-from kbqa.llm.base import GenerationParams
 from kbqa.service import KBQAService
 from kbqa.settings import Settings
 from kbqa.ui import handlers
@@ -123,9 +122,7 @@ def build_server(service: KBQAService, settings: Settings) -> Any:
     gr = _gradio()
     from kbqa.api import build_api
 
-    g = settings.llm
-    api = build_api(service, GenerationParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
-                                              repetition_penalty=g.repetition_penalty), settings.ingest.max_file_mb)
+    api = build_api(service, service.qa.params, settings.ingest.max_file_mb)
     blocks = build_app(service, settings.ingest.max_file_mb)
     blocks.queue(default_concurrency_limit=1)
     return gr.mount_gradio_app(api, blocks, path="/", max_file_size=f"{settings.ingest.max_file_mb:g}mb", css=CSS,
