@@ -56,8 +56,10 @@ class EmbeddingSettings(_Section):
     passage_prefix: str | None = Field(
         None, description="Text put before chunks; None = the model's own (e5: 'passage: ').")
     quantize: Literal["none", "int8"] = Field(
-        "none", description="int8 dynamic quantization on CPU: faster ingest, slightly different vectors "
-                            "(a knowledge base must be re-created to switch).")
+        "int8", description="int8: chunks are encoded by a dynamic int8 copy of the model (CPU only; ignored on "
+                            "other devices), about 1.3x faster ingest for slightly lower retrieval quality "
+                            "(benchmarks/RESULTS.md); none: the float model. A knowledge base must be re-created "
+                            "to switch.")
 
 
 class LLMSettings(_Section):

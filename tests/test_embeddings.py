@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kbqa.embeddings import ModelProfile, Text2VecEmbedder, embedder_name, profile_from_folder
 from kbqa.settings import EmbeddingSettings
@@ -43,14 +44,28 @@ def test_documents_are_unit_vectors_and_too_long_counts_prefix_and_specials(tiny
     assert emb.embed_documents([]).shape == (0, 32)
 
 
-def test_int8_quantization_changes_the_name_a_knowledge_base_records(tiny_bert: Path) -> None:
-    assert embedder_name(EmbeddingSettings(model="x")) == "x"
+def test_int8_quantization_changes_the_name_a_knowledge_base_records() -> None:
+    assert embedder_name(EmbeddingSettings(model="x", quantize="none")) == "x"
     assert embedder_name(EmbeddingSettings(model="x", quantize="int8")) == "x#int8"
+    assert embedder_name(EmbeddingSettings(model="x")) == "x#int8"  # the default on a CPU
+    # Dynamic quantization runs on the CPU only: elsewhere the float model encodes, and the name says so.
+    assert embedder_name(EmbeddingSettings(model="x", quantize="int8", device="cuda")) == "x"
+
+
+def test_int8_encodes_chunks_with_a_quantized_copy_and_questions_with_the_float_encoder(tiny_bert: Path) -> None:
     emb = Text2VecEmbedder(tiny_bert, "tiny", ModelProfile(max_seq_length=32))
-    before = emb.embed_documents(["a b c"])[0]
+    texts = ["a b c", "hello world a"]
+    before_docs, before_query = emb.embed_documents(texts), emb.embed_query("a b c")
     emb.quantize_int8()
-    after = emb.embed_documents(["a b c"])[0]
-    assert after.shape == before.shape and float(before @ after) > 0.9
+    after_docs, after_query = emb.embed_documents(texts), emb.embed_query("a b c")
+    assert np.array_equal(before_query, after_query)
+    assert after_docs.shape == before_docs.shape and np.allclose(np.linalg.norm(after_docs, axis=1), 1, atol=1e-5)
+    cosines = (before_docs * after_docs).sum(1)
+    assert cosines.min() > 0.9 and not np.allclose(before_docs, after_docs, atol=1e-6)
+    float_bert, int8_bert = emb._model.bert, emb._passages.bert
+    assert int8_bert.get_input_embeddings() is float_bert.get_input_embeddings()  # shared, not copied
+    assert type(int8_bert.encoder.layer[0].output.dense) is not torch.nn.Linear
+    assert type(float_bert.encoder.layer[0].output.dense) is torch.nn.Linear
 
 
 def test_profile_is_read_from_sentence_transformers_files(tmp_path: Path) -> None:
