@@ -63,9 +63,11 @@ def main() -> None:
     per_char = [r["seconds"] / r["chars"] for r in rows]
     drift = per_char[-1] / per_char[0]
     mem = (rows[-1]["rss_peak"] - rows[-1]["rss_before"]) / max(first["rss_peak"] - first["rss_before"], 1)
+    verdict = ("linear (within noise)" if 0.8 <= drift <= 1.25 else "super-linear" if drift > 1.25
+               else "sub-linear: cheaper per character at scale")
     body = ("\n".join(lines) + "\n\n"
             f"- Time per character at 16x is {drift:.2f}x that at 1x: "
-            f"{'linear (within noise)' if 0.8 <= drift <= 1.25 else 'NOT linear'}.\n"
+            f"{verdict}.\n"
             f"- Memory growth during ingest at 16x is {mem:.1f}x that at 1x (the model itself is loaded before "
             f"the measurement starts; the growth is chunks in flight, Chroma and the keyword index).\n")
     append_results("Cost growth: ingest at 1x, 4x, 16x", body, f"python benchmarks/cost_growth.py --base {args.base}")

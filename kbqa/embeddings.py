@@ -167,17 +167,23 @@ class Text2VecEmbedder:
         import warnings
 
         import torch
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         bert = self._model.bert
         words = bert.get_input_embeddings()
-        with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao, not yet removed
-            warnings.simplefilter("ignore")
-            quantized = quantize_dynamic(copy.deepcopy(bert, {id(words): words}),
-                                         {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
-                                         inplace=True)
         passages = copy.copy(self._model)  # same tokenizer and settings, its own encoder
-        passages.bert = quantized
+        try:
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+            with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao, not yet removed
+                warnings.simplefilter("ignore")
+                passages.bert = quantize_dynamic(copy.deepcopy(bert, {id(words): words}),
+                                                 {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                                 inplace=True)
+            passages.encode(["int8 check"], normalize_embeddings=True)  # fail here, not in every ingest
+        except Exception as exc:  # an old or future torch, or a CPU without a quantized engine
+            raise ModelUnavailable(
+                f"int8 chunk encoding does not work with this torch ({type(exc).__name__}: {exc}); set "
+                f"embedding.quantize = \"none\" (KBQA_EMBEDDING__QUANTIZE=none) for the float model.") from exc
         self._passages = passages
 
     def _encode(self, texts: Sequence[str], passages: bool = False) -> np.ndarray:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kbqa.embeddings import ModelProfile, Text2VecEmbedder, embedder_name, profile_from_folder
+from kbqa.errors import ModelUnavailable
 from kbqa.settings import EmbeddingSettings
 
 
@@ -66,6 +67,18 @@ def test_int8_encodes_chunks_with_a_quantized_copy_and_questions_with_the_float_
     assert int8_bert.get_input_embeddings() is float_bert.get_input_embeddings()  # shared, not copied
     assert type(int8_bert.encoder.layer[0].output.dense) is not torch.nn.Linear
     assert type(float_bert.encoder.layer[0].output.dense) is torch.nn.Linear
+
+
+def test_int8_that_torch_cannot_run_names_the_setting_to_change(tiny_bert: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Didn't find engine for operation quantized::linear_prepack NoQEngine")
+
+    monkeypatch.setattr("torch.ao.quantization.quantize_dynamic", broken)
+    emb = Text2VecEmbedder(tiny_bert, "tiny", ModelProfile(max_seq_length=32))
+    with pytest.raises(ModelUnavailable, match=r'embedding\.quantize = "none"'):
+        emb.quantize_int8()
+    assert emb.embed_documents(["a b c"]).shape == (1, 32)  # still usable in float
 
 
 def test_profile_is_read_from_sentence_transformers_files(tmp_path: Path) -> None:
