@@ -23,6 +23,7 @@ from pathlib import Path
 from _common import Timer, append_results, cmrc_contexts
 
 from kbqa.bootstrap import build_service
+from kbqa.embeddings import quantized
 from kbqa.settings import load_settings
 
 
@@ -54,10 +55,11 @@ def usual_pipeline(files: list[Path], model: object, folder: Path, batch_size: i
 
 
 def main() -> None:
+    defaults = load_settings().embedding
     parser = argparse.ArgumentParser()
     parser.add_argument("--contexts", type=int, default=None, help="CMRC contexts to use (default all 848)")
-    parser.add_argument("--model", default=load_settings().embedding.model)
-    parser.add_argument("--quantize", default=load_settings().embedding.quantize, choices=["none", "int8"])
+    parser.add_argument("--model", default=defaults.model)
+    parser.add_argument("--quantize", default=defaults.quantize, choices=["none", "int8"])
     args = parser.parse_args()
 
     contexts = cmrc_contexts(args.contexts)
@@ -89,8 +91,8 @@ def main() -> None:
         assert all(f.status == "unchanged" for f in report2.files)
         usual_s, usual_chunks, lost = usual_pipeline(files, embedder._model, Path(tmp) / "usual")
         usual8_s, _, _ = usual_pipeline(files, embedder._model, Path(tmp) / "usual8", batch_size=embedder.batch_size)
-        quantized = embedder._passages is not embedder._model
-        if quantized:  # how much of kbqa's lead is int8: the usual pipeline on kbqa's int8 encoder
+        int8 = quantized(settings.embedding)
+        if int8:  # how much of kbqa's lead is int8: the usual pipeline on kbqa's int8 encoder
             usual_q_s, _, _ = usual_pipeline(files, embedder._passages, Path(tmp) / "usualq")
 
     rate = {k: chars / v for k, v in {"bare": bare.seconds, "kbqa": kbqa.seconds, "usual": usual_s}.items()}
@@ -98,7 +100,7 @@ def main() -> None:
         f"Corpus: {len(files)} CMRC2018 dev contexts as .txt files, {chars:,} characters. Embedding model "
         f"`{args.model}` for all"
         + (" (kbqa encodes chunks with its int8 copy of the model, `embedding.quantize = \"int8\"`; the usual "
-           "pipeline runs the float model as LangChain users do)" if quantized else "")
+           "pipeline runs the float model as LangChain users do)" if int8 else "")
         + f"; kbqa encodes in batches of "
         f"{embedder.batch_size} (`embedding.batch_size`), the usual pipeline in sentence-transformers' default 32.\n\n"
         "| pipeline | chunks | seconds | chars/s | vs usual |\n|---|---:|---:|---:|---:|\n"
@@ -111,7 +113,7 @@ def main() -> None:
         f"| usual LangChain pipeline, batch {embedder.batch_size} like kbqa | {usual_chunks} | {usual8_s:.1f} | "
         f"{chars / usual8_s:,.0f} | {usual_s / usual8_s:.2f}x |\n"
         + (f"| usual LangChain pipeline on kbqa's int8 chunk encoder | {usual_chunks} | {usual_q_s:.1f} | "
-           f"{chars / usual_q_s:,.0f} | {usual_s / usual_q_s:.2f}x |\n" if quantized else "")
+           f"{chars / usual_q_s:,.0f} | {usual_s / usual_q_s:.2f}x |\n" if int8 else "")
         + f"| kbqa re-ingest of the unchanged corpus | 0 | {again.seconds:.2f} | {chars / again.seconds:,.0f} | |\n\n"
         f"- kbqa overhead over bare encoding: {kbqa.seconds / bare.seconds - 1:+.1%} (target <= 15%).\n"
         f"- kbqa / usual throughput: {rate['kbqa'] / rate['usual']:.2f}x (target >= 1.3x). The usual pipeline's "
@@ -120,7 +122,7 @@ def main() -> None:
         f"- Re-ingest speed-up: {kbqa.seconds / again.seconds:.0f}x faster than the first ingest (target >= 50x).\n")
     append_results("Ingest throughput: kbqa vs the usual LangChain pipeline", body,
                    "python benchmarks/ingest_speed.py" + (f" --contexts {args.contexts}" if args.contexts else "")
-                   + (f" --quantize {args.quantize}" if args.quantize != load_settings().embedding.quantize else ""))
+                   + (f" --quantize {args.quantize}" if args.quantize != defaults.quantize else ""))
 
 
 if __name__ == "__main__":
