@@ -88,6 +88,8 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
                             content={"error": {"message": str(exc), "type": type(exc).__name__}})
 
     def params(req: ChatRequest) -> GenerationParams:
+        # Plain chat keeps llama.cpp's prompt cache (each turn resends the history); answers from a
+        # knowledge base go through the QA engine, which does not.
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         return GenerationParams(
             max_tokens=req.max_completion_tokens or req.max_tokens or defaults.max_tokens,

@@ -140,8 +140,9 @@ def build_service(settings: Settings, embedder: Embedder | None = None, llm: Cal
         prompts_dir = PROJECT_ROOT / prompts_dir
     prompts = PromptBook.load(prompts_dir, settings.prompts.qa_zh, settings.prompts.qa_en)
     g = settings.llm
+    # Answers never reuse llama.cpp's prompt cache, so they do not depend on what was asked before.
     params = GenerationParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
-                              repetition_penalty=g.repetition_penalty)
+                              repetition_penalty=g.repetition_penalty, reuse_prompt_cache=False)
     emb = embedder
 
     def threshold(question: str) -> float:

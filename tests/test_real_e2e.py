@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from kbqa.bootstrap import build_service
+from kbqa.llm.base import GenerationParams
+from kbqa.llm.llamacpp import LlamaCppLLM
+from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
 from kbqa.settings import load_settings
 from tests.conftest import CORPUS, ROOT
@@ -28,6 +31,12 @@ def corpus_documents() -> list[Path]:
     """Every document of the shared corpus (top level and ocr/), not the datasets or its README."""
     files = [p for p in sorted(CORPUS.iterdir()) if p.is_file() and p.name not in DATASETS | {"README.md"}]
     return files + sorted((CORPUS / "ocr").iterdir())
+
+
+def ensure_sotu(service: KBQAService) -> None:
+    """The State of the Union knowledge base, whichever test runs first."""
+    if "sotu" not in {kb.name for kb in service.list_kbs()}:
+        assert service.add_files("sotu", [CORPUS / "state_of_the_union.txt"]).ok
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +64,29 @@ def test_chinese_question_cites_the_article(service: KBQAService) -> None:
 
 
 def test_question_outside_the_documents_is_refused(service: KBQAService) -> None:
-    if not service.list_documents("sotu"):
-        service.add_files("sotu", [CORPUS / "state_of_the_union.txt"])
+    ensure_sotu(service)
     answer = service.ask("sotu", "What is the boiling point of liquid nitrogen in Kelvin?")
     assert answer.refused, answer.answer
+
+
+def test_same_question_gets_the_same_answer_whatever_was_asked_before(tmp_path: Path) -> None:
+    # A borderline question (its best chunk scores just above the threshold; the model decides). With
+    # llama.cpp's prompt cache reused, a fresh model refused it and, after another question, answered it
+    # from its own knowledge. Its own service, so the first answer comes from an empty cache.
+    service = build_service(load_settings(paths={"knowledge_root": tmp_path / "knowledge"}))
+    ensure_sotu(service)
+    question = "What is the population of Canada?"
+    first = service.ask("sotu", question)
+    service.ask("sotu", "How many projects were announced?")
+    again = service.ask("sotu", question)
+    assert (again.answer, again.refused) == (first.answer, first.refused)
+
+
+def test_llamacpp_requests_follow_the_prompt_cache_setting() -> None:
+    llm = object.__new__(LlamaCppLLM)
+    msgs = [ChatMessage("user", "hi")]
+    assert llm._request(msgs, GenerationParams(), stream=True)["cache_prompt"] is True
+    assert llm._request(msgs, GenerationParams(reuse_prompt_cache=False), stream=True)["cache_prompt"] is False
 
 
 def test_cli_ingests_the_whole_corpus_in_one_batch(tmp_path: Path) -> None:

@@ -20,6 +20,11 @@ class GenerationParams:
     repetition_penalty: float = 1.15
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 42
+    #: llama.cpp: start from the previous request's KV cache where the prompts share a prefix. Faster for
+    #: multi-turn chat, but the cached prefix was computed in other batches, so the logits differ in the last
+    #: bits and a greedy reply to the same prompt can change with what was asked before. kbqa's answers turn
+    #: it off: the same question over the same passages always gets the same answer.
+    reuse_prompt_cache: bool = True
 
 
 @runtime_checkable

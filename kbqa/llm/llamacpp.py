@@ -78,6 +78,7 @@ class LlamaCppLLM:
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
             "repeat_penalty": params.repetition_penalty, "seed": params.seed, "stream": stream,
+            "cache_prompt": params.reuse_prompt_cache,
         }
         if params.stop:
             req["stop"] = list(params.stop)
