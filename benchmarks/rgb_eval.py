@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +37,6 @@ from kbqa.settings import load_settings
 DATASET = CORPUS / "benchmarks" / "rgb_zh_refine_sample50.jsonl"
 
 
-def squash(text: str) -> str:
-    """NFKC, no whitespace, lower case: how answers are compared with text."""
-    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
-
-
 def required_items(record: dict[str, Any]) -> list[list[str]]:
     """RGB's answer: every item must appear; an item is a string or a list of alternatives."""
     return [[a] if isinstance(a, str) else list(a) for a in record["answer"]]
@@ -51,28 +44,18 @@ def required_items(record: dict[str, Any]) -> list[list[str]]:
 
 def rgb_correct(answer: str, required: list[list[str]]) -> bool:
     """RGB's accuracy: each required item appears (in one of its spellings) in the answer."""
-    text = squash(answer)
-    return all(any(squash(alt) in text for alt in item) for item in required)
+    text = ev.squash(answer)
+    return all(any(ev.squash(alt) in text for alt in item) for item in required)
 
 
-def write_passages(folder: Path, passages: list[str]) -> list[Path]:
-    """One .txt document per distinct passage."""
-    files = []
-    for n, text in enumerate(dict.fromkeys(passages)):
-        path = folder / f"rgb-{n:05d}.txt"
-        path.write_text(text, encoding="utf-8")
-        files.append(path)
-    return files
+def passages(name: str, texts: list[str]) -> ev.EvalDataset:
+    """The distinct passages as documents, one .txt each, for ``ev.build_knowledge_base``."""
+    return ev.EvalDataset(name, [], texts=[(f"rgb-{n:05d}.txt", t) for n, t in enumerate(dict.fromkeys(texts))])
 
 
-def noise_robustness(service: KBQAService, records: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
-    folder = tmp / "noise"
-    folder.mkdir()
-    files = write_passages(folder, [p for r in records for p in r["positive"] + r["negative"]])
-    report = service.add_files("rgb-noise", files)
-    failed = [f.line() for f in report.files if f.status == "failed"]
-    if failed:
-        raise SystemExit(f"ingest failed: {failed[:3]}")
+def noise_robustness(service: KBQAService, records: list[dict[str, Any]]) -> dict[str, Any]:
+    dataset = passages("rgb-noise", [p for r in records for p in r["positive"] + r["negative"]])
+    ev.build_knowledge_base(service, dataset, "rgb-noise")
     items = [ev.EvalItem(r["query"], tuple(a for item in required_items(r) for a in item), None, str(r["id"]))
              for r in records]
     retrieval = ev.evaluate_retrieval(service, "rgb-noise", items)
@@ -82,17 +65,15 @@ def noise_robustness(service: KBQAService, records: list[dict[str, Any]], tmp: P
         rows.append({"question": r["query"], "gold": r["answer"], "answer": answer.answer,
                      "refused": answer.refused, "correct": rgb_correct(answer.answer, required_items(r)),
                      "seconds": answer.timings.get("total", 0.0)})
-    return {"documents": len(files), "chunks": sum(f.chunks for f in report.files), "retrieval": retrieval,
-            "rows": rows}
+    chunks = next(kb.chunks for kb in service.list_kbs() if kb.name == "rgb-noise")
+    return {"documents": len(dataset.texts), "chunks": chunks, "retrieval": retrieval, "rows": rows}
 
 
-def negative_rejection(service: KBQAService, records: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
+def negative_rejection(service: KBQAService, records: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for r in records:
-        folder = tmp / f"neg-{r['id']}"
-        folder.mkdir()
         kb = f"rgb-neg-{r['id']}"
-        service.add_files(kb, write_passages(folder, r["negative"]))
+        ev.build_knowledge_base(service, passages(kb, r["negative"]), kb)
         answer = service.ask(kb, r["query"])
         best = max((c.score for c in service.search(kb, r["query"], 1)), default=None)
         rows.append({"question": r["query"], "gold": r["answer"], "answer": answer.answer,
@@ -123,8 +104,8 @@ def main() -> None:
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="kbqa-rgb-") as tmp:
         service = build_service(load_settings(paths={"knowledge_root": Path(tmp) / "kb"}))
-        noise = noise_robustness(service, records, Path(tmp))
-        reject = negative_rejection(service, records, Path(tmp))
+        noise = noise_robustness(service, records)
+        reject = negative_rejection(service, records)
         threshold = service.qa.threshold(records[0]["query"])
 
     n = len(records)

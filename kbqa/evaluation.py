@@ -125,7 +125,8 @@ def sample(items: Sequence[EvalItem], limit: int | None, seed: int = 0) -> list[
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def _squash(text: str) -> str:
+def squash(text: str) -> str:
+    """How answers are compared with text: NFKC, no whitespace, lower case."""
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
 
 
@@ -133,8 +134,8 @@ def is_hit(chunk: SourceChunk, item: EvalItem) -> bool:
     """The chunk comes from the gold document or contains a gold answer."""
     if item.doc and chunk.source == item.doc:
         return True
-    text = _squash(chunk.text)
-    return any(_squash(a) and _squash(a) in text for a in item.answers)
+    text = squash(chunk.text)
+    return any(squash(a) and squash(a) in text for a in item.answers)
 
 
 _PUNCT = set(string.punctuation) | set("，。！？、；：“”‘’（）《》【】—…·「」『』〈〉～－")

@@ -15,9 +15,6 @@ from pathlib import Path
 import pytest
 
 from kbqa.bootstrap import build_service
-from kbqa.llm.base import GenerationParams
-from kbqa.llm.llamacpp import LlamaCppLLM
-from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
 from kbqa.settings import load_settings
 from tests.conftest import CORPUS, ROOT
@@ -80,13 +77,6 @@ def test_same_question_gets_the_same_answer_whatever_was_asked_before(tmp_path: 
     service.ask("sotu", "How many projects were announced?")
     again = service.ask("sotu", question)
     assert (again.answer, again.refused) == (first.answer, first.refused)
-
-
-def test_llamacpp_requests_follow_the_prompt_cache_setting() -> None:
-    llm = object.__new__(LlamaCppLLM)
-    msgs = [ChatMessage("user", "hi")]
-    assert llm._request(msgs, GenerationParams(), stream=True)["cache_prompt"] is True
-    assert llm._request(msgs, GenerationParams(reuse_prompt_cache=False), stream=True)["cache_prompt"] is False
 
 
 def test_cli_ingests_the_whole_corpus_in_one_batch(tmp_path: Path) -> None:
