@@ -109,8 +109,11 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
         if not req.messages:
             raise KBQAError("messages is empty.")
         if req.model.startswith(KB_PREFIX):
-            question = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
-            events = service.ask_stream(req.model[len(KB_PREFIX):], question)
+            last = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=None)
+            if last is None:
+                raise KBQAError("messages has no user message: put the question in a 'user' message.")
+            history = [ChatMessage(m.role, m.text()) for m in req.messages[:last] if m.role in ("user", "assistant")]
+            events = service.ask_stream(req.model[len(KB_PREFIX):], req.messages[last].text(), history)
         elif req.model == CHAT_MODEL:
             events = (AnswerEvent("token", text=t) for t in service.chat_stream(
                 [ChatMessage(m.role, m.text()) for m in req.messages], params(req)))

@@ -153,5 +153,6 @@ def build_service(settings: Settings, embedder: Embedder | None = None, llm: Cal
         profile = getattr(emb, "profile", None)
         return profile.threshold(chinese) if profile is not None else 0.0
 
-    qa = QAEngine(retriever, llm, prompts, top_k=r.top_k, threshold=threshold, params=params)
+    qa = QAEngine(retriever, llm, prompts, top_k=r.top_k, threshold=threshold, params=params,
+                  follow_up=r.follow_up, history_turns=r.history_turns)
     return KBQAService(root, store, keywords, ingestor, qa, llm)

@@ -5,6 +5,7 @@ Formats:
   document; a question's gold document is its context. ``is_impossible`` questions are unanswerable.
 - JSONL, one ``{"question", "answer", "doc"}`` per line, over a folder of documents (``--docs``, default
   the JSONL's folder): ``doc`` names the gold file; an empty or null ``answer`` marks an unanswerable question.
+  An optional ``history`` (``[{"question", "answer"}, ...]``) makes the question a follow-up in a chat.
 
 A retrieval hit is a retrieved chunk that comes from the gold document or contains a gold answer (both
 compared without whitespace). Answer scores follow CMRC2018's scorer for Chinese (character-level F1 over
@@ -29,7 +30,7 @@ import numpy as np
 
 from kbqa.errors import KBQAError
 from kbqa.language import is_chinese
-from kbqa.schema import SourceChunk
+from kbqa.schema import ChatMessage, SourceChunk
 from kbqa.service import KBQAService
 
 KS = (1, 3, 5)
@@ -45,6 +46,14 @@ class EvalItem:
     #: it. JSONL documents are whole files, too coarse for that: there only the answer text counts.
     doc: str | None
     id: str = ""
+    #: Earlier ``(question, answer)`` turns of a chat that the question follows up on.
+    history: tuple[tuple[str, str], ...] = ()
+    #: A label for grouping results (JSONL ``kind``, e.g. ``follow-up`` or ``topic-switch``).
+    kind: str = ""
+
+    def chat(self) -> list[ChatMessage]:
+        """The history as chat messages."""
+        return [m for q, a in self.history for m in (ChatMessage("user", q), ChatMessage("assistant", a))]
 
     @property
     def answerable(self) -> bool:
@@ -106,7 +115,12 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
             raise KBQAError(f"{path.name} line {n}: no 'question'.")
         answer = row.get("answer")
         answers = tuple(a for a in (answer if isinstance(answer, list) else [answer]) if a)
-        items.append(EvalItem(row["question"], answers, None, str(n)))
+        try:
+            history = tuple((str(t["question"]), str(t.get("answer") or "")) for t in row.get("history") or [])
+        except (TypeError, KeyError) as exc:
+            raise KBQAError(f"{path.name} line {n}: 'history' must be a list of {{\"question\", \"answer\"}} "
+                            "objects.") from exc
+        items.append(EvalItem(row["question"], answers, None, str(n), history, str(row.get("kind") or "")))
         if answers and row.get("doc"):
             wanted.add(row["doc"])
     files = sorted(p for p in Path(docs).iterdir() if p.is_file() and p.suffix != ".jsonl")
@@ -225,7 +239,7 @@ def evaluate_retrieval(service: KBQAService, kb: str, items: Sequence[EvalItem],
     latency = []
     for n, item in enumerate(answerable):
         start = time.perf_counter()
-        found = service.search(kb, item.question, depth)
+        found = service.search(kb, item.question, depth, item.chat())
         latency.append(time.perf_counter() - start)
         first = next((r for r, c in enumerate(found, 1) if is_hit(c, item)), None)
         first_ctx = next((r for r, c in enumerate(found, 1) if item.doc and c.source == item.doc), None)
@@ -252,7 +266,7 @@ def evaluate_answers(service: KBQAService, kb: str, items: Sequence[EvalItem],
     latency, first_token = [], []
     rows = []
     for n, item in enumerate(items):
-        answer = service.ask(kb, item.question)
+        answer = service.ask(kb, item.question, item.chat())
         latency.append(answer.timings.get("total", 0.0))
         if "first_token" in answer.timings:
             first_token.append(answer.timings["first_token"])
@@ -263,7 +277,7 @@ def evaluate_answers(service: KBQAService, kb: str, items: Sequence[EvalItem],
         else:
             refused_unanswerable += answer.refused
         rows.append({"id": item.id, "question": item.question, "gold": list(item.answers),
-                     "answer": answer.answer, "refused": answer.refused})
+                     "answer": answer.answer, "refused": answer.refused, "query": answer.query or item.question})
         if progress:
             progress((n + 1) / len(items), "answering")
     n_ans = sum(i.answerable for i in items)

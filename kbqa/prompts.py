@@ -2,7 +2,10 @@
 
 Each template has ``system``, ``user`` (with ``{context}`` and ``{question}``, optionally
 ``{refusal}``), ``refusal`` (the sentence used when the context lacks the answer) and ``context_item``
-(how one retrieved chunk is shown). A missing or unknown placeholder fails at load, not mid-answer.
+(how one retrieved chunk is shown). Optionally, for follow-up questions in a chat, ``rewrite`` (with
+``{history}`` and ``{question}``: asks the model for a standalone question) and ``history_turn`` (with
+``{question}`` and ``{answer}``: how one earlier turn is shown in ``{history}``). A missing or unknown
+placeholder fails at load, not mid-answer.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from kbqa.errors import ConfigError
 from kbqa.language import is_chinese
 from kbqa.schema import ChatMessage, SourceChunk
 
-_REQUIRED = {"user": {"context", "question"}, "context_item": {"text"}}
+_REQUIRED = {"user": {"context", "question"}, "context_item": {"text"}, "rewrite": {"history", "question"},
+             "history_turn": {"question", "answer"}}
 _ALLOWED = {"system": set(), "user": {"context", "question", "refusal"},
-            "context_item": {"n", "source", "page", "text"}, "refusal": set()}
+            "context_item": {"n", "source", "page", "text"}, "refusal": set(),
+            "rewrite": {"history", "question"}, "history_turn": {"question", "answer"}}
+_OPTIONAL = {"rewrite", "history_turn"}
+#: Characters of an earlier answer shown to the model when rewriting a follow-up question.
+_ANSWER_CHARS = 300
 
 
 def _placeholders(text: str) -> set[str]:
@@ -36,6 +44,9 @@ class PromptTemplate:
     user: str
     refusal: str
     context_item: str
+    #: Asks for a standalone version of a follow-up question (``{history}``, ``{question}``); "" = none.
+    rewrite: str = ""
+    history_turn: str = ""
 
     def format_context(self, sources: Sequence[SourceChunk], zh: bool) -> str:
         """The numbered passages, in retrieval order."""
@@ -52,12 +63,29 @@ class PromptTemplate:
                                                          refusal=self.refusal)))
         return msgs
 
+    def rewrite_messages(self, history: Sequence[tuple[str, str]], question: str) -> list[ChatMessage]:
+        """The request for a standalone question, given earlier ``(question, answer)`` turns.
+
+        Raises:
+            ConfigError: the template has no ``rewrite`` prompt.
+        """
+        if not self.rewrite or not self.history_turn:
+            raise ConfigError(f"Prompt template '{self.name}' has no 'rewrite' and 'history_turn' prompts, which "
+                              "retrieval.follow_up = \"rewrite\" needs; add them or choose another follow_up mode.")
+        turns = "\n".join(self.history_turn.format(question=q.strip(), answer=_shorten(a.strip()))
+                          for q, a in history)
+        return [ChatMessage("user", self.rewrite.format(history=turns, question=question.strip()))]
+
     def is_refusal(self, answer: str) -> bool:
         """True when the model answered with (essentially) the refusal sentence."""
         def norm(s: str) -> str:
             return re.sub(r"[\W_]+", "", s.lower())
         target = norm(self.refusal)
         return bool(target) and target in norm(answer)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _ANSWER_CHARS else text[:_ANSWER_CHARS].rstrip() + "…"
 
 
 def load_prompt(folder: Path, name: str) -> PromptTemplate:
@@ -74,6 +102,8 @@ def load_prompt(folder: Path, name: str) -> PromptTemplate:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Prompt template {path} is not valid TOML: {exc}") from exc
     for key, allowed in _ALLOWED.items():
+        if key in _OPTIONAL and key not in data:
+            continue
         if key not in data or not isinstance(data[key], str):
             raise ConfigError(f"Prompt template {path} needs a text value '{key}'.")
         try:
@@ -87,8 +117,11 @@ def load_prompt(folder: Path, name: str) -> PromptTemplate:
                               + (f"missing {sorted(missing)} " if missing else "")
                               + (f"unknown {sorted(unknown)}" if unknown else "")
                               + f"; allowed placeholders: {sorted(allowed)}.")
+    if ("rewrite" in data) != ("history_turn" in data):
+        raise ConfigError(f"Prompt template {path}: 'rewrite' and 'history_turn' go together; give both or neither.")
     return PromptTemplate(name=name, system=data["system"], user=data["user"], refusal=data["refusal"].strip(),
-                          context_item=data["context_item"])
+                          context_item=data["context_item"], rewrite=data.get("rewrite", ""),
+                          history_turn=data.get("history_turn", ""))
 
 
 class PromptBook:

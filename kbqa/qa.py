@@ -8,6 +8,7 @@ LangChain retriever, scores in metadata) are usable on their own by LangChain ap
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -23,7 +24,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableBranch, RunnableLambda, RunnablePassthrough
 from pydantic import ConfigDict
 
-from kbqa.errors import EmptyKnowledgeBase
+from kbqa.errors import ConfigError, EmptyKnowledgeBase
 from kbqa.knowledge import KnowledgeBase
 from kbqa.llm.base import LLM, GenerationParams
 from kbqa.prompts import PromptBook, PromptTemplate
@@ -31,6 +32,11 @@ from kbqa.retrieval import Retriever
 from kbqa.schema import Answer, AnswerEvent, ChatMessage, SourceChunk
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+#: How a follow-up question in a chat is turned into the query that retrieval uses.
+FOLLOW_UP_MODES = ("rewrite", "concat", "off")
+#: Labels small models put before a rewritten question, removed from its start.
+_LABEL = re.compile(r"^\s*(?:\*\*)?(?:standalone question|rewritten question|question"
+                    r"|改写后的问题|改写后|完整问题|问题)(?:\*\*)?\s*[:：](?:\*\*)?\s*", re.IGNORECASE)
 
 
 def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
@@ -73,6 +79,26 @@ class KBQAChatModel(BaseChatModel):
             yield chunk
 
 
+def chat_turns(history: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """Earlier ``(question, answer)`` turns of a chat; system messages and unanswered questions are left out."""
+    turns: list[tuple[str, str]] = []
+    pending: str | None = None
+    for message in history:
+        if message.role == "user":
+            pending = message.content
+        elif message.role == "assistant" and pending is not None:
+            turns.append((pending, message.content))
+            pending = None
+    return [(q, a) for q, a in turns if q.strip()]
+
+
+def clean_rewrite(text: str) -> str:
+    """The standalone question in a model's rewrite: first non-empty line, without labels or quotes."""
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    line = _LABEL.sub("", line).strip()
+    return line.strip("\"'“”‘’「」`").strip()
+
+
 def to_document(chunk: SourceChunk) -> Document:
     """A retrieved chunk as a LangChain document; provenance and score in its metadata."""
     return Document(page_content=chunk.text, id=chunk.id,
@@ -105,16 +131,51 @@ class QAEngine:
         threshold: The least cosine score a chunk needs to be used, for a given question (it depends on the
             question's language and on the lazily loaded embedding model).
         params: Generation settings.
+        follow_up: How a question asked after earlier turns of a chat is searched for: ``rewrite`` (the LLM
+            rewrites it into a standalone question, which is searched for and answered), ``concat`` (the
+            earlier questions are searched for with it, and the turns are shown to the model), ``off``.
+        history_turns: Earlier turns taken into account.
     """
 
     def __init__(self, retriever: Retriever, llm: Callable[[], LLM], prompts: PromptBook, top_k: int,
-                 threshold: Callable[[str], float], params: GenerationParams) -> None:
+                 threshold: Callable[[str], float], params: GenerationParams, follow_up: str = "rewrite",
+                 history_turns: int = 2) -> None:
+        if follow_up not in FOLLOW_UP_MODES:
+            raise ConfigError(f"retrieval.follow_up must be one of {FOLLOW_UP_MODES}, not {follow_up!r}.")
+        lacking = [t.name for t in (prompts.zh, prompts.en) if not t.rewrite]
+        if follow_up == "rewrite" and lacking:
+            raise ConfigError(f"Prompt template(s) {lacking} have no 'rewrite' and 'history_turn' prompts, which "
+                              "retrieval.follow_up = \"rewrite\" needs: add them (see prompts/qa_en.toml) or set "
+                              "retrieval.follow_up to \"concat\" or \"off\".")
         self.retriever = retriever
         self.get_llm = llm
         self.prompts = prompts
         self.top_k = top_k
         self.threshold = threshold
         self.params = params
+        self.follow_up = follow_up
+        self.history_turns = history_turns
+
+    def search_query(self, question: str, history: Sequence[ChatMessage] = ()) -> str:
+        """What retrieval searches for: the question, or for a follow-up in a chat, its standalone form."""
+        return self._read_follow_up(question, history)[0]
+
+    def _read_follow_up(self, question: str, history: Sequence[ChatMessage]) -> tuple[str, str]:
+        """``(query, how)``; ``how`` is ``question``, ``rewritten`` or ``concat``."""
+        turns = chat_turns(history)[-self.history_turns:] if self.history_turns else []
+        if not turns or self.follow_up == "off":
+            return question, "question"
+        concat = "\n".join([*(q.strip() for q, _ in turns), question.strip()])
+        if self.follow_up == "concat":
+            return concat, "concat"
+        template, _ = self.prompts.for_question(question)
+        messages = template.rewrite_messages(turns, question)
+        reply = self.get_llm().generate(messages, replace(self.params, max_tokens=96, stop=()))
+        rewritten = clean_rewrite(reply)
+        # A reply that is no question (empty, or an essay) is worth less than the plain concatenation.
+        if not rewritten or len(rewritten) > 2 * len(concat) + 40:
+            return concat, "concat"
+        return rewritten, "rewritten"
 
     def _chain(self, kb: KnowledgeBase) -> Any:
         llm = self.get_llm()
@@ -122,24 +183,35 @@ class QAEngine:
 
         def retrieve(x: dict[str, Any]) -> list[SourceChunk]:
             start = time.perf_counter()
-            found = self.retriever.retrieve(kb, x["question"], self.top_k)
+            found = self.retriever.retrieve(kb, x["query"], self.top_k)
             x["timings"]["retrieve"] = time.perf_counter() - start
             x["found"] = found
-            x["threshold"] = self.threshold(x["question"])
+            x["threshold"] = self.threshold(x["query"])
             return [c for c in found if c.score >= x["threshold"]]
 
         def prompt(x: dict[str, Any]) -> list[BaseMessage]:
             template: PromptTemplate = x["template"]
-            used = fit_context(llm, template, x["question"], x["sources"], x["zh"], self.params.max_tokens)
+            earlier: list[ChatMessage] = x["earlier"]
+            budget = self.params.max_tokens + sum(llm.count_tokens(m.content) for m in earlier)
+            used = fit_context(llm, template, x["prompt_question"], x["sources"], x["zh"], budget)
             x["used"] = used
-            return to_langchain_messages(template.messages(x["question"], template.format_context(used, x["zh"])))
+            messages = template.messages(x["prompt_question"], template.format_context(used, x["zh"]))
+            system = [m for m in messages if m.role == "system"]
+            return to_langchain_messages([*system, *earlier, *(m for m in messages if m.role != "system")])
 
         refuse = RunnableLambda(lambda x: x["template"].refusal)
         answer = RunnableBranch((lambda x: not x["sources"], refuse), RunnableLambda(prompt) | chat | StrOutputParser())
         return RunnablePassthrough.assign(sources=RunnableLambda(retrieve)) | RunnablePassthrough.assign(answer=answer)
 
-    def stream(self, kb: KnowledgeBase, question: str) -> Iterator[AnswerEvent]:
+    def stream(self, kb: KnowledgeBase, question: str,
+               history: Sequence[ChatMessage] = ()) -> Iterator[AnswerEvent]:
         """Sources, then answer tokens, then the finished ``Answer``.
+
+        Args:
+            kb: The knowledge base.
+            question: The question.
+            history: Earlier messages of the chat (user and assistant turns), oldest first; a follow-up
+                question is read in their light (see ``follow_up``).
 
         Raises:
             EmptyKnowledgeBase: the knowledge base has no documents.
@@ -147,8 +219,18 @@ class QAEngine:
         if not kb.manifest.files:
             raise EmptyKnowledgeBase(f"Knowledge base '{kb.name}' has no documents yet: add files to it first.")
         template, lang = self.prompts.for_question(question)
-        state: dict[str, Any] = {"question": question, "template": template, "zh": lang == "zh", "timings": {}}
         start = time.perf_counter()
+        query, how = self._read_follow_up(question, history)
+        rewritten = how == "rewritten" and query != question
+        earlier: list[ChatMessage] = []
+        if how == "concat":
+            for q, a in chat_turns(history)[-self.history_turns:]:
+                earlier += [ChatMessage("user", q), ChatMessage("assistant", a)]
+        state: dict[str, Any] = {"question": question, "query": query, "template": template, "zh": lang == "zh",
+                                 "prompt_question": query if rewritten else question, "earlier": earlier,
+                                 "timings": {}}
+        if how == "rewritten":
+            state["timings"]["rewrite"] = time.perf_counter() - start
         pieces: list[str] = []
         sources: list[SourceChunk] = []
         for part in self._chain(kb).stream(state):
@@ -162,17 +244,20 @@ class QAEngine:
                 yield AnswerEvent("token", text=part["answer"])
         text = "".join(pieces).strip()
         timings = {**state["timings"], "total": time.perf_counter() - start}
+        read_as = f"Follow-up question read as: “{query}”. " if rewritten else ""
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
-            notice = (f"No passage reached the relevance threshold {state['threshold']:.2f}"
+            notice = (read_as + f"No passage reached the relevance threshold {state['threshold']:.2f}"
                       + (f" (best score {best:.2f})" if best is not None else "")
                       + "; answered with the refusal sentence without asking the model.")
-            answer = Answer(question, text, [], refused=True, language=lang, notice=notice, timings=timings)
+            answer = Answer(question, text, [], refused=True, language=lang, notice=notice, timings=timings,
+                            query=query)
         else:
             used = state.get("used", sources)
             refused = template.is_refusal(text)
-            notice = "The model found no answer in the retrieved passages." if refused else ""
-            answer = Answer(question, text, used, refused=refused, language=lang, notice=notice, timings=timings)
+            notice = read_as + ("The model found no answer in the retrieved passages." if refused else "")
+            answer = Answer(question, text, used, refused=refused, language=lang, notice=notice.strip(),
+                            timings=timings, query=query)
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)
 
 

@@ -61,11 +61,13 @@ class Answer:
     #: Why the answer is what it is, when that needs saying (e.g. no chunk reached the threshold).
     notice: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    #: What retrieval searched for: the question, or a follow-up's standalone form ("" = the question).
+    query: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"answer": str, "sources": [...]}`` plus ``refused`` and ``notice``."""
+        """``{"answer": str, "sources": [...]}`` plus ``refused``, ``notice`` and the search ``query``."""
         return {"answer": self.answer, "sources": [s.to_dict() for s in self.sources],
-                "refused": self.refused, "notice": self.notice}
+                "refused": self.refused, "notice": self.notice, "query": self.query or self.question}
 
 
 EventKind = Literal["sources", "token", "done"]

@@ -102,22 +102,31 @@ class KBQAService:
         delete_document(self._kb(kb_name), self.store, self.keywords, file_name)
 
     # questions -------------------------------------------------------------------------------
-    def ask_stream(self, kb_name: str, question: str) -> Iterator[AnswerEvent]:
-        """Sources, tokens, then the finished answer."""
+    def ask_stream(self, kb_name: str, question: str,
+                   history: Sequence[ChatMessage] = ()) -> Iterator[AnswerEvent]:
+        """Sources, tokens, then the finished answer.
+
+        Args:
+            kb_name: Knowledge base (display name or slug).
+            question: The question.
+            history: Earlier messages of the same chat, oldest first: a follow-up question ("and the second
+                one?") is read in their light (``retrieval.follow_up``).
+        """
         if not question.strip():
             raise KBQAError("The question is empty: type a question first.")
-        yield from self.qa.stream(self._kb(kb_name), question)
+        yield from self.qa.stream(self._kb(kb_name), question, history)
 
-    def ask(self, kb_name: str, question: str) -> Answer:
+    def ask(self, kb_name: str, question: str, history: Sequence[ChatMessage] = ()) -> Answer:
         """The finished answer with its sources (``ask_stream`` collected)."""
-        for event in self.ask_stream(kb_name, question):
+        for event in self.ask_stream(kb_name, question, history):
             if event.kind == "done" and event.answer is not None:
                 return event.answer
         raise KBQAError("internal error: the answer stream ended without an answer")
 
-    def search(self, kb_name: str, query: str, k: int) -> list[SourceChunk]:
-        """Retrieval only: the top ``k`` chunks with scores (no LLM)."""
-        return self.qa.retriever.retrieve(self._kb(kb_name), query, k)
+    def search(self, kb_name: str, query: str, k: int, history: Sequence[ChatMessage] = ()) -> list[SourceChunk]:
+        """Retrieval only: the top ``k`` chunks with scores (no LLM unless a follow-up needs rewriting)."""
+        kb = self._kb(kb_name)
+        return self.qa.retriever.retrieve(kb, self.qa.search_query(query, history), k)
 
     # plain model access (the HTTP API) -------------------------------------------------------
     def chat_stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> Iterator[str]:

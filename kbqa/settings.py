@@ -118,6 +118,10 @@ class RetrievalSettings(_Section):
     rrf_k: int = Field(5, ge=1, description="Reciprocal rank fusion constant: score = weight / (rrf_k + rank).")
     candidates: int = Field(20, ge=1, description="Candidates each retriever contributes before fusion.")
     reranker: str | None = Field(None, description="Cross-encoder (hub id or folder) to rerank candidates; None = off.")
+    follow_up: Literal["rewrite", "concat", "off"] = Field(
+        "rewrite", description="A follow-up question in a chat: rewritten by the LLM into a standalone question "
+                               "(rewrite), searched for together with the earlier questions (concat), or alone (off).")
+    history_turns: int = Field(2, ge=0, le=10, description="Earlier turns of a chat a follow-up is read with.")
 
 
 class PromptSettings(_Section):

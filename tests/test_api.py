@@ -83,6 +83,27 @@ def test_streamed_knowledge_base_answer_ends_with_sources(client, llm: FakeLLM) 
     assert chunks[-1].model_extra["sources"][0]["source"] == "rivers.txt"
 
 
+def test_knowledge_base_model_reads_the_last_user_message_as_a_follow_up(  # type: ignore[no-untyped-def]
+        client, llm: FakeLLM) -> None:
+    llm.replies = ["Which way does the Nile flow?", "North [1]."]
+    out = client.chat.completions.create(model="kb:rivers", messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Which river is in Egypt?"}, {"role": "assistant", "content": "The Nile."},
+        {"role": "user", "content": "Which way does it flow?"}])
+    assert out.choices[0].message.content == "North [1]."
+    rewrite = llm.prompts[-2][-1].content
+    assert "Which river is in Egypt?" in rewrite and "Follow-up question: Which way does it flow?" in rewrite
+    assert "Be brief." not in rewrite
+    assert "Question: Which way does the Nile flow?" in llm.prompts[-1][-1].content
+
+
+def test_knowledge_base_model_needs_a_user_message(client) -> None:  # type: ignore[no-untyped-def]
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError, match="user"):
+        client.chat.completions.create(model="kb:rivers", messages=[{"role": "system", "content": "hi"}])
+
+
 def test_unknown_knowledge_base_is_a_404_with_a_message(client) -> None:  # type: ignore[no-untyped-def]
     from openai import NotFoundError
 

@@ -58,6 +58,20 @@ def test_ask_streams_into_the_chat_and_fills_the_sources_panel(service: KBQAServ
     assert len(steps) >= 3  # sources, tokens, done
 
 
+def test_follow_up_in_the_chat_is_read_with_the_earlier_turns(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["Mars [1].", "Which planet is red and small?", "Yes."])
+    service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm)
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    history, _ = list(handlers.ask(service, "kb", "Which planet is red?", []))[-1]
+    # Gradio hands the chat back with each message's content as a list of parts.
+    as_gradio = [{"role": m["role"], "metadata": None, "content": [{"text": m["content"], "type": "text"}]}
+                 for m in history]
+    history, panel = list(handlers.ask(service, "kb", "Is it small?", as_gradio))[-1]
+    assert "User: Which planet is red?\nAssistant: Mars [1]." in llm.prompts[1][-1].content
+    assert history[-1] == {"role": "assistant", "content": "Yes."}
+    assert "read as" in panel and "Which planet is red and small?" in panel
+
+
 def test_sources_panel_escapes_document_text() -> None:
     from kbqa.schema import SourceChunk
 

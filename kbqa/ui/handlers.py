@@ -10,10 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import KBQAError
+from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
 from kbqa.ui.render import doc_rows, ingest_summary, result_rows, sources_html
 
-Message = dict[str, str]
+Message = dict[str, Any]
+
+
+def _text(content: Any) -> str:
+    """A chat message's text: Gradio hands back content as a string or as a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(_text(part) for part in content)
+    return ""
 
 
 def kb_names(service: KBQAService) -> list[str]:
@@ -65,11 +77,13 @@ def ask(service: KBQAService, kb: str | None, question: str,
         raise KBQAError("Choose a knowledge base first (add files to create one).")
     if not question or not question.strip():
         raise KBQAError("Type a question first.")
+    earlier = [ChatMessage(m["role"], _text(m.get("content"))) for m in history or []
+               if m.get("role") in ("user", "assistant")]
     history = [*(history or []), {"role": "user", "content": question},
                {"role": "assistant", "content": ""}]
     panel = sources_html([])
     text = ""
-    for event in service.ask_stream(kb, question):
+    for event in service.ask_stream(kb, question, earlier):
         if event.kind == "sources":
             panel = sources_html(event.sources or [])
         elif event.kind == "token":
