@@ -42,7 +42,7 @@ def main() -> None:
     sotu = ev.load_dataset(ROOT / "benchmarks/datasets/sotu/sotu_qa.jsonl", docs=docs)
     results = {"CMRC2018 dev": run(cmrc, cmrc.items, ev.sample(cmrc.items, args.answers)),
                "State of the Union": run(sotu, sotu.items, sotu.items)}
-    keys = ["questions", "hit@1", "hit@3", "hit@5", "mrr@10", "context_hit@1", "context_hit@5", "answered_questions",
+    keys = ["answerable", "hit@1", "hit@3", "hit@5", "mrr@10", "context_hit@1", "context_hit@5", "answered_questions",
             "exact_match", "f1", "unanswerable_questions", "refusal_rate_unanswerable", "refusal_rate_answerable"]
     lines = ["| metric | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
     for k in keys:

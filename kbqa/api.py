@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from kbqa.errors import KBQAError
+from kbqa.errors import FileTooLarge, KBQAError
 from kbqa.llm.base import GenerationParams
-from kbqa.schema import AnswerEvent, ChatMessage
+from kbqa.schema import AnswerEvent, ChatMessage, FileResult, IngestReport
 from kbqa.service import KBQAService
 
 CHAT_MODEL = "kbqa"
@@ -70,7 +71,7 @@ class EmbeddingRequest(BaseModel):
 class SearchRequest(BaseModel):
     """Retrieval only."""
 
-    query: str
+    query: str = Field(..., min_length=1)
     k: int = Field(5, ge=1, le=50)
 
 
@@ -86,6 +87,13 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
     async def kbqa_error(_: Request, exc: KBQAError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code,
                             content={"error": {"message": str(exc), "type": type(exc).__name__}})
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                             for e in exc.errors())
+        return JSONResponse(status_code=422, content={"error": {"message": f"Invalid request: {problems}.",
+                                                                "type": "invalid_request_error"}})
 
     def params(req: ChatRequest) -> GenerationParams:
         # Plain chat keeps llama.cpp's prompt cache (each turn resends the history); answers from a
@@ -155,15 +163,28 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
 
     @api.post("/kb/{name}/files")
     def upload(name: str, files: list[UploadFile] = File(...)) -> dict[str, Any]:  # noqa: B008
+        limit = max_file_mb * 2**20
+        if all(f.size is not None and f.size > limit for f in files):
+            raise FileTooLarge(f"Every file is over the {max_file_mb:g} MB limit (ingest.max_file_mb): split them "
+                               "or raise the limit.")
         with tempfile.TemporaryDirectory(prefix="kbqa-upload-") as tmp:
-            pairs = []
+            pairs, too_large = [], {}
             for n, f in enumerate(files):
+                shown = f.filename or f"upload-{n}"
+                if f.size is not None and f.size > limit:  # not copied: refused by its size alone
+                    too_large[n] = FileResult(shown, "failed", reason=(
+                        f"{shown} is {f.size / 2**20:.0f} MB, over the {max_file_mb:g} MB limit "
+                        "(ingest.max_file_mb): split it or raise the limit."))
+                    continue
                 path = Path(tmp) / f"upload-{n}"
                 with open(path, "wb") as out:
                     while block := f.file.read(1 << 20):
                         out.write(block)
-                pairs.append((path, f.filename or path.name))
-            return service.add_files(name, pairs).to_dict()
+                pairs.append((path, shown))
+            report = service.add_files(name, pairs) if pairs else IngestReport(name)
+        done = iter(report.files)
+        report.files = [too_large[n] if n in too_large else next(done) for n in range(len(files))]
+        return report.to_dict()
 
     @api.delete("/kb/{name}/files/{file_name}")
     def delete_file(name: str, file_name: str) -> dict[str, str]:

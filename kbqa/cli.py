@@ -92,16 +92,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     service = _service(args)
     answer = None
+    printed = False
     for event in service.ask_stream(args.kb, args.question):
         if event.kind == "token" and not args.json:
             print(event.text, end="", flush=True)
+            printed = printed or bool(event.text)
         elif event.kind == "done":
             answer = event.answer
     assert answer is not None
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
         return 0
-    if answer.refused and not answer.sources:
+    if not printed:
         print(answer.answer, end="")
     print()
     if answer.notice:

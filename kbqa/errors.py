@@ -66,6 +66,12 @@ class EmptyKnowledgeBase(KBQAError):
     status_code = 409
 
 
+class KnowledgeRootInUse(KBQAError):
+    """Another kbqa process works on the same knowledge root."""
+
+    status_code = 409
+
+
 class ModelUnavailable(KBQAError):
     """A configured model cannot be found or loaded."""
 

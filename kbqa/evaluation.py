@@ -30,6 +30,7 @@ import numpy as np
 
 from kbqa.errors import KBQAError
 from kbqa.language import is_chinese
+from kbqa.loaders import SUPPORTED_SUFFIXES
 from kbqa.schema import ChatMessage, SourceChunk
 from kbqa.service import KBQAService
 
@@ -110,8 +111,12 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if not row.get("question"):
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise KBQAError(f"{path.name} line {n} is not JSON ({exc}); each line must be one object such as "
+                            '{"question": ..., "answer": ..., "doc": ...}.') from None
+        if not isinstance(row, dict) or not row.get("question"):
             raise KBQAError(f"{path.name} line {n}: no 'question'.")
         answer = row.get("answer")
         answers = tuple(a for a in (answer if isinstance(answer, list) else [answer]) if a)
@@ -123,7 +128,11 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
         items.append(EvalItem(row["question"], answers, None, str(n), history, str(row.get("kind") or "")))
         if answers and row.get("doc"):
             wanted.add(row["doc"])
-    files = sorted(p for p in Path(docs).iterdir() if p.is_file() and p.suffix != ".jsonl")
+    if not Path(docs).is_dir():
+        raise KBQAError(f"{docs} is not a folder: pass --docs FOLDER holding the dataset's documents.")
+    # Only documents kbqa can read go into the knowledge base (a dataset folder also holds its .jsonl, README...).
+    files = sorted(p for p in Path(docs).iterdir()
+                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."))
     missing = wanted - {p.name for p in files}
     if missing:
         raise KBQAError(f"Gold documents missing from {docs}: {sorted(missing)[:5]}; pass --docs FOLDER.")
@@ -131,7 +140,13 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
 
 
 def sample(items: Sequence[EvalItem], limit: int | None, seed: int = 0) -> list[EvalItem]:
-    """A fixed random sample (same seed, same questions), in dataset order."""
+    """A fixed random sample (same seed, same questions), in dataset order.
+
+    Raises:
+        KBQAError: ``limit`` is below 1.
+    """
+    if limit is not None and limit < 1:
+        raise KBQAError(f"--limit must be at least 1 (got {limit}).")
     if limit is None or limit >= len(items):
         return list(items)
     keep = set(random.Random(seed).sample(range(len(items)), limit))
@@ -250,7 +265,7 @@ def evaluate_retrieval(service: KBQAService, kb: str, items: Sequence[EvalItem],
         if progress and n % 20 == 0:
             progress(n / len(answerable), "retrieving")
     total = max(len(answerable), 1)
-    result: dict[str, Any] = {"questions": len(answerable), **{f"hit@{k}": hits[k] / total for k in KS},
+    result: dict[str, Any] = {"answerable": len(answerable), **{f"hit@{k}": hits[k] / total for k in KS},
                               f"mrr@{depth}": rr / total}
     if any(i.doc for i in answerable):
         result.update({f"context_hit@{k}": context_hits[k] / total for k in KS})

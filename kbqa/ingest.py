@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kbqa.embeddings import Embedder
-from kbqa.errors import DocumentNotFound, EmptyDocument, FileTooLarge, IncompatibleIndex, KBQAError
+from kbqa.errors import DocumentNotFound, EmptyDocument, FileTooLarge, KBQAError
 from kbqa.fileio import file_sha256
 from kbqa.knowledge import KnowledgeBase, safe_file_name
 from kbqa.retrieval import KeywordIndexes
@@ -32,6 +32,8 @@ Loader = Callable[[Path, str], list[Section]]
 
 #: Chunks gathered from several files before one embedding call.
 EMBED_GROUP = 256
+_DELETED = ("the knowledge base '{kb}' was deleted while files were being added to it; nothing more was "
+            "added (add the files again to re-create it)")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class _Prepared:
     chunks: list[Chunk]
     pages: int | None
     replaces: str | None
+    #: Set at commit when another writer got there first: why nothing was added.
+    skipped: str | None = None
 
 
 class Ingestor:
@@ -71,26 +75,28 @@ class Ingestor:
                progress: ProgressFn | None = None) -> IngestReport:
         """Ingest ``(path, display name)`` pairs; one bad file never stops the others."""
         start = time.perf_counter()
-        if kb.embedding and kb.embedding != self.embedder.name:
-            raise IncompatibleIndex(
-                f"Knowledge base '{kb.name}' was built with embedding model '{kb.embedding}', but "
-                f"embedding.model is '{self.embedder.name}'. Set it back, or re-create the knowledge base.")
+        kb.check_embedding(self.embedder.name, adding=True)
         results: list[FileResult | None] = [None] * len(files)
         group: list[_Prepared] = []
         seen: dict[str, str] = {}
+        batch: dict[str, tuple[str, str]] = {}  # name -> (sha256, the path it came from) in this batch
         report = (lambda done, msg: progress(done / max(len(files), 1), msg)) if progress else None
         for position, (path, given_name) in enumerate(files):
             if report:
                 report(position, f"reading {given_name}")
+            if kb.deleted:
+                results[position] = FileResult(str(given_name), "failed", reason=_DELETED.format(kb=kb.name))
+                continue
             try:
-                prepared = self._prepare(kb, position, Path(path), given_name, seen)
+                prepared = self._prepare(kb, position, Path(path), given_name, seen, batch)
             except KBQAError as exc:
-                results[position] = FileResult(str(given_name), "failed", reason=str(exc))
+                results[position] = FileResult(str(given_name), "failed",
+                                               reason=str(exc).replace(str(path), str(given_name)))
                 continue
             except Exception as exc:  # a loader bug must not abort the batch
                 log.exception("unexpected error reading %s", given_name)
-                results[position] = FileResult(str(given_name), "failed",
-                                               reason=f"unexpected error: {type(exc).__name__}: {exc}")
+                reason = f"unexpected error: {type(exc).__name__}: {exc}".replace(str(path), str(given_name))
+                results[position] = FileResult(str(given_name), "failed", reason=reason)
                 continue
             if isinstance(prepared, FileResult):
                 results[position] = prepared
@@ -102,7 +108,8 @@ class Ingestor:
         self._flush(kb, group, results, report)
         try:
             with kb.lock:
-                self.keywords.get(kb).save()
+                if not kb.deleted:
+                    self.keywords.get(kb).save()
         except Exception:  # the saved index then lags the manifest and is rebuilt from the store on open
             log.exception("could not save the keyword index of %s", kb.name)
         if report:
@@ -111,7 +118,7 @@ class Ingestor:
                             seconds=time.perf_counter() - start)
 
     def _prepare(self, kb: KnowledgeBase, position: int, path: Path, given_name: str,
-                 seen: dict[str, str]) -> _Prepared | FileResult:
+                 seen: dict[str, str], batch: dict[str, tuple[str, str]]) -> _Prepared | FileResult:
         name = safe_file_name(given_name)
         if not path.is_file():
             raise KBQAError(f"{given_name}: no such file (check the path).")
@@ -120,11 +127,21 @@ class Ingestor:
             raise FileTooLarge(f"{name} is {size / 2**20:.0f} MB, over the {self.max_bytes / 2**20:.0f} MB limit "
                                f"(ingest.max_file_mb): split it or raise the limit.")
         sha = file_sha256(path)
+        if name in batch:  # one knowledge base holds one file per name
+            if batch[name][0] == sha:
+                return FileResult(name, "unchanged", reason="listed twice in this batch")
+            raise KBQAError(f"another file named {name} ({batch[name][1]}) is in this batch, and a knowledge base "
+                            f"holds one file per name: rename one of them and add it again.")
+        batch[name] = (sha, str(given_name) if str(given_name) != name else str(path))
         existing = kb.manifest.files.get(name)
         if existing and existing["sha256"] == sha:
             return FileResult(name, "unchanged")
         same = kb.manifest.name_of(sha) or seen.get(sha)
         if same and same != name:
+            if existing:  # the file now holds another file's content, which is indexed once, under that name
+                delete_document(kb, self.store, self.keywords, name)
+                return FileResult(name, "updated", reason=f"now the same content as {same}, which is indexed "
+                                                          f"once; the old version of {name} was removed")
             return FileResult(name, "unchanged", reason=f"same content as {same}")
         seen[sha] = name
         sections = self.load(path, name)
@@ -166,8 +183,13 @@ class Ingestor:
                     log.exception("could not index %s", p.name)
                     done.append((p, exc_one))
         for p, error in done:
-            results[p.position] = (FileResult(p.name, "failed", reason=f"could not index: {error}") if error
-                                   else FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks)))
+            if error:
+                reason = str(error) if isinstance(error, KBQAError) else f"could not index: {error}"
+                results[p.position] = FileResult(p.name, "failed", reason=reason)
+            elif p.skipped:
+                results[p.position] = FileResult(p.name, "unchanged", reason=p.skipped)
+            else:
+                results[p.position] = FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks))
         if report:
             report(group[-1].position + 1, f"indexed {group[-1].name}")
 
@@ -178,9 +200,31 @@ class Ingestor:
         generation lags the manifest's and it is rebuilt from the store. If anything fails midway, the
         partial chunks are removed before the error propagates.
         """
-        chunks = [c for p in group for c in p.chunks]
-        shas = [p.sha256 for p in group] + [p.replaces for p in group if p.replaces]
         with kb.lock:
+            if kb.deleted:
+                raise KBQAError(_DELETED.format(kb=kb.name))
+            # Decide against the manifest as it is now: another upload may have committed meanwhile.
+            rows, fresh = [], []
+            offset = 0
+            for p in group:
+                rows.append((offset, offset + len(p.chunks)))
+                offset += len(p.chunks)
+                current = kb.manifest.files.get(p.name)
+                holder = kb.manifest.name_of(p.sha256)
+                if current and current["sha256"] == p.sha256:
+                    p.skipped = "added meanwhile by another upload"
+                elif holder and holder != p.name:
+                    p.skipped = f"same content as {holder}"
+                else:
+                    p.replaces = current["sha256"] if current else None
+                    fresh.append(p)
+            if not fresh:
+                return
+            keep = [i for p, (a, b) in zip(group, rows, strict=True) if not p.skipped for i in range(a, b)]
+            vectors = vectors[keep]
+            group = fresh
+            chunks = [c for p in group for c in p.chunks]
+            shas = [p.sha256 for p in group] + [p.replaces for p in group if p.replaces]
             if not kb.embedding:
                 kb.set_embedding(self.embedder.name)
             index = self.keywords.get(kb)
@@ -222,10 +266,12 @@ def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
         return
     committed = {f["sha256"] for f in kb.manifest.files.values()}
     with kb.lock:
+        removed = 0
         for sha in list(kb.manifest.pending):
             if sha not in committed:
-                removed = store.delete_sha(kb.slug, sha)
-                log.warning("removed %d chunks of an interrupted change in %s", len(removed), kb.name)
+                removed += len(store.delete_sha(kb.slug, sha))
+        if removed:
+            log.warning("removed %d chunks of an interrupted change in %s", removed, kb.name)
         kb.manifest.pending = []
         kb.manifest.generation += 1  # the keyword index no longer matches: rebuild it from the store
         kb.save_manifest()

@@ -20,8 +20,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import unicodedata
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,9 +31,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kbqa.errors import DocumentNotFound, InvalidName, KBQAError, KnowledgeBaseNotFound
+from kbqa.errors import (
+    DocumentNotFound,
+    IncompatibleIndex,
+    InvalidName,
+    KBQAError,
+    KnowledgeBaseNotFound,
+    KnowledgeRootInUse,
+)
 from kbqa.fileio import write_json_atomic
 from kbqa.schema import DocumentInfo
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: there, running one kbqa process per knowledge root is up to the user
+    fcntl = None  # type: ignore[assignment]
+
+#: Knowledge roots this process holds: resolved folder -> [lock file descriptor, KnowledgeRoot objects].
+_HELD: dict[Path, list[int]] = {}
+_HELD_LOCK = threading.Lock()
 
 _SLUG_OK = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
 _RESERVED = {"con", "prn", "aux", "nul"}
@@ -58,6 +76,9 @@ def check_kb_name(name: str) -> str:
         raise InvalidName("A knowledge base needs a name.")
     if len(name) > 100 or any(unicodedata.category(c).startswith("C") for c in name):
         raise InvalidName(f"'{name[:40]}' cannot be a knowledge-base name: use up to 100 printable characters.")
+    if "/" in name or "\\" in name:
+        raise InvalidName(f"'{name}' cannot be a knowledge-base name: leave out / and \\ (they cannot appear "
+                          "in a web address).")
     return name
 
 
@@ -107,6 +128,8 @@ class KnowledgeBase:
         self.created: str = info.get("created", "")
         self.lock = threading.RLock()
         self.manifest = self._read_manifest()
+        #: Set (under ``lock``) when the knowledge base is deleted; writers still holding it stop.
+        self.deleted = False
 
     @property
     def content_dir(self) -> Path:
@@ -182,10 +205,78 @@ class KnowledgeBase:
                              size=f.get("size", 0), added_at=f.get("added_at", ""))
                 for n, f in sorted(self.manifest.files.items())]
 
+    def check_embedding(self, embedder: str, *, adding: bool) -> None:
+        """Refuse an embedding model whose vectors cannot be compared with the ones stored.
+
+        ``embedder`` is a model spec, ``#int8`` marking chunks encoded by the int8 copy of the model. Questions
+        are always encoded by the float model, so searching only needs the same model; adding chunks needs the
+        same encoder too, so that one knowledge base does not mix two.
+
+        Raises:
+            IncompatibleIndex: the knowledge base was built with another model (or encoder, when adding).
+        """
+        if not self.embedding or self.embedding == embedder:
+            return
+        built, now = self.embedding.split("#")[0], embedder.split("#")[0]
+        if built == now and not adding:
+            return
+        if built == now:
+            want = "int8" if self.embedding.endswith("#int8") else "none"
+            raise IncompatibleIndex(
+                f"Knowledge base '{self.name}' was built with embedding.quantize = \"{want}\", which is not the "
+                f"setting now: set embedding.quantize back to \"{want}\" to add files to it, or re-create it.")
+        raise IncompatibleIndex(
+            f"Knowledge base '{self.name}' was built with embedding model '{built}', but embedding.model is "
+            f"'{now}', and vectors of different models cannot be compared. Set embedding.model back to "
+            f"'{built}', or re-create the knowledge base (delete it and add its files again).")
+
     @property
     def chunk_count(self) -> int:
         """Chunks of all committed files."""
         return sum(f["chunks"] for f in self.manifest.files.values())
+
+
+def _hold_root(root: Path) -> None:
+    """Take the knowledge root for this process, or explain which process has it.
+
+    Chroma's embedded database and the per-process caches of manifests and keyword indexes are safe in
+    one process only: a second process writing the same root (say ``kbqa ingest`` while ``kbqa serve``
+    runs) would leave each with a stale view and chunks that no file names.
+
+    Raises:
+        KnowledgeRootInUse: another process holds it.
+    """
+    if fcntl is None:
+        return
+    with _HELD_LOCK:
+        if root in _HELD:
+            _HELD[root][1] += 1
+            return
+        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise KnowledgeRootInUse(
+                f"The knowledge root {root} is in use by another kbqa process ({holder}), and its database works "
+                "from one process at a time. Use that process instead (the web app, or its HTTP API, e.g. "
+                "`curl -F files=@report.pdf http://127.0.0.1:7860/kb/NAME/files`), stop it first, or set "
+                "paths.knowledge_root to another folder.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {' '.join(os.path.basename(a) for a in sys.argv[:3])}".encode())
+        _HELD[root] = [fd, 1]
+
+
+def _release_root(root: Path) -> None:
+    with _HELD_LOCK:
+        held = _HELD.get(root)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            os.close(held[0])  # closing the descriptor releases the lock
+            del _HELD[root]
 
 
 class KnowledgeRoot:
@@ -196,6 +287,9 @@ class KnowledgeRoot:
         self.root.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
+        key = self.root.resolve()
+        _hold_root(key)
+        weakref.finalize(self, _release_root, key)
 
     @property
     def chroma_dir(self) -> Path:
@@ -210,8 +304,13 @@ class KnowledgeRoot:
     def folder_for(self, name: str) -> Path | None:
         """The folder of a knowledge base given its display name or its slug."""
         for candidate in (slugify(name.strip()), name.strip()):
-            if candidate and "/" not in candidate and (self.root / candidate / "kb.json").is_file():
-                return self.root / candidate
+            if not candidate or "/" in candidate or "\\" in candidate or len(candidate.encode("utf-8")) > 255:
+                continue
+            try:
+                if (self.root / candidate / "kb.json").is_file():
+                    return self.root / candidate
+            except OSError:  # a name the file system cannot hold is no folder of ours
+                continue
         return None
 
     def open(self, name: str) -> KnowledgeBase:
@@ -246,4 +345,5 @@ class KnowledgeRoot:
         """Delete a knowledge base's folder (the caller drops its vector collection first)."""
         with self._lock:
             self._open.pop(kb.slug, None)
+        kb.deleted = True
         shutil.rmtree(kb.folder)

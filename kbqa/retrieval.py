@@ -120,7 +120,12 @@ class Retriever:
         self.reranker = reranker
 
     def retrieve(self, kb: KnowledgeBase, question: str, k: int) -> list[SourceChunk]:
-        """Up to ``k`` chunks, best first, each with its cosine score and its rank."""
+        """Up to ``k`` chunks, best first, each with its cosine score and its rank.
+
+        Raises:
+            IncompatibleIndex: the knowledge base was built with another embedding model.
+        """
+        kb.check_embedding(self.embedder.name, adding=False)
         cfg = self.config
         n = max(k, cfg.candidates)
         vector = self.embedder.embed_query(question)

@@ -125,6 +125,8 @@ class KBQAService:
 
     def search(self, kb_name: str, query: str, k: int, history: Sequence[ChatMessage] = ()) -> list[SourceChunk]:
         """Retrieval only: the top ``k`` chunks with scores (no LLM unless a follow-up needs rewriting)."""
+        if not query.strip():
+            raise KBQAError("The search query is empty: type what to search for.")
         kb = self._kb(kb_name)
         return self.qa.retriever.retrieve(kb, self.qa.search_query(query, history), k)
 

@@ -133,3 +133,31 @@ def test_files_can_be_uploaded_listed_searched_and_deleted(base_url: str, tmp_pa
 def test_web_app_is_served_at_the_root(base_url: str) -> None:
     page = httpx.get(base_url + "/", timeout=30)
     assert page.status_code == 200 and "gradio" in page.text.lower()
+
+
+def test_upload_over_the_size_limit_is_refused_without_being_copied(service: KBQAService) -> None:
+    from fastapi.testclient import TestClient
+
+    from kbqa.api import build_api
+    from kbqa.llm.base import GenerationParams
+
+    client = TestClient(build_api(service, GenerationParams(), max_file_mb=0.001))  # about 1 kB
+    big = ("files", ("big.txt", b"x" * 5000, "text/plain"))
+    refused = client.post("/kb/rivers/files", files=[big])
+    assert refused.status_code == 413 and "ingest.max_file_mb" in refused.json()["error"]["message"]
+    mixed = client.post("/kb/rivers/files", files=[big, ("files", ("ok.txt", b"The Nile is long.", "text/plain"))])
+    assert [f["status"] for f in mixed.json()["files"]] == ["failed", "added"]
+    assert "over the" in mixed.json()["files"][0]["reason"]
+    client.delete("/kb/rivers/files/ok.txt")
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"model": "kbqa"}),
+    ("/v1/chat/completions", {"model": "kbqa", "messages": [{"role": "tool", "content": "x"}]}),
+    ("/kb/rivers/search", {"query": "", "k": 3}),
+    ("/kb/rivers/search", {"query": "Nile", "k": 0}),
+])
+def test_invalid_requests_get_the_error_format(base_url: str, path: str, body: dict) -> None:  # type: ignore[type-arg]
+    out = httpx.post(base_url + path, json=body, timeout=30)
+    assert out.status_code == 422
+    assert out.json()["error"]["type"] == "invalid_request_error" and out.json()["error"]["message"]

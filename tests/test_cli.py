@@ -101,3 +101,14 @@ def test_convert_chatglm_command_writes_a_native_folder(tmp_path: Path, capsys: 
     config = json.loads((tmp_path / "native" / "config.json").read_text(encoding="utf-8"))
     assert config["model_type"] == "glm"
     assert cli.main(["convert-chatglm", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
+
+
+def test_refusal_is_printed_once(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    strict = build_service(make_settings(tmp_path, score_threshold=0.99, score_threshold_zh=0.99),
+                           embedder=FakeEmbedder(), llm=FakeLLM)
+    monkeypatch.setattr(cli, "_service", lambda args: strict)
+    cli.main(["ingest", "--kb", "space", str(folder / "planets.md")])
+    capsys.readouterr()
+    assert cli.main(["ask", "--kb", "space", "Who won the cup?"]) == 0
+    assert capsys.readouterr().out.count("I cannot answer this from the knowledge base.") == 1

@@ -93,7 +93,7 @@ def test_retrieval_and_answer_metrics_on_a_tiny_dataset(tmp_path: Path, squad: P
     data = ev.load_dataset(squad)
     assert ev.build_knowledge_base(service, data, "eval") >= 0
     retrieval = ev.evaluate_retrieval(service, "eval", data.items)
-    assert retrieval["questions"] == 3
+    assert retrieval["answerable"] == 3
     assert retrieval["hit@5"] == 1.0 and 0 < retrieval["mrr@10"] <= 1.0
     answers = ev.evaluate_answers(service, "eval", data.items)
     assert answers["exact_match"] == pytest.approx(2 / 3)
@@ -101,3 +101,22 @@ def test_retrieval_and_answer_metrics_on_a_tiny_dataset(tmp_path: Path, squad: P
     assert answers["refusal_rate_answerable"] == 0.0
     assert "p50_ms" in answers["answer_latency"]
     assert "hit@1" in ev.format_table(retrieval)
+
+
+def test_jsonl_mistakes_are_named_with_their_line(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": "q"\n', encoding="utf-8")
+    with pytest.raises(ev.KBQAError, match="line 2 is not JSON"):
+        ev.load_dataset(tmp_path / "d.jsonl")
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_limit_below_one_is_refused(limit: int) -> None:
+    with pytest.raises(ev.KBQAError, match="at least 1"):
+        ev.sample([ev.EvalItem("q", ("a",), None)], limit)
+
+
+def test_jsonl_documents_are_the_readable_files_of_the_folder(tmp_path: Path) -> None:
+    for name in ("doc.txt", "data.json", ".hidden.txt", "notes.md"):
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "x", "doc": "doc.txt"}\n', encoding="utf-8")
+    assert [p.name for p in ev.load_dataset(tmp_path / "d.jsonl").files] == ["doc.txt", "notes.md"]

@@ -60,3 +60,32 @@ def test_forgetting_an_unknown_file_says_how_to_list(tmp_path: Path) -> None:
     kb = KnowledgeRoot(tmp_path).create("kb1")
     with pytest.raises(DocumentNotFound, match="docs list"):
         kb.forget_file("missing.txt")
+
+
+def test_long_names_never_reach_the_file_system_raw(tmp_path: Path) -> None:
+    root = KnowledgeRoot(tmp_path)
+    with pytest.raises(KnowledgeBaseNotFound):
+        root.open("长" * 100)
+    kb = root.create("长" * 100)  # 300 bytes: the folder is its slug
+    assert root.open("长" * 100).slug == kb.slug and len(kb.slug) < 64
+
+
+@pytest.mark.parametrize("name", ["a/b", "..\\x", "reports/2024"])
+def test_names_with_slashes_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidName, match="leave out"):
+        KnowledgeRoot(tmp_path).create(name)
+
+
+def test_a_second_process_is_refused_the_knowledge_root_this_one_holds(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = KnowledgeRoot(tmp_path)
+    KnowledgeRoot(tmp_path).create("kb1")  # a second root object in the same process shares the hold
+    code = "import sys; from kbqa.knowledge import KnowledgeRoot; KnowledgeRoot(sys.argv[1])"
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert other.returncode != 0
+    assert "in use by another kbqa process" in other.stderr and f"pid {os.getpid()}" in other.stderr
+    del root

@@ -123,5 +123,5 @@ def test_cli_eval_measures_retrieval_on_the_state_of_the_union(tmp_path: Path) -
                           "--retrieval-only", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["questions"] == 24 and result["documents"] == 1
+    assert result["questions"] == 32 and result["answerable"] == 24 and result["documents"] == 1
     assert result["hit@5"] >= 0.9 and 0 < result["mrr@10"] <= 1

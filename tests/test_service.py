@@ -305,3 +305,97 @@ def test_knowledge_base_built_with_another_embedder_is_refused(tmp_path: Path, d
     other = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name="fake:other"), llm=lambda: llm)
     with pytest.raises(IncompatibleIndex, match="fake:ngrams"):
         other.add_files("kb", [docs / "planets.md"])
+
+
+def test_quantized_chunks_can_be_searched_with_the_float_setting_but_not_mixed(tmp_path: Path, docs: Path,
+                                                                               llm: FakeLLM) -> None:
+    first = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name="fake:ngrams#int8"), llm=lambda: llm)
+    first.add_files("kb", [docs / "rivers.txt"])
+    other = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm)
+    assert other.search("kb", "Nile", 1)[0].source == "rivers.txt"
+    with pytest.raises(IncompatibleIndex, match="embedding.quantize"):
+        other.add_files("kb", [docs / "planets.md"])
+
+
+def test_questions_to_a_knowledge_base_of_another_embedder_are_refused(tmp_path: Path, docs: Path,
+                                                                      llm: FakeLLM) -> None:
+    build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm).add_files("kb", files_in(docs))
+    other = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name="fake:other"), llm=lambda: llm)
+    with pytest.raises(IncompatibleIndex, match="embedding.model back to 'fake:ngrams'"):
+        other.ask("kb", "Which river flows north?")
+    with pytest.raises(IncompatibleIndex):
+        other.search("kb", "Nile", 3)
+
+
+def stored_chunks(service: KBQAService, kb: str) -> list[str]:
+    slug = service.root.open(kb).slug
+    return [text for _, texts in service.store.texts(slug) for text in texts]
+
+
+def test_two_files_of_one_name_in_a_batch_leave_no_ghost(make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    service = make()
+    for sub, word in (("a", "PINEAPPLE"), ("b", "WATERMELON")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "readme.txt").write_text(f"The code word is {word}.", encoding="utf-8")
+    report = service.add_files("kb", [tmp_path / "a" / "readme.txt", tmp_path / "b" / "readme.txt",
+                                      tmp_path / "a" / "readme.txt"])
+    assert [f.status for f in report.files] == ["added", "failed", "unchanged"]
+    assert "another file named readme.txt" in report.files[1].reason and "rename" in report.files[1].reason
+    assert stored_chunks(service, "kb") == ["The code word is PINEAPPLE."]
+    service.delete_document("kb", "readme.txt")
+    assert stored_chunks(service, "kb") == []
+
+
+def test_an_upload_committed_meanwhile_is_replaced_without_a_ghost(make: Callable[..., KBQAService],
+                                                                   tmp_path: Path) -> None:
+    service = make()
+    old, new = tmp_path / "v1" / "same.txt", tmp_path / "v2" / "same.txt"
+    for path, text in ((old, "Version one says Monday."), (new, "Version two says Friday.")):
+        path.parent.mkdir()
+        path.write_text(text, encoding="utf-8")
+    kb = service.root.create("kb")
+    ingestor = service.ingestor
+    slow = ingestor._prepare(kb, 0, old, "same.txt", {}, {})  # read before the other upload commits ...
+    assert service.add_files("kb", [new]).files[0].status == "added"
+    vectors = ingestor.embedder.embed_documents([c.text for c in slow.chunks])
+    ingestor.commit(kb, [slow], vectors)  # ... and committed after it: the later commit wins, whole
+    assert slow.replaces is not None
+    assert stored_chunks(service, "kb") == ["Version one says Monday."]
+    assert kb.chunk_count == 1
+
+
+def test_a_file_changed_into_a_copy_of_another_loses_its_old_text(make: Callable[..., KBQAService],
+                                                                  tmp_path: Path) -> None:
+    service = make()
+    x, y = tmp_path / "x.txt", tmp_path / "y.txt"
+    x.write_text("Version one: the meeting is on Monday.", encoding="utf-8")
+    y.write_text("The budget is ten million.", encoding="utf-8")
+    service.add_files("kb", [x, y])
+    x.write_bytes(y.read_bytes())
+    result = service.add_files("kb", [x]).files[0]
+    assert result.status == "updated" and "same content as y.txt" in result.reason
+    assert stored_chunks(service, "kb") == ["The budget is ten million."]
+    assert [d.name for d in service.list_documents("kb")] == ["y.txt"]
+
+
+def test_deleting_a_knowledge_base_during_an_ingest_stops_it_cleanly(make: Callable[..., KBQAService],
+                                                                     docs: Path) -> None:
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    load = service.ingestor.load
+
+    def load_then_delete(path: Path, name: str) -> object:
+        if name == "planets.md":
+            service.delete_kb("kb")
+        return load(path, name)
+
+    service.ingestor.load = load_then_delete  # type: ignore[assignment]
+    report = service.add_files("kb", [docs / "planets.md", docs / "规则.txt"])
+    assert [f.status for f in report.files] == ["failed", "failed"]
+    assert all("deleted while files were being added" in f.reason for f in report.files)
+    assert service.list_kbs() == []
+    assert [p.name for p in service.root.root.iterdir() if p.is_dir() and p.name != ".chroma"] == []
+    service.ingestor.load = load  # type: ignore[assignment]
+    assert service.add_files("kb", [docs / "planets.md"]).ok
+    chunks = stored_chunks(service, "kb")  # nothing of the deleted knowledge base came back
+    assert chunks and not any("Yangtze" in c or "第十条" in c for c in chunks)

@@ -132,7 +132,8 @@ def _error(result: dict[str, Any]) -> KBQAError:
     message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
     if isinstance(err, dict) and err.get("type") == "exceed_context_size_error":
         return ConfigError(f"The prompt does not fit the model's context ({message}); "
-                           "raise llm.context_window or lower retrieval.top_k / splitter.chunk_size.")
+                           "raise llm.context_window, or send less text (a shorter message or history; for "
+                           "answers from a knowledge base, lower retrieval.top_k or splitter.chunk_size).")
     return KBQAError(f"llama.cpp: {message}")
 
 
