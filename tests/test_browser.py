@@ -99,3 +99,33 @@ def test_asking_before_choosing_files_shows_an_error_not_a_traceback(page: Any) 
         page.wait_for_timeout(200)
     assert "No knowledge base named" in page.content()
     assert "Traceback" not in page.content()
+
+
+def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None:
+    doc = tmp_path / "planets.md"
+    doc.write_text("Mars is the red planet.", encoding="utf-8")
+    kb = page.locator("#kb-select input")
+    kb.fill("待删除")
+    kb.press("Enter")
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#upload input[type=file]").set_input_files([str(doc)])
+    page.wait_for_timeout(500)
+    page.locator("#ingest-button").click()
+    wait_text(page.locator("#docs"), "planets.md", 30)
+
+    page.locator("#delete-kb").click()
+    confirm = page.locator("#confirm-delete-kb")
+    wait_text(confirm, "Delete knowledge base 待删除 and its 1 file?", 10)
+    page.locator("#confirm-delete-no").click()
+    page.wait_for_timeout(500)
+    assert not confirm.is_visible()
+    assert "planets.md" in page.locator("#docs").inner_text()  # nothing was deleted
+
+    page.locator("#delete-kb").click()
+    wait_text(confirm, "cannot be undone", 10)
+    page.locator("#confirm-delete-yes").click()
+    deadline = time.time() + 15
+    while time.time() < deadline and "Deleted knowledge base" not in page.content():
+        page.wait_for_timeout(200)
+    assert "Deleted knowledge base" in page.content()
+    assert "待删除" not in (page.locator("#kb-select input").input_value() or "")

@@ -90,3 +90,12 @@ def test_delete_document_updates_the_table(service: KBQAService, tmp_path: Path)
 def test_asking_without_a_knowledge_base_is_explained(service: KBQAService) -> None:
     with pytest.raises(KBQAError, match="Choose a knowledge base"):
         list(handlers.ask(service, None, "hi", []))
+
+
+def test_deleting_a_knowledge_base_is_confirmed_with_what_it_holds(service: KBQAService, tmp_path: Path) -> None:
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    assert handlers.confirm_delete_kb(service, "kb") == ("Delete knowledge base **kb** and its 1 file? "
+                                                         "This cannot be undone.")
+    assert handlers.kb_names(service) == ["kb"]
+    with pytest.raises(KBQAError, match="Choose"):
+        handlers.confirm_delete_kb(service, None)

@@ -64,10 +64,17 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         return rows, gr.update(choices=[r[0] for r in rows], value=None), message
 
     @guard
+    def on_ask_delete_kb(kb: str | None) -> tuple[Any, ...]:
+        question = handlers.confirm_delete_kb(service, kb)
+        return gr.update(visible=True), question
+
+    @guard
     def on_delete_kb(kb: str | None) -> tuple[Any, ...]:
         message = handlers.delete_kb(service, kb)
         names = handlers.kb_names(service)
-        return gr.update(choices=names, value=names[0] if names else None), [], message
+        # A new conversation: follow-up questions must not be read against the deleted knowledge base's chat.
+        return (gr.update(choices=names, value=names[0] if names else None), [], message, gr.update(visible=False),
+                [], sources_html([]))
 
     names = handlers.kb_names(service)
     with gr.Blocks(title="kbqa") as app:
@@ -103,6 +110,10 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                     doc_choice = gr.Dropdown(label="File", choices=[], elem_id="doc-choice", scale=3)
                     delete_doc = gr.Button("Delete file", elem_id="delete-doc", scale=1)
                     delete_kb = gr.Button("Delete knowledge base", variant="stop", elem_id="delete-kb", scale=1)
+                with gr.Row(visible=False, elem_id="confirm-delete-kb") as confirm_row:
+                    confirm_text = gr.Markdown()
+                    confirm_yes = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete-yes", scale=0)
+                    confirm_no = gr.Button("Cancel", elem_id="confirm-delete-no", scale=0)
                 message = gr.Markdown()
 
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
@@ -113,7 +124,9 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             trigger(on_ask, [kb, question, chatbot], [chatbot, sources, question])
         clear.click(lambda: ([], sources_html([])), None, [chatbot, sources])
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
-        delete_kb.click(on_delete_kb, kb, [kb, docs, message])
+        delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text])
+        confirm_no.click(lambda: gr.update(visible=False), None, confirm_row)
+        confirm_yes.click(on_delete_kb, kb, [kb, docs, message, confirm_row, chatbot, sources])
     return app
 
 

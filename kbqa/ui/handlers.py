@@ -104,6 +104,15 @@ def delete_document(service: KBQAService, kb: str | None, name: str | None) -> t
     return documents(service, kb), f"Deleted **{name}** from **{kb}**."
 
 
+def confirm_delete_kb(service: KBQAService, kb: str | None) -> str:
+    """The question asked before a knowledge base is deleted (it names what will be lost)."""
+    if not kb:
+        raise KBQAError("Choose a knowledge base to delete.")
+    files = service.list_documents(kb)
+    return (f"Delete knowledge base **{kb}** and its {len(files)} file{'s' if len(files) != 1 else ''}? "
+            "This cannot be undone.")
+
+
 def delete_kb(service: KBQAService, kb: str | None) -> str:
     """Delete a whole knowledge base."""
     if not kb:
