@@ -30,22 +30,6 @@ def service_for(tmp_path: Path, docs: Path, llm: FakeLLM) -> Callable[..., KBQAS
     return build
 
 
-@pytest.fixture
-def docs(tmp_path: Path) -> Path:
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    (folder / "rivers.txt").write_text(
-        "The Yangtze is the longest river in Asia.\n\nThe Nile flows north through Egypt.", encoding="utf-8")
-    (folder / "planets.md").write_text(
-        "# Planets\n\nJupiter is the largest planet.\n\nMars is called the red planet.", encoding="utf-8")
-    return folder
-
-
-@pytest.fixture
-def llm() -> FakeLLM:
-    return FakeLLM()
-
-
 def test_follow_up_is_rewritten_searched_for_and_answered_as_a_standalone_question(
         service_for: Callable[..., KBQAService], llm: FakeLLM) -> None:
     service = service_for(follow_up="rewrite")
@@ -174,15 +158,11 @@ def test_jsonl_history_makes_a_follow_up(tmp_path: Path) -> None:
         ev.load_dataset(tmp_path / "d.jsonl")
 
 
-CORPUS = ROOT.parent / "shared" / "corpus"
-
-
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="needs ../shared/corpus")
 @pytest.mark.parametrize("name", ["sotu_followup.jsonl", "zh_followup.jsonl"])
-def test_follow_up_datasets_hold_gold_answers_verbatim(name: str) -> None:
+def test_follow_up_datasets_hold_gold_answers_verbatim(name: str, corpus: Path) -> None:
     rows = [json.loads(line) for line in (ROOT / "benchmarks/datasets/followup" / name).read_text("utf-8").splitlines()]
     assert [r["kind"] for r in rows].count("follow-up") == 15 and len(rows) == 20
     for row in rows:
-        doc = ev.squash((CORPUS / row["doc"]).read_text(encoding="utf-8"))
+        doc = ev.squash((corpus / row["doc"]).read_text(encoding="utf-8"))
         assert ev.squash(row["answer"]) in doc, row
         assert row["history"] and all(t["question"] and t["answer"] for t in row["history"])

@@ -25,27 +25,10 @@ def make_settings(tmp_path: Path, **retrieval: object) -> Settings:
 
 
 @pytest.fixture
-def llm() -> FakeLLM:
-    return FakeLLM()
-
-
-@pytest.fixture
 def make(tmp_path: Path, llm: FakeLLM) -> Callable[..., KBQAService]:
     def build(**retrieval: object) -> KBQAService:
         return build_service(make_settings(tmp_path, **retrieval), embedder=FakeEmbedder(), llm=lambda: llm)
     return build
-
-
-@pytest.fixture
-def docs(tmp_path: Path) -> Path:
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    (folder / "rivers.txt").write_text(
-        "The Yangtze is the longest river in Asia.\n\nThe Nile flows north through Egypt.", encoding="utf-8")
-    (folder / "planets.md").write_text(
-        "# Planets\n\nJupiter is the largest planet.\n\nMars is called the red planet.", encoding="utf-8")
-    (folder / "规则.txt").write_text("第十条 当事人应当在三十日内提出申请。\n第十一条 检察院应当审查。", encoding="gbk")
-    return folder
 
 
 def files_in(folder: Path) -> list[Path]:
