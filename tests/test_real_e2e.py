@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kbqa.bootstrap import build_service
+from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
 from kbqa.settings import load_settings
 from tests.conftest import CORPUS, ROOT
@@ -64,6 +65,18 @@ def test_question_outside_the_documents_is_refused(service: KBQAService) -> None
     ensure_sotu(service)
     answer = service.ask("sotu", "What is the boiling point of liquid nitrogen in Kelvin?")
     assert answer.refused, answer.answer
+
+
+def test_follow_up_question_is_read_with_the_earlier_turn(service: KBQAService) -> None:
+    ensure_sotu(service)
+    first = service.ask("sotu", "Where is Intel going to build its semiconductor mega site?")
+    history = [ChatMessage("user", first.question), ChatMessage("assistant", first.answer)]
+    answer = service.ask("sotu", "How many jobs will it bring?", history)
+    assert "Intel" in answer.query or "mega site" in answer.query, answer.query
+    assert "10,000 new good-paying jobs" in answer.sources[0].text
+    assert "10,000" in answer.answer.replace(" ", ""), answer.answer  # the model may write "10, 000"
+    # Why it is rewritten: alone, the question finds another passage about jobs.
+    assert "10,000 new good-paying jobs" not in service.search("sotu", "How many jobs will it bring?", 1)[0].text
 
 
 def test_same_question_gets_the_same_answer_whatever_was_asked_before(tmp_path: Path) -> None:
