@@ -79,6 +79,11 @@ class KBQAChatModel(BaseChatModel):
             yield chunk
 
 
+def empty_knowledge_base(name: str) -> EmptyKnowledgeBase:
+    """The error for a question to a knowledge base without documents."""
+    return EmptyKnowledgeBase(f"Knowledge base '{name}' has no documents yet: add files to it first.")
+
+
 def chat_turns(history: Sequence[ChatMessage]) -> list[tuple[str, str]]:
     """Earlier ``(question, answer)`` turns of a chat; system messages and unanswered questions are left out."""
     turns: list[tuple[str, str]] = []
@@ -217,7 +222,7 @@ class QAEngine:
             EmptyKnowledgeBase: the knowledge base has no documents.
         """
         if not kb.manifest.files:
-            raise EmptyKnowledgeBase(f"Knowledge base '{kb.name}' has no documents yet: add files to it first.")
+            raise empty_knowledge_base(kb.name)
         template, lang = self.prompts.for_question(question)
         start = time.perf_counter()
         query, how = self._read_follow_up(question, history)

@@ -99,3 +99,14 @@ def test_deleting_a_knowledge_base_is_confirmed_with_what_it_holds(service: KBQA
     assert handlers.kb_names(service) == ["kb"]
     with pytest.raises(KBQAError, match="Choose"):
         handlers.confirm_delete_kb(service, None)
+
+
+def test_question_shows_at_once_but_an_empty_knowledge_base_leaves_the_chat_alone(service: KBQAService,
+                                                                                 tmp_path: Path) -> None:
+    service.create_kb("empty")
+    with pytest.raises(KBQAError, match="no documents yet"):
+        next(handlers.ask(service, "empty", "anything?", []))
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    history, panel = next(handlers.ask(service, "kb", "Which planet is red?", []))
+    assert history[-2:] == [{"role": "user", "content": "Which planet is red?"}, {"role": "assistant", "content": ""}]
+    assert "Searching" in panel

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import KBQAError
+from kbqa.qa import empty_knowledge_base
 from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
 from kbqa.ui.render import doc_rows, ingest_summary, result_rows, sources_html
@@ -81,8 +82,13 @@ def ask(service: KBQAService, kb: str | None, question: str,
                if m.get("role") in ("user", "assistant")]
     history = [*(history or []), {"role": "user", "content": question},
                {"role": "assistant", "content": ""}]
-    panel = sources_html([])
+    if not service.list_documents(kb):  # errors before the chat changes (an unknown name raises here)
+        raise empty_knowledge_base(kb)
     text = ""
+    # Show the question at once: finding passages (and first reading a follow-up with the chat) takes a moment.
+    yield history, sources_html([], "Reading the question with the earlier turns and searching…" if earlier
+                                else "Searching…")
+    panel = sources_html([])
     for event in service.ask_stream(kb, question, earlier):
         if event.kind == "sources":
             panel = sources_html(event.sources or [])
