@@ -35,6 +35,17 @@ def wait_text(locator: Any, text: str, seconds: float) -> None:
         time.sleep(0.2)
 
 
+def add_files(page: Any, kb_name: str, files: list[Path]) -> None:
+    """Type a knowledge-base name, drop files on the Documents tab and press Add."""
+    kb = page.locator("#kb-select input")
+    kb.fill(kb_name)
+    kb.press("Enter")
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#upload input[type=file]").set_input_files([str(f) for f in files])
+    page.wait_for_timeout(500)
+    page.locator("#ingest-button").click()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("web")
@@ -63,13 +74,7 @@ def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> 
     bad = tmp_path / "notes.xyz"
     bad.write_text("unknown format", encoding="utf-8")
 
-    kb = page.locator("#kb-select input")
-    kb.fill("河流 rivers")
-    kb.press("Enter")
-    page.get_by_role("tab", name="Documents").click()
-    page.locator("#upload input[type=file]").set_input_files([str(doc), str(bad)])
-    page.wait_for_timeout(500)
-    page.locator("#ingest-button").click()
+    add_files(page, "河流 rivers", [doc, bad])
     results = page.locator("#ingest-results")
     wait_text(results, "rivers.txt", 30)
     assert "added" in results.inner_text()
@@ -104,13 +109,7 @@ def test_asking_before_choosing_files_shows_an_error_not_a_traceback(page: Any) 
 def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None:
     doc = tmp_path / "planets.md"
     doc.write_text("Mars is the red planet.", encoding="utf-8")
-    kb = page.locator("#kb-select input")
-    kb.fill("待删除")
-    kb.press("Enter")
-    page.get_by_role("tab", name="Documents").click()
-    page.locator("#upload input[type=file]").set_input_files([str(doc)])
-    page.wait_for_timeout(500)
-    page.locator("#ingest-button").click()
+    add_files(page, "待删除", [doc])
     wait_text(page.locator("#docs"), "planets.md", 30)
 
     page.locator("#delete-kb").click()
