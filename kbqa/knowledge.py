@@ -264,7 +264,8 @@ def _hold_root(root: Path) -> None:
                 "`curl -F files=@report.pdf http://127.0.0.1:7860/kb/NAME/files`), stop it first, or set "
                 "paths.knowledge_root to another folder.") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}: {' '.join(os.path.basename(a) for a in sys.argv[:3])}".encode())
+        command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200] if sys.argv else "python"
+        os.write(fd, f"pid {os.getpid()}: {command}".encode())
         _HELD[root] = [fd, 1]
 
 
