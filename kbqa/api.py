@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from kbqa.errors import FileTooLarge, KBQAError
+from kbqa.ingest import file_too_large
 from kbqa.llm.base import GenerationParams
 from kbqa.schema import AnswerEvent, ChatMessage, FileResult, IngestReport
 from kbqa.service import KBQAService
@@ -172,9 +173,7 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
             for n, f in enumerate(files):
                 shown = f.filename or f"upload-{n}"
                 if f.size is not None and f.size > limit:  # not copied: refused by its size alone
-                    too_large[n] = FileResult(shown, "failed", reason=(
-                        f"{shown} is {f.size / 2**20:.0f} MB, over the {max_file_mb:g} MB limit "
-                        "(ingest.max_file_mb): split it or raise the limit."))
+                    too_large[n] = FileResult(shown, "failed", reason=str(file_too_large(shown, f.size, limit)))
                     continue
                 path = Path(tmp) / f"upload-{n}"
                 with open(path, "wb") as out:

@@ -124,8 +124,7 @@ class Ingestor:
             raise KBQAError(f"{given_name}: no such file (check the path).")
         size = path.stat().st_size
         if size > self.max_bytes:
-            raise FileTooLarge(f"{name} is {size / 2**20:.0f} MB, over the {self.max_bytes / 2**20:.0f} MB limit "
-                               f"(ingest.max_file_mb): split it or raise the limit.")
+            raise file_too_large(name, size, self.max_bytes)
         sha = file_sha256(path)
         if name in batch:  # one knowledge base holds one file per name
             if batch[name][0] == sha:
@@ -172,10 +171,7 @@ class Ingestor:
         except Exception as exc:  # e.g. disk full: retry file by file so one failure stays one failure
             log.warning("group commit failed (%s); committing file by file", exc)
             done = []
-            offset = 0
-            for p in group:
-                part = vectors[offset:offset + len(p.chunks)]
-                offset += len(p.chunks)
+            for p, part in zip(group, _per_file(group, vectors), strict=True):
                 try:
                     self.commit(kb, [p], part)
                     done.append((p, None))
@@ -204,25 +200,22 @@ class Ingestor:
             if kb.deleted:
                 raise KBQAError(_DELETED.format(kb=kb.name))
             # Decide against the manifest as it is now: another upload may have committed meanwhile.
-            rows, fresh = [], []
-            offset = 0
-            for p in group:
-                rows.append((offset, offset + len(p.chunks)))
-                offset += len(p.chunks)
+            fresh = []
+            for p, part in zip(group, _per_file(group, vectors), strict=True):
                 current = kb.manifest.files.get(p.name)
                 holder = kb.manifest.name_of(p.sha256)
+                p.skipped = None
                 if current and current["sha256"] == p.sha256:
                     p.skipped = "added meanwhile by another upload"
                 elif holder and holder != p.name:
                     p.skipped = f"same content as {holder}"
                 else:
                     p.replaces = current["sha256"] if current else None
-                    fresh.append(p)
+                    fresh.append((p, part))
             if not fresh:
                 return
-            keep = [i for p, (a, b) in zip(group, rows, strict=True) if not p.skipped for i in range(a, b)]
-            vectors = vectors[keep]
-            group = fresh
+            group = [p for p, _ in fresh]
+            vectors = np.concatenate([part for _, part in fresh])
             chunks = [c for p in group for c in p.chunks]
             shas = [p.sha256 for p in group] + [p.replaces for p in group if p.replaces]
             if not kb.embedding:
@@ -242,6 +235,17 @@ class Ingestor:
             except BaseException:
                 recover(kb, self.store)
                 raise
+
+
+def _per_file(group: list[_Prepared], vectors: np.ndarray) -> list[np.ndarray]:
+    """Each prepared file's rows of ``vectors`` (those of its chunks, in order)."""
+    return np.split(vectors, np.cumsum([len(p.chunks) for p in group])[:-1])
+
+
+def file_too_large(name: str, size: int, max_bytes: float) -> FileTooLarge:
+    """The error for a file over ``ingest.max_file_mb``."""
+    return FileTooLarge(f"{name} is {size / 2**20:.0f} MB, over the {max_bytes / 2**20:g} MB limit "
+                        f"(ingest.max_file_mb): split it or raise the limit.")
 
 
 def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes, name: str) -> None:
