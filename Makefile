@@ -34,7 +34,7 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check kbqa tests benchmarks app.py
-	$(BIN)/mypy kbqa
+	$(BIN)/mypy kbqa benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import jieba
 import numpy as np
@@ -43,13 +44,15 @@ from kbqa.tokenize import tokenize, warm_up  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 CHUNK = 500
+Q = TypeVar("Q")
 _HAN_RUN = re.compile(r"[\u4e00-\u9fff]+")
 
 
 def load_cmrc() -> tuple[list[str], list[tuple[str, int]]]:
     """Return the contexts and (question, context index) pairs of CMRC2018 dev."""
     data = json.loads((CORPUS / "cmrc2018_dev.json").read_text(encoding="utf-8"))
-    contexts, questions = [], []
+    contexts: list[str] = []
+    questions: list[tuple[str, int]] = []
     for article in data["data"]:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
@@ -148,7 +151,7 @@ class Stopwatch:
         self.s[self._name] = time.perf_counter() - self._started
 
 
-def latencies(fn: Callable[[object], object], queries: list) -> tuple[float, float]:
+def latencies(fn: Callable[[Q], object], queries: list[Q]) -> tuple[float, float]:
     """Return (p50, p95) in milliseconds of fn over the queries."""
     times = []
     for q in queries:

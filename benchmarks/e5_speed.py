@@ -22,7 +22,9 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import psutil
@@ -62,8 +64,10 @@ def machine() -> str:
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
+T = TypeVar("T")
 
-def timed(fn) -> tuple[float, object]:
+
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result

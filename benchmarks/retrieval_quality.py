@@ -25,15 +25,16 @@ from _common import CORPUS, ROOT, Timer, append_results
 
 from kbqa import evaluation as ev
 from kbqa.bootstrap import build_service
-from kbqa.retrieval import RetrievalConfig
+from kbqa.retrieval import Mode, RetrievalConfig
 from kbqa.settings import load_settings
 
 MODELS = ["embedded:all-minilm-l6-v2", "embedded:multilingual-e5-small", "embedded:multilingual-e5-small#int8"]
 #: (label, mode, dense weight, bm25 weight for every question, RRF constant); None = kbqa's defaults
 #: (BM25 weight 2 for Chinese questions and 0.1 for others, RRF constant 5).
-MODES = [("dense", "dense", 1.0, 0.0, 60), ("bm25", "bm25", 0.0, 1.0, 60), ("hybrid 1:1", "hybrid", 1.0, 1.0, 60),
-         ("hybrid 1:2", "hybrid", 1.0, 2.0, 60), ("hybrid 2:1", "hybrid", 2.0, 1.0, 60),
-         ("hybrid 1:3", "hybrid", 1.0, 3.0, 60), ("hybrid (kbqa default)", None, 0, 0, 0)]
+MODES: list[tuple[str, Mode | None, float, float, int]] = [
+    ("dense", "dense", 1.0, 0.0, 60), ("bm25", "bm25", 0.0, 1.0, 60), ("hybrid 1:1", "hybrid", 1.0, 1.0, 60),
+    ("hybrid 1:2", "hybrid", 1.0, 2.0, 60), ("hybrid 2:1", "hybrid", 2.0, 1.0, 60),
+    ("hybrid 1:3", "hybrid", 1.0, 3.0, 60), ("hybrid (kbqa default)", None, 0, 0, 0)]
 
 
 def datasets(limit: int | None) -> list[tuple[str, ev.EvalDataset, list[ev.EvalItem]]]:
