@@ -154,22 +154,31 @@ def write_ptuning(folder: Path, config: dict[str, Any], pre_seq_len: int = 4, se
 
 
 def write_lora(folder: Path, config: dict[str, Any], rank: int = 4, alpha: float = 8.0,
-               seed: int = 11) -> dict[str, torch.Tensor]:
-    """A peft LoRA adapter on ChatGLM2's module names (query_key_value and dense_h_to_4h)."""
+               seed: int = 11, ends: bool = False) -> dict[str, torch.Tensor]:
+    """A peft LoRA adapter on ChatGLM2's module names (query_key_value and dense_h_to_4h).
+
+    ``ends`` adds the output layer and the word embeddings (peft's embedding LoRA) to the targets.
+    """
     gen = torch.Generator().manual_seed(seed)
-    hidden, ffn = config["hidden_size"], config["ffn_hidden_size"]
+    hidden, ffn, vocab = config["hidden_size"], config["ffn_hidden_size"], config["padded_vocab_size"]
     qkv = (config["num_attention_heads"] + 2 * config["multi_query_group_num"]) * config["kv_channels"]
     weights = {}
-    for i in range(config["num_layers"]):
-        for module, rows in (("self_attention.query_key_value", qkv), ("mlp.dense_h_to_4h", 2 * ffn)):
-            key = f"base_model.model.transformer.encoder.layers.{i}.{module}"
-            weights[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * 0.3
-            weights[f"{key}.lora_B.weight"] = torch.randn(rows, rank, generator=gen) * 0.3
+    modules = [(f"encoder.layers.{i}.{m}", rows) for i in range(config["num_layers"])
+               for m, rows in (("self_attention.query_key_value", qkv), ("mlp.dense_h_to_4h", 2 * ffn))]
+    for module, rows in modules + ([("output_layer", vocab)] if ends else []):
+        key = f"base_model.model.transformer.{module}"
+        weights[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * 0.3
+        weights[f"{key}.lora_B.weight"] = torch.randn(rows, rank, generator=gen) * 0.3
+    if ends:
+        key = "base_model.model.transformer.embedding.word_embeddings"
+        weights[f"{key}.lora_embedding_A"] = torch.randn(rank, vocab, generator=gen) * 0.3
+        weights[f"{key}.lora_embedding_B"] = torch.randn(hidden, rank, generator=gen) * 0.3
     folder.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
-        "target_modules": ["query_key_value", "dense_h_to_4h"], "bias": "none", "fan_in_fan_out": False,
+        "target_modules": ["query_key_value", "dense_h_to_4h"] + (["output_layer", "word_embeddings"] if ends else []),
+        "bias": "none", "fan_in_fan_out": False,
         "base_model_name_or_path": "THUDM/chatglm2-6b", "inference_mode": True}), encoding="utf-8")
     return weights
 
@@ -179,6 +188,11 @@ def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], ra
     """ChatGLM weights with a LoRA folded in (W + alpha/r * B @ A), for the reference."""
     merged = dict(state)
     for key, a in lora.items():
+        if key.endswith(".lora_embedding_A"):  # peft's embedding LoRA: W += scale * (B @ A).T
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_embedding_A")
+            b = lora[key.replace("lora_embedding_A", "lora_embedding_B")]
+            merged[f"{module}.weight"] = state[f"{module}.weight"] + (alpha / rank) * (b @ a).T
+            continue
         if ".lora_A." not in key:
             continue
         module = key.removeprefix("base_model.model.").split(".lora_A.")[0]

@@ -1,9 +1,10 @@
 """An independent plain-torch ChatGLM2 forward pass, written from ChatGLM2's architecture, for tests.
 
-It reads ChatGLM2's own key names and config.json fields (no transformers code): fused QKV with bias
-split into query heads / key groups / value groups, grouped key-value heads, rotary embedding on the
-first half of each head in interleaved pairs (base 10000 * rope_ratio), RMSNorm, SwiGLU, an untied
-output layer. Padding is on the left, positions count from the first real token (as ChatGLM2's
+It reads ChatGLM2's own key names and config.json fields (no transformers code): fused QKV with bias split
+into query heads / key groups / value groups, grouped key-value heads, rotary embedding on the first half of
+each head in interleaved pairs, RMSNorm, SwiGLU, an untied output layer. ``rope_ratio`` (the -32k variants)
+works as each version's own code applies it: ChatGLM2 divides the positions by it, ChatGLM3 multiplies the
+rotary base 10000 by it. Padding is on the left, positions count from the first real token (as ChatGLM2's
 tokenizer pads them), and an optional P-tuning v2 prefix adds un-rotated keys/values every token sees.
 """
 
@@ -21,11 +22,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
-def rotate(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary embedding on the first half of the last dim, pairs (0,1), (2,3)...; x: (b, s, h, d)."""
+def rotate(x: torch.Tensor, positions: torch.Tensor, base: float, scale: float = 1.0) -> torch.Tensor:
+    """Rotary embedding on the first half of the last dim, pairs (0,1), (2,3)...; x: (b, s, h, d).
+
+    ``scale`` divides the positions (ChatGLM2-6B-32k's position interpolation).
+    """
     rot = x.shape[-1] // 2
     theta = 1.0 / base ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot)  # (rot/2,)
-    angles = positions.to(torch.float64)[..., None] * theta  # (b, s, rot/2)
+    angles = (positions.to(torch.float64) / scale)[..., None] * theta  # (b, s, rot/2)
     cos, sin = angles.cos()[:, :, None, :].to(x.dtype), angles.sin()[:, :, None, :].to(x.dtype)
     pairs = x[..., :rot].reshape(*x.shape[:-1], rot // 2, 2)
     x0, x1 = pairs[..., 0], pairs[..., 1]
@@ -45,15 +49,19 @@ def one_thread() -> Iterator[None]:
 
 
 class ChatGLM2Reference:
-    """``logits = ChatGLM2Reference(state, config)(input_ids, attention_mask, prefix)``."""
+    """``logits = ChatGLM2Reference(state, config)(input_ids, attention_mask, prefix)``.
 
-    def __init__(self, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    ``version`` is "chatglm2" or "chatglm3": they differ only in how ``rope_ratio`` applies.
+    """
+
+    def __init__(self, state: dict[str, torch.Tensor], config: dict[str, Any], version: str = "chatglm2") -> None:
         self.w = {k: v.double() for k, v in state.items()}
         self.c = config
         self.heads = config["num_attention_heads"]
         self.groups = config["multi_query_group_num"] if config["multi_query_attention"] else self.heads
         self.head_dim = config["kv_channels"]
-        self.base = 10000.0 * float(config.get("rope_ratio") or 1.0)
+        ratio = float(config.get("rope_ratio") or 1.0)
+        self.base, self.scale = (10000.0 * ratio, 1.0) if version == "chatglm3" else (10000.0, ratio)
 
     def prefix(self, embedding: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (key, value), each (pre_seq_len, groups, head_dim), from a prefix encoder output."""
@@ -85,8 +93,8 @@ class ChatGLM2Reference:
             fused = p + "self_attention.query_key_value"
             qkv = y @ w[fused + ".weight"].T + w[fused + ".bias"]
             q, k, v = qkv.split([h * d, g * d, g * d], dim=-1)
-            q = rotate(q.view(batch, seq, h, d), positions, self.base)
-            k = rotate(k.view(batch, seq, g, d), positions, self.base)
+            q = rotate(q.view(batch, seq, h, d), positions, self.base, self.scale)
+            k = rotate(k.view(batch, seq, g, d), positions, self.base, self.scale)
             v = v.view(batch, seq, g, d)
             if prefix is not None:
                 pk, pv = prefix[i]

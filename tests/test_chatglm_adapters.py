@@ -75,10 +75,12 @@ def test_ptuning_prefix_of_another_model_shape_is_refused(tmp_path: Path, checkp
         build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "ptuning")), tmp_path / "cache")
 
 
+@pytest.mark.parametrize("ends", [False, True])
 def test_lora_on_chatglm_module_names_matches_the_reference_with_merged_weights(tmp_path: Path,
-                                                                                checkpoint: tuple) -> None:
+                                                                                checkpoint: tuple,
+                                                                                ends: bool) -> None:
     src, config, state = checkpoint
-    lora = write_lora(tmp_path / "lora", config, rank=4, alpha=8.0)
+    lora = write_lora(tmp_path / "lora", config, rank=4, alpha=8.0, ends=ends)
     llm = build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "lora")), tmp_path / "cache")
     reference = ChatGLM2Reference(merge_lora(state, lora, rank=4, alpha=8.0), config)
     ids = torch.tensor([llm.prompt_ids(QUESTION, 20)])
@@ -87,6 +89,15 @@ def test_lora_on_chatglm_module_names_matches_the_reference_with_merged_weights(
     assert type(llm.model).__name__ == "GlmForCausalLM"  # merged, no peft wrapper left
     assert float((logits.double() - reference(ids)).abs().max()) < 1e-4
     assert float((logits.double() - ChatGLM2Reference(state, config)(ids)).abs().max()) > 1e-2
+
+
+def test_a_lora_target_the_converted_model_lacks_is_refused(tmp_path: Path, checkpoint: tuple) -> None:
+    src, config, _ = checkpoint
+    write_lora(tmp_path / "lora", config)
+    adapter_config = tmp_path / "lora" / "adapter_config.json"
+    adapter_config.write_text(adapter_config.read_text().replace('"dense_h_to_4h"', '"dense_h_to_4h", "rotary"'))
+    with pytest.raises(ConfigError, match=r"\['rotary'\] have no counterpart"):
+        build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "lora")), tmp_path / "cache")
 
 
 def test_an_adapter_folder_of_unknown_kind_is_refused(tmp_path: Path, checkpoint: tuple) -> None:

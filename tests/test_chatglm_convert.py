@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GlmForCausalLM
 
 from kbqa.errors import ConfigError, ModelUnavailable
@@ -55,15 +56,22 @@ def test_left_padded_batch_gives_the_reference_logits(tmp_path: Path, sp_model: 
     assert max_diff(logits, ChatGLM2Reference(state, config)(ids, mask), mask) < 1e-4
 
 
-def test_rope_ratio_scales_the_rotary_base_like_the_reference(tmp_path: Path, sp_model: Path) -> None:
-    config, state = write_checkpoint(tmp_path / "src", sp_model, version="chatglm3", fmt="safetensors",
-                                     shards=1, rope_ratio=50)
-    folder = convert_chatglm(tmp_path / "src", tmp_path / "dst")
-    model = load(folder)
-    assert model.config.rope_parameters["rope_theta"] == 500000.0
+@pytest.mark.parametrize(("version", "rope"), [
+    ("chatglm2", {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}),  # chatglm2-6b-32k
+    ("chatglm3", {"rope_type": "default", "rope_theta": 40000.0}),  # chatglm3-6b-32k (ratio 50 there)
+])
+def test_rope_ratio_applies_as_each_version_applies_it(tmp_path: Path, sp_model: Path, version: str,
+                                                       rope: dict[str, object]) -> None:
+    config, state = write_checkpoint(tmp_path / "src", sp_model, version=version, fmt="safetensors",
+                                     shards=1, rope_ratio=4)
+    model = load(convert_chatglm(tmp_path / "src", tmp_path / "dst"))
+    assert {k: model.config.rope_parameters.get(k) for k in rope} == rope
     with torch.no_grad():
         logits = model(IDS).logits
-    assert max_diff(logits, ChatGLM2Reference(state, config)(IDS)) < 1e-4
+    assert max_diff(logits, ChatGLM2Reference(state, config, version)(IDS)) < 1e-4
+    # The two readings of rope_ratio really differ on this input, so the check above can fail.
+    other = "chatglm3" if version == "chatglm2" else "chatglm2"
+    assert max_diff(logits, ChatGLM2Reference(state, config, other)(IDS)) > 1e-3
 
 
 def test_batched_greedy_generation_with_left_padding_matches_reference(tmp_path: Path,
@@ -142,6 +150,31 @@ def test_unknown_weights_are_refused(tmp_path: Path, sp_model: Path) -> None:
     torch.save(state, tmp_path / "src" / "pytorch_model.bin")
     with pytest.raises(ModelUnavailable, match="weight_scale"):
         convert_chatglm(tmp_path / "src", tmp_path / "dst")
+
+
+def test_missing_qkv_biases_are_refused(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, fmt="safetensors", shards=1)
+    state = load_file(tmp_path / "src" / "model.safetensors")
+    del state["transformer.encoder.layers.1.self_attention.query_key_value.bias"]
+    save_file(state, str(tmp_path / "src" / "model.safetensors"))
+    with pytest.raises(ModelUnavailable, match=r"lacks 3 weights.*layers\.1\.self_attn\.k_proj\.bias"):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_bin_shards_are_used_when_the_safetensors_index_names_missing_shards(tmp_path: Path,
+                                                                            sp_model: Path) -> None:
+    # A download of only *.bin and *.json from a repository that has both formats (chatglm3-6b).
+    config, state = write_checkpoint(tmp_path / "src", sp_model, fmt="bin", shards=2)
+    index = {"metadata": {}, "weight_map": {"transformer.output_layer.weight": "model-00001-of-00002.safetensors"}}
+    (tmp_path / "src" / "model.safetensors.index.json").write_text(json.dumps(index))
+    model = load(convert_chatglm(tmp_path / "src", tmp_path / "dst"))
+    with torch.no_grad():
+        assert max_diff(model(IDS).logits, ChatGLM2Reference(state, config)(IDS)) < 1e-4
+    (tmp_path / "src" / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(ModelUnavailable, match="incomplete: model-00001-of-00002.safetensors missing .*; "
+                                               "pytorch_model-00002-of-00002.bin missing"):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst2")
 
 
 def test_chatglm2_and_chatglm3_are_told_apart(tmp_path: Path, sp_model: Path) -> None:

@@ -258,6 +258,18 @@ def test_a_changed_checkpoint_gets_a_new_conversion(tmp_path: Path, sp_model: Pa
     assert first != second and chatglm.is_converted_chatglm(second)
 
 
+def test_a_file_saved_again_with_the_same_size_changes_the_key(tmp_path: Path) -> None:
+    shard = tmp_path / "pytorch_model-00001-of-00002.bin"
+    data = bytearray(3 << 20)  # the middle MiB is in neither end the key reads
+    shard.write_bytes(data)
+    os.utime(shard, ns=(1_700_000_000_000_000_000,) * 2)
+    before = model_cache.fingerprint([shard])
+    data[len(data) // 2] = 1
+    shard.write_bytes(data)
+    os.utime(shard, ns=(1_700_000_001_000_000_000,) * 2)
+    assert model_cache.fingerprint([shard]) != before
+
+
 def test_a_half_written_conversion_is_never_used(tmp_path: Path, glm2: tuple) -> None:
     target = prepare_model(str(glm2[0]), tmp_path)
     os.rename(target, tmp_path / "done")

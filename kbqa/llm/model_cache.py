@@ -59,11 +59,16 @@ def prepare_model(spec: str, cache_dir: Path, progress: Progress | None = None) 
 
 
 def fingerprint(files: Sequence[Path]) -> str:
-    """A quick key for source files: names, sizes, and the first and last MiB of each."""
+    """A quick key for source files: names, sizes, modification times, and the first and last MiB of each.
+
+    Hashing all of a 12 GB checkpoint would cost a minute at every start; the modification time catches
+    a file saved again in place with the same size (a re-saved fine-tune), which the ends alone may not.
+    """
     digest = hashlib.sha256(f"kbqa-convert-{chatglm.CONVERTER_VERSION}".encode())
     for path in sorted(files, key=lambda p: p.name):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
+        stat = path.stat()
+        size = stat.st_size
+        digest.update(f"{path.name}:{size}:{stat.st_mtime_ns}".encode())
         with open(path, "rb") as handle:
             digest.update(handle.read(1 << 20))
             handle.seek(max(size - (1 << 20), 0))

@@ -68,19 +68,25 @@ def is_chatglm_checkpoint(folder: Path) -> bool:
 
 
 def find_weight_files(folder: Path) -> list[Path]:
-    """The weight shards of a checkpoint, safetensors preferred over ``.bin``, in shard order."""
+    """The weight shards of a checkpoint, safetensors preferred over ``.bin``, in shard order.
+
+    A format whose index names missing shards gives way to the other one when that one is complete (the
+    hub has both for ChatGLM3-6B, and a download of only ``*.bin`` keeps both index files).
+    """
     folder = Path(folder)
+    incomplete: list[str] = []
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         if (folder / index_name).is_file():
             names = sorted(set(read_json(folder / index_name).get("weight_map", {}).values()))
             missing = [n for n in names if not (folder / n).is_file()]
-            if missing:
-                raise ModelUnavailable(
-                    f"{folder} is incomplete: {', '.join(missing)} missing (see {index_name}).")
-            return [folder / n for n in names]
-        if (folder / single).is_file():
+            if not missing:
+                return [folder / n for n in names]
+            incomplete.append(f"{', '.join(missing)} missing (see {index_name})")
+        elif (folder / single).is_file():
             return [folder / single]
+    if incomplete:
+        raise ModelUnavailable(f"{folder} is incomplete: {'; '.join(incomplete)}.")
     return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
 
 

@@ -1,10 +1,11 @@
 """Convert a ChatGLM2/3 checkpoint into a native transformers ``GlmForCausalLM`` folder (no remote code).
 
 The mapping is exact (MODELS.md): the fused ``query_key_value`` rows split into ``q_proj``/``k_proj``/
-``v_proj``; the other weights are renamed; the rotary cache is dropped; ``rope_ratio`` scales the rotary
-base. The output folder also holds ``tokenizer.model`` and ``kbqa_chatglm.json`` (prompt format and stop
-ids), which tells kbqa to use ChatGLM's own tokenizer and prompt format. One output shard is written per
-input shard, so memory stays at about one shard; the folder is written under a temporary name and
+``v_proj``; the other weights are renamed; the rotary cache is dropped. ``rope_ratio`` (the -32k variants)
+divides the positions in ChatGLM2 (linear rope scaling) and multiplies the rotary base in ChatGLM3, as each
+version's own code does. The output folder also holds ``tokenizer.model`` and ``kbqa_chatglm.json`` (prompt
+format and stop ids), which tells kbqa to use ChatGLM's own tokenizer and prompt format. One output shard is
+written per input shard, so memory stays at about one shard; the folder is written under a temporary name and
 renamed when complete, so a half-written conversion is never used.
 """
 
@@ -30,7 +31,7 @@ from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, ChatGLMTokenizer, Version
 log = logging.getLogger(__name__)
 
 #: Bumped when the output changes, so cached conversions are redone.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 MARKER_FILE = "kbqa_chatglm.json"
 Progress = Callable[[int, int], None]
 
@@ -84,10 +85,23 @@ def split_rows(tensor: torch.Tensor, part: str | None, dims: tuple[int, int, int
     return tensor[start:start + size].clone()
 
 
-def native_config(config: dict[str, Any], eos_ids: list[int]) -> GlmConfig:
+def rope_parameters(config: dict[str, Any], version: Version) -> dict[str, Any]:
+    """Native rotary settings: on the first half of each head; ``rope_ratio`` as the version applies it.
+
+    ChatGLM2's code divides the positions by ``rope_ratio`` (position interpolation: chatglm2-6b-32k
+    reads 32k positions as 8k), which is transformers' linear scaling; ChatGLM3's multiplies the base.
+    """
+    ratio = float(config.get("rope_ratio") or 1.0)
+    if ratio == 1.0:
+        return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    if version == "chatglm3":
+        return {"rope_type": "default", "rope_theta": 10000.0 * ratio, "partial_rotary_factor": 0.5}
+    return {"rope_type": "linear", "factor": ratio, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+
+
+def native_config(config: dict[str, Any], eos_ids: list[int], version: Version) -> GlmConfig:
     """The ``GlmConfig`` equivalent to a ChatGLM2/3 ``config.json``."""
     heads, groups, head_dim = attention_dims(config)
-    rope_theta = 10000.0 * float(config.get("rope_ratio") or 1.0)
     return GlmConfig(
         vocab_size=config["padded_vocab_size"], hidden_size=config["hidden_size"],
         intermediate_size=config["ffn_hidden_size"], num_hidden_layers=config["num_layers"],
@@ -95,7 +109,7 @@ def native_config(config: dict[str, Any], eos_ids: list[int]) -> GlmConfig:
         max_position_embeddings=int(config.get("seq_length") or 32768),
         rms_norm_eps=float(config.get("layernorm_epsilon") or 1e-5),
         attention_bias=bool(config.get("add_qkv_bias", True)), tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "partial_rotary_factor": 0.5},
+        rope_parameters=rope_parameters(config, version),
         pad_token_id=int(config.get("pad_token_id") or 0), eos_token_id=eos_ids, bos_token_id=None,
         architectures=["GlmForCausalLM"], dtype=config.get("torch_dtype") or "float16")
 
@@ -150,7 +164,7 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
         weight_map = _convert_shards(source.weight_files, tmp, dims, total, progress)
         _check_complete(weight_map, source.config)
         eos = stop_ids(tokenizer)
-        native_config(source.config, eos).save_pretrained(tmp)
+        native_config(source.config, eos, source.version).save_pretrained(tmp)
         GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_id).save_pretrained(tmp)
         shutil.copyfile(source.folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         marker = {"converter_version": CONVERTER_VERSION, "version": source.version,
@@ -206,6 +220,8 @@ def _check_complete(weight_map: dict[str, str], config: dict[str, Any]) -> None:
         expected |= {f"model.layers.{i}.{m}.weight" for m in
                      ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
                       "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+        if config.get("add_qkv_bias", True):  # else the native model would start them at random
+            expected |= {f"model.layers.{i}.self_attn.{p}_proj.bias" for p in "qkv"}
     missing = sorted(expected - set(weight_map))
     if missing:
         raise ModelUnavailable(

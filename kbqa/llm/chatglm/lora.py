@@ -20,7 +20,9 @@ from kbqa.llm.chatglm.convert import map_module, split_rows
 ADAPTER_CONFIG = "adapter_config.json"
 #: ChatGLM module name -> native module names (what ``target_modules`` lists).
 TARGETS = {"query_key_value": ["q_proj", "k_proj", "v_proj"], "dense": ["o_proj"],
-           "dense_h_to_4h": ["gate_up_proj"], "dense_4h_to_h": ["down_proj"]}
+           "dense_h_to_4h": ["gate_up_proj"], "dense_4h_to_h": ["down_proj"], "output_layer": ["lm_head"],
+           "word_embeddings": ["embed_tokens"]}
+_NATIVE = {n for names in TARGETS.values() for n in names}
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -65,6 +67,11 @@ def convert_lora(src: Path, dst: Path, dims: tuple[int, int, int]) -> Path:
         raise ConfigError(f"{src}: DoRA and LoRA biases are not supported for ChatGLM adapters.")
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
+    # A target peft would not find in the converted model would be skipped silently (its weights unused).
+    unknown = [t for t in targets if t.rsplit(".", 1)[-1] not in TARGETS.keys() | _NATIVE]
+    if unknown:
+        raise ConfigError(f"{src}: LoRA target_modules {unknown} have no counterpart in the converted model "
+                          f"(known: {', '.join(TARGETS)}).")
     config["target_modules"] = sorted({n for t in targets for n in TARGETS.get(t.rsplit(".", 1)[-1], [t])})
     config["base_model_name_or_path"] = None
     tensors: dict[str, torch.Tensor] = {}
