@@ -75,10 +75,10 @@ class TimedLLM:
     def generate(self, messages, params=None) -> str:
         return "".join(self.stream(messages, params))
 
-    def stream(self, messages, params=None):
+    def stream(self, messages, params=None, usage=None):
         start = time.perf_counter()
         try:
-            for piece in self.llm.stream(messages, params):
+            for piece in self.llm.stream(messages, params, usage):
                 self.seconds += time.perf_counter() - start
                 yield piece
                 start = time.perf_counter()

@@ -1,26 +1,34 @@
 """OpenAI-compatible HTTP API plus knowledge-base endpoints, served beside the web app.
 
-- ``GET  /v1/models``: ``kbqa`` (plain chat with the local model) and ``kb:<name>`` per knowledge base.
-- ``POST /v1/chat/completions``: OpenAI request/response shapes, streaming (SSE) or not. With model
-  ``kb:<name>`` the last user message is answered from that knowledge base and the response carries a
-  top-level ``sources`` list (in the last chunk when streaming).
-- ``POST /v1/embeddings``: vectors from the configured embedding model.
+- ``GET  /v1/models``, ``GET /v1/models/{id}``: ``kbqa`` (plain chat with the local model) and
+  ``kb:<name>`` per knowledge base.
+- ``POST /v1/chat/completions``: OpenAI request/response shapes, streaming (SSE) or not, with ``usage`` and
+  ``finish_reason`` (``stop`` / ``length``). With model ``kb:<name>`` the last user message is answered
+  from that knowledge base and the response carries a top-level ``sources`` list (in the last chunk when
+  streaming). Parameters kbqa cannot honour (``n`` > 1, ``tools``, ``response_format`` other than text,
+  ``logprobs``) are refused with a 400 naming the parameter, never silently ignored.
+- ``POST /v1/embeddings``: vectors from the configured embedding model (float or base64).
 - ``GET /kb``, ``GET|POST /kb/{name}/files``, ``DELETE /kb/{name}/files/{file}``, ``DELETE /kb/{name}``,
   ``POST /kb/{name}/search``.
 
-Errors are ``{"error": {"message", "type"}}`` with the ``KBQAError``'s status code.
+Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}`` with the ``KBQAError``'s status code.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -28,45 +36,90 @@ from pydantic import BaseModel, Field
 
 from kbqa.errors import FileTooLarge, KBQAError
 from kbqa.ingest import file_too_large
-from kbqa.llm.base import GenerationParams
-from kbqa.schema import AnswerEvent, ChatMessage, FileResult, IngestReport
+from kbqa.llm.base import GenerationParams, Usage
+from kbqa.schema import AnswerEvent, ChatMessage, FileResult, IngestReport, Role
 from kbqa.service import KBQAService
 
 CHAT_MODEL = "kbqa"
 KB_PREFIX = "kb:"
+#: Roles kbqa reads; ``developer`` is the newer name of ``system``.
+_ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class Unsupported(KBQAError):
+    """A request parameter kbqa cannot honour (refused rather than ignored)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class Message(BaseModel):
-    """An OpenAI chat message (text content only)."""
+    """An OpenAI chat message (text content; image parts are dropped)."""
 
-    role: Literal["system", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
         """The message's text, joining content parts."""
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
 
 
 class ChatRequest(BaseModel):
-    """The subset of OpenAI's chat-completions request kbqa honours."""
+    """OpenAI's chat-completions request: what kbqa honours, and what it must refuse rather than ignore."""
 
     model: str = CHAT_MODEL
     messages: list[Message]
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
     stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    functions: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    def check_supported(self) -> None:
+        """Raise ``Unsupported`` for a parameter kbqa would otherwise have to ignore."""
+        if self.n not in (None, 1):
+            raise Unsupported("n", "n > 1 is not supported: kbqa writes one answer per request.")
+        if self.tools or self.functions:
+            raise Unsupported("tools" if self.tools else "functions",
+                              "Tool and function calling are not supported by kbqa's local model.")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise Unsupported("response_format", f"response_format {self.response_format.get('type')!r} is not "
+                                                 "supported: kbqa cannot constrain the model's output to JSON.")
+        if self.logprobs or self.top_logprobs:
+            raise Unsupported("logprobs", "logprobs are not supported by kbqa.")
+        for m in self.messages:
+            if m.role in ("tool", "function"):
+                raise Unsupported("messages", f"'{m.role}' messages are not supported: kbqa has no tool calling.")
+
+    def params(self, base: GenerationParams) -> GenerationParams:
+        """``base`` with the client's generation settings applied."""
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return replace(
+            base, max_tokens=self.max_completion_tokens or self.max_tokens or base.max_tokens,
+            temperature=base.temperature if self.temperature is None else self.temperature,
+            top_p=base.top_p if self.top_p is None else max(self.top_p, 1e-6),
+            stop=tuple(stop), seed=base.seed if self.seed is None else self.seed)
 
 
 class EmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request."""
+    """OpenAI's embeddings request (texts only)."""
 
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]
     model: str = "kbqa-embedding"
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
 
 
 class SearchRequest(BaseModel):
@@ -80,60 +133,88 @@ def _completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: float = 100.0) -> FastAPI:
+def _code(exc: Exception) -> str:
+    """``KnowledgeBaseNotFound`` -> ``knowledge_base_not_found``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def error_body(message: str, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    kind = "server_error" if status >= 500 else "not_found_error" if status == 404 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     """The API as a FastAPI app (mount the web app on it, or serve it alone)."""
     api = FastAPI(title="kbqa", description="Local knowledge-base QA: OpenAI-compatible API.")
+    started = int(time.time())
 
     @api.exception_handler(KBQAError)
     async def kbqa_error(_: Request, exc: KBQAError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code,
-                            content={"error": {"message": str(exc), "type": type(exc).__name__}})
+                            content=error_body(str(exc), exc.status_code, _code(exc), getattr(exc, "param", None)))
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                             for e in exc.errors())
-        return JSONResponse(status_code=422, content={"error": {"message": f"Invalid request: {problems}.",
-                                                                "type": "invalid_request_error"}})
+        def where(e: dict[str, Any]) -> str:
+            return ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
 
-    def params(req: ChatRequest) -> GenerationParams:
-        # Plain chat keeps llama.cpp's prompt cache (each turn resends the history); answers from a
-        # knowledge base go through the QA engine, which does not.
-        stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        return GenerationParams(
-            max_tokens=req.max_completion_tokens or req.max_tokens or defaults.max_tokens,
-            temperature=defaults.temperature if req.temperature is None else req.temperature,
-            top_p=defaults.top_p if req.top_p is None else req.top_p,
-            repetition_penalty=defaults.repetition_penalty, stop=tuple(stop))
+        errors = list(exc.errors())
+        problems = "; ".join(f"{where(e)}: {e.get('msg')}" for e in errors)
+        param = where(errors[0]) if errors else None
+        return JSONResponse(status_code=422, content=error_body(f"Invalid request: {problems}.", 422,
+                                                                "invalid_value", param))
+
+    def model_card(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": started, "owned_by": "kbqa"}
+
+    def model_ids() -> list[str]:
+        return [CHAT_MODEL] + [KB_PREFIX + kb.name for kb in service.list_kbs()]
 
     @api.get("/v1/models")
     def models() -> dict[str, Any]:
-        now = int(time.time())
-        ids = [CHAT_MODEL] + [KB_PREFIX + kb.name for kb in service.list_kbs()]
-        return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "kbqa"}
-                                            for i in ids]}
+        return {"object": "list", "data": [model_card(i) for i in model_ids()]}
+
+    @api.get("/v1/models/{model_id:path}")
+    def model(model_id: str) -> Any:
+        if model_id not in model_ids():
+            return JSONResponse(status_code=404, content=error_body(
+                f"Unknown model '{model_id}' (GET /v1/models lists them).", 404, "model_not_found", "model"))
+        return model_card(model_id)
 
     @api.post("/v1/chat/completions", response_model=None)
     def chat(req: ChatRequest) -> Any:
         if not req.messages:
-            raise KBQAError("messages is empty.")
+            raise Unsupported("messages", "messages is empty.")
+        req.check_supported()
+        usage = Usage()
         if req.model.startswith(KB_PREFIX):
+            # System messages are not passed on: the knowledge base's prompt template sets the instructions.
             last = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=None)
             if last is None:
-                raise KBQAError("messages has no user message: put the question in a 'user' message.")
+                raise Unsupported("messages", "messages has no user message: put the question in a 'user' message.")
             history = [ChatMessage(m.role, m.text()) for m in req.messages[:last] if m.role in ("user", "assistant")]
-            events = service.ask_stream(req.model[len(KB_PREFIX):], req.messages[last].text(), history)
+            events = service.ask_stream(req.model[len(KB_PREFIX):], req.messages[last].text(), history,
+                                        req.params(service.answer_params), usage)
         elif req.model == CHAT_MODEL:
-            events = (AnswerEvent("token", text=t) for t in service.chat_stream(
-                [ChatMessage(m.role, m.text()) for m in req.messages], params(req)))
+            # Plain chat keeps llama.cpp's prompt cache (each turn resends the history).
+            base = replace(service.answer_params, reuse_prompt_cache=True)
+            messages = [ChatMessage(_ROLES[m.role], m.text()) for m in req.messages]
+            events = (AnswerEvent("token", text=t) for t in service.chat_stream(messages, req.params(base), usage))
         else:
-            raise KBQAError(f"Unknown model '{req.model}': use '{CHAT_MODEL}' or 'kb:<knowledge base>' "
-                            "(GET /v1/models lists them).")
+            raise Unsupported("model", f"Unknown model '{req.model}': use '{CHAT_MODEL}' or 'kb:<knowledge base>' "
+                                       "(GET /v1/models lists them).")
         first = next(events, None)  # surface errors (unknown knowledge base...) before streaming starts
         stream = _chain(first, events)
         cid, created = _completion_id(), int(time.time())
         if req.stream:
-            return StreamingResponse(_sse(stream, cid, created, req.model), media_type="text/event-stream")
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return _ClosingStream(_sse(stream, cid, created, req.model, usage, include_usage))
         text, sources = "", None
         for event in stream:
             if event.kind == "token":
@@ -142,7 +223,9 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
                 text, sources = event.answer.answer, [s.to_dict() for s in event.answer.sources]
         body: dict[str, Any] = {
             "id": cid, "object": "chat.completion", "created": created, "model": req.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": usage.finish_reason}],
+            "usage": _usage(usage)}
         if sources is not None:
             body["sources"] = sources
         return body
@@ -150,9 +233,23 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
     @api.post("/v1/embeddings")
     def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
         texts = [req.input] if isinstance(req.input, str) else req.input
-        vectors = service.embed(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise Unsupported("input", "input must be a string or a list of strings: token arrays are not supported "
+                                       "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)).")
+        if not all(t.strip() for t in texts):  # type: ignore[union-attr]
+            raise Unsupported("input", "input holds an empty string: there is nothing to embed.")
+        vectors = service.embed(texts)  # type: ignore[arg-type]
+        if req.dimensions is not None and req.dimensions != vectors.shape[1]:
+            raise Unsupported("dimensions", f"The embedding model gives {vectors.shape[1]} dimensions; "
+                                            f"{req.dimensions} is not available.")
+
+        def encode(v: Any) -> Any:
+            if req.encoding_format == "base64":
+                return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+            return v.tolist()
+
         return {"object": "list", "model": req.model,
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]}
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]}
 
     @api.get("/kb")
     def list_kbs() -> list[dict[str, Any]]:
@@ -199,20 +296,69 @@ def build_api(service: KBQAService, defaults: GenerationParams, max_file_mb: flo
     def search(name: str, req: SearchRequest) -> list[dict[str, Any]]:
         return [s.to_dict() | {"rank": s.rank} for s in service.search(name, req.query, req.k)]
 
+    # Anything else under the API's prefixes is an API error, not the web app's HTML page.
+    @api.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    @api.api_route("/kb/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown(request: Request, rest: str) -> JSONResponse:
+        return JSONResponse(status_code=404, content=error_body(
+            f"No endpoint {request.method} {request.url.path}: kbqa serves /v1/models, /v1/chat/completions, "
+            "/v1/embeddings and /kb (see the README's API section).", 404, "unknown_url"))
+
     return api
 
 
 def _chain(first: AnswerEvent | None, rest: Iterator[AnswerEvent]) -> Iterator[AnswerEvent]:
-    if first is not None:
-        yield first
-    yield from rest
+    try:
+        if first is not None:
+            yield first
+        yield from rest
+    finally:
+        getattr(rest, "close", lambda: None)()  # ``rest`` never started when ``first`` was the last event
 
 
-def _sse(events: Iterator[AnswerEvent], cid: str, created: int, model: str) -> Iterator[str]:
+class _ClosingStream(StreamingResponse):
+    """Server-sent events from a blocking iterator (read in worker threads), closed when the response ends.
+
+    Closing the generator chain stops the generation (the backends cancel when their stream is closed).
+    Starlette does not close the body iterator when a client disconnects; left to the garbage collector,
+    a dropped stream would go on generating, holding the model, for minutes.
+    """
+
+    def __init__(self, chunks: Iterator[str]) -> None:
+        self._chunks = chunks
+        super().__init__(self._read(), media_type="text/event-stream")
+
+    async def _read(self) -> AsyncIterator[str]:
+        done = object()
+        while (chunk := await anyio.to_thread.run_sync(next, self._chunks, done)) is not done:
+            yield chunk  # type: ignore[misc]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
+        with contextlib.suppress(ValueError):  # still running in a worker thread: it ends with its piece
+            self._chunks.close()  # type: ignore[attr-defined]
+
+
+def _sse(events: Iterator[AnswerEvent], cid: str, created: int, model: str, usage: Usage,
+         include_usage: bool) -> Iterator[str]:
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def end(**extra: Any) -> Iterator[str]:
+        yield chunk({}, usage.finish_reason, **extra)
+        if include_usage:  # OpenAI's last chunk: no choices, the usage
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [], "usage": _usage(usage)}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
     streamed = False
@@ -222,14 +368,13 @@ def _sse(events: Iterator[AnswerEvent], cid: str, created: int, model: str) -> I
                 streamed = True
                 yield chunk({"content": event.text})
             elif event.kind == "done" and event.answer is not None:
-                extra = {"sources": [s.to_dict() for s in event.answer.sources]}
                 if not streamed and event.answer.answer:  # e.g. the refusal sentence, not generated
                     yield chunk({"content": event.answer.answer})
-                yield chunk({}, "stop", **extra)
-                yield "data: [DONE]\n\n"
+                yield from end(sources=[s.to_dict() for s in event.answer.sources])
                 return
     except KBQAError as exc:
-        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__}})}\n\n"
+        yield f"data: {json.dumps(error_body(str(exc), exc.status_code, _code(exc)), ensure_ascii=False)}\n\n"
         return
-    yield chunk({}, "stop")
-    yield "data: [DONE]\n\n"
+    finally:
+        getattr(events, "close", lambda: None)()  # stops the generation when the client went away
+    yield from end()

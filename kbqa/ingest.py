@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,17 @@ class _Prepared:
     skipped: str | None = None
 
 
+@dataclass
+class _Twin:
+    """A file with the same bytes as an earlier file of the batch: indexed only if that one is not."""
+
+    position: int
+    path: Path
+    name: str
+    sha256: str
+    size: int
+
+
 class Ingestor:
     """Adds files to a knowledge base.
 
@@ -78,7 +90,8 @@ class Ingestor:
         kb.check_embedding(self.embedder.name, adding=True)
         results: list[FileResult | None] = [None] * len(files)
         group: list[_Prepared] = []
-        seen: dict[str, str] = {}
+        seen: dict[str, tuple[str, int]] = {}  # sha256 -> (name, position) of the batch's file with those bytes
+        twins: list[_Twin] = []
         batch: dict[str, tuple[str, str]] = {}  # name -> (sha256, the path it came from) in this batch
         report = (lambda done, msg: progress(done / max(len(files), 1), msg)) if progress else None
         for position, (path, given_name) in enumerate(files):
@@ -101,11 +114,15 @@ class Ingestor:
             if isinstance(prepared, FileResult):
                 results[position] = prepared
                 continue
+            if isinstance(prepared, _Twin):
+                twins.append(prepared)
+                continue
             group.append(prepared)
             if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
                 self._flush(kb, group, results, report)
                 group = []
         self._flush(kb, group, results, report)
+        self._settle_twins(kb, twins, seen, results, report)
         try:
             with kb.lock:
                 if not kb.deleted:
@@ -118,7 +135,8 @@ class Ingestor:
                             seconds=time.perf_counter() - start)
 
     def _prepare(self, kb: KnowledgeBase, position: int, path: Path, given_name: str,
-                 seen: dict[str, str], batch: dict[str, tuple[str, str]]) -> _Prepared | FileResult:
+                 seen: dict[str, tuple[str, int]],
+                 batch: dict[str, tuple[str, str]]) -> _Prepared | _Twin | FileResult:
         name = safe_file_name(given_name)
         if not path.is_file():
             raise KBQAError(f"{given_name}: no such file (check the path).")
@@ -135,14 +153,25 @@ class Ingestor:
         existing = kb.manifest.files.get(name)
         if existing and existing["sha256"] == sha:
             return FileResult(name, "unchanged")
-        same = kb.manifest.name_of(sha) or seen.get(sha)
+        same = kb.manifest.name_of(sha)
         if same and same != name:
-            if existing:  # the file now holds another file's content, which is indexed once, under that name
-                delete_document(kb, self.store, self.keywords, name)
-                return FileResult(name, "updated", reason=f"now the same content as {same}, which is indexed "
-                                                          f"once; the old version of {name} was removed")
-            return FileResult(name, "unchanged", reason=f"same content as {same}")
-        seen[sha] = name
+            return self._same_as(kb, name, sha, same)
+        if sha in seen:  # decided once the earlier file is: it may yet fail (an unknown suffix...)
+            return _Twin(position, path, name, sha, size)
+        seen[sha] = (name, position)
+        return self._load(position, path, name, sha, size, existing)
+
+    def _same_as(self, kb: KnowledgeBase, name: str, sha: str, same: str) -> FileResult:
+        """The result for a file whose bytes are indexed under another name (``same``)."""
+        existing = kb.manifest.files.get(name)
+        if existing and existing["sha256"] != sha:  # it now holds another file's content, indexed once
+            delete_document(kb, self.store, self.keywords, name)
+            return FileResult(name, "updated", reason=f"now the same content as {same}, which is indexed "
+                                                      f"once; the old version of {name} was removed")
+        return FileResult(name, "unchanged", reason=f"same content as {same}")
+
+    def _load(self, position: int, path: Path, name: str, sha: str, size: int,
+              existing: dict[str, Any] | None) -> _Prepared:
         sections = self.load(path, name)
         chunks = self.splitter.split(sections, source=name, sha256=sha)
         if not chunks:
@@ -150,6 +179,31 @@ class Ingestor:
         pages = max((s.page for s in sections if s.page is not None), default=None)
         return _Prepared(position, path, name, sha, size, chunks, pages,
                          replaces=existing["sha256"] if existing else None)
+
+    def _settle_twins(self, kb: KnowledgeBase, twins: list[_Twin], seen: dict[str, tuple[str, int]],
+                      results: list[FileResult | None], report: Callable[[float, str], None] | None) -> None:
+        """Each twin is unchanged when its earlier copy got in; where that failed, the next copy is tried."""
+        while twins:
+            waiting, group = [], []
+            for twin in twins:
+                first_name, first = seen[twin.sha256]
+                outcome = results[first]
+                if outcome is None:  # a copy tried in this pass, not committed yet
+                    waiting.append(twin)
+                elif outcome.status != "failed":
+                    results[twin.position] = self._same_as(kb, twin.name, twin.sha256, first_name)
+                elif kb.deleted:
+                    results[twin.position] = FileResult(twin.name, "failed", reason=_DELETED.format(kb=kb.name))
+                else:
+                    seen[twin.sha256] = (twin.name, twin.position)
+                    try:
+                        group.append(self._load(twin.position, twin.path, twin.name, twin.sha256, twin.size,
+                                                kb.manifest.files.get(twin.name)))
+                    except Exception as exc:
+                        reason = str(exc) if isinstance(exc, KBQAError) else f"unexpected error: {exc}"
+                        results[twin.position] = FileResult(twin.name, "failed", reason=reason)
+            self._flush(kb, group, results, report)
+            twins = waiting
 
     def _flush(self, kb: KnowledgeBase, group: list[_Prepared], results: list[FileResult | None],
                report: Callable[[float, str], None] | None) -> None:
@@ -244,7 +298,7 @@ def _per_file(group: list[_Prepared], vectors: np.ndarray) -> list[np.ndarray]:
 
 def file_too_large(name: str, size: int, max_bytes: float) -> FileTooLarge:
     """The error for a file over ``ingest.max_file_mb``."""
-    return FileTooLarge(f"{name} is {size / 2**20:.0f} MB, over the {max_bytes / 2**20:g} MB limit "
+    return FileTooLarge(f"{name} is {size / 2**20:.3g} MB, over the {max_bytes / 2**20:g} MB limit "
                         f"(ingest.max_file_mb): split it or raise the limit.")
 
 
@@ -253,8 +307,9 @@ def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordInde
     with kb.lock:
         entry = kb.manifest.files.get(name)
         if entry is None:
-            raise DocumentNotFound(f"Knowledge base '{kb.name}' has no file '{name}'. "
-                                   f"List them with `kbqa docs list --kb {kb.name}`.")
+            names = sorted(kb.manifest.files)
+            held = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            raise DocumentNotFound(f"Knowledge base '{kb.name}' has no file '{name}' (it holds: {held or 'none'}).")
         index = keywords.get(kb)
         with kb.pending(entry["sha256"]):
             kb.forget_file(name)

@@ -9,6 +9,7 @@ LangChain retriever, scores in metadata) are usable on their own by LangChain ap
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -26,7 +27,7 @@ from pydantic import ConfigDict
 
 from kbqa.errors import ConfigError, EmptyKnowledgeBase
 from kbqa.knowledge import KnowledgeBase
-from kbqa.llm.base import LLM, GenerationParams
+from kbqa.llm.base import LLM, GenerationParams, Usage
 from kbqa.prompts import PromptBook, PromptTemplate
 from kbqa.retrieval import Retriever
 from kbqa.schema import Answer, AnswerEvent, ChatMessage, SourceChunk
@@ -57,6 +58,10 @@ class KBQAChatModel(BaseChatModel):
 
     llm: Any
     params: GenerationParams = GenerationParams()
+    #: Filled in by the backend (token counts, finish reason) when given.
+    usage: Usage | None = None
+    #: Set when the reader of the answer went away: generation stops at the next piece.
+    cancel: threading.Event | None = None
 
     @property
     def _llm_type(self) -> str:
@@ -72,11 +77,17 @@ class KBQAChatModel(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for piece in self.llm.stream(to_chat_messages(messages), self._params(stop)):
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
+        pieces = self.llm.stream(to_chat_messages(messages), self._params(stop), self.usage)
+        try:  # LangChain may drive this in a worker thread that closing the answer stream does not reach
+            for piece in pieces:
+                if self.cancel is not None and self.cancel.is_set():
+                    return
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        finally:
+            pieces.close()  # the backends stop generating when their stream is closed
 
 
 def empty_knowledge_base(name: str) -> EmptyKnowledgeBase:
@@ -182,9 +193,10 @@ class QAEngine:
             return concat, "concat"
         return rewritten, "rewritten"
 
-    def _chain(self, kb: KnowledgeBase) -> Any:
+    def _chain(self, kb: KnowledgeBase, params: GenerationParams, usage: Usage | None,
+               cancel: threading.Event) -> Any:
         llm = self.get_llm()
-        chat = KBQAChatModel(llm=llm, params=self.params)
+        chat = KBQAChatModel(llm=llm, params=params, usage=usage, cancel=cancel)
 
         def retrieve(x: dict[str, Any]) -> list[SourceChunk]:
             start = time.perf_counter()
@@ -197,7 +209,7 @@ class QAEngine:
         def prompt(x: dict[str, Any]) -> list[BaseMessage]:
             template: PromptTemplate = x["template"]
             earlier: list[ChatMessage] = x["earlier"]
-            budget = self.params.max_tokens + sum(llm.count_tokens(m.content) for m in earlier)
+            budget = params.max_tokens + sum(llm.count_tokens(m.content) for m in earlier)
             used = fit_context(llm, template, x["prompt_question"], x["sources"], x["zh"], budget)
             x["used"] = used
             messages = template.messages(x["prompt_question"], template.format_context(used, x["zh"]))
@@ -208,8 +220,8 @@ class QAEngine:
         answer = RunnableBranch((lambda x: not x["sources"], refuse), RunnableLambda(prompt) | chat | StrOutputParser())
         return RunnablePassthrough.assign(sources=RunnableLambda(retrieve)) | RunnablePassthrough.assign(answer=answer)
 
-    def stream(self, kb: KnowledgeBase, question: str,
-               history: Sequence[ChatMessage] = ()) -> Iterator[AnswerEvent]:
+    def stream(self, kb: KnowledgeBase, question: str, history: Sequence[ChatMessage] = (),
+               params: GenerationParams | None = None, usage: Usage | None = None) -> Iterator[AnswerEvent]:
         """Sources, then answer tokens, then the finished ``Answer``.
 
         Args:
@@ -217,6 +229,9 @@ class QAEngine:
             question: The question.
             history: Earlier messages of the chat (user and assistant turns), oldest first; a follow-up
                 question is read in their light (see ``follow_up``).
+            params: Generation settings of the answer (default: the engine's); the API passes a client's.
+            usage: Filled in with the answer's token counts and finish reason (nothing when refused
+                without asking the model).
 
         Raises:
             EmptyKnowledgeBase: the knowledge base has no documents.
@@ -238,15 +253,21 @@ class QAEngine:
             state["timings"]["rewrite"] = time.perf_counter() - start
         pieces: list[str] = []
         sources: list[SourceChunk] = []
-        for part in self._chain(kb).stream(state):
-            if "sources" in part:
-                sources = part["sources"]
-                yield AnswerEvent("sources", sources=sources)
-            if "answer" in part and part["answer"]:
-                if not pieces:
-                    state["timings"]["first_token"] = time.perf_counter() - start
-                pieces.append(part["answer"])
-                yield AnswerEvent("token", text=part["answer"])
+        cancel = threading.Event()
+        parts = self._chain(kb, params or self.params, usage, cancel).stream(state)
+        try:
+            for part in parts:
+                if "sources" in part:
+                    sources = part["sources"]
+                    yield AnswerEvent("sources", sources=sources)
+                if "answer" in part and part["answer"]:
+                    if not pieces:
+                        state["timings"]["first_token"] = time.perf_counter() - start
+                    pieces.append(part["answer"])
+                    yield AnswerEvent("token", text=part["answer"])
+        finally:  # also when the reader stops early (a closed browser tab, a dropped API client):
+            cancel.set()  # first, as closing LangChain's stream waits for the model's to end
+            parts.close()
         text = "".join(pieces).strip()
         timings = {**state["timings"], "total": time.perf_counter() - start}
         read_as = f"Follow-up question read as: “{query}”. " if rewritten else ""

@@ -151,9 +151,12 @@ class KnowledgeBaseInfo:
     embedding: str
 
 
+Role = Literal["system", "user", "assistant"]
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     """One turn of a conversation given to an LLM backend."""
 
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: str

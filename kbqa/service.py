@@ -12,7 +12,7 @@ import numpy as np
 from kbqa.errors import KBQAError
 from kbqa.ingest import Ingestor, ProgressFn, delete_document, recover
 from kbqa.knowledge import KnowledgeBase, KnowledgeRoot
-from kbqa.llm.base import LLM, GenerationParams
+from kbqa.llm.base import LLM, GenerationParams, Usage
 from kbqa.qa import QAEngine
 from kbqa.retrieval import KeywordIndexes
 from kbqa.schema import (
@@ -73,7 +73,9 @@ class KBQAService:
 
     def delete_kb(self, name: str) -> None:
         """Delete a knowledge base with all its files and chunks."""
-        kb = self.root.open(name)
+        self._remove(self.root.open(name))
+
+    def _remove(self, kb: KnowledgeBase) -> None:
         with kb.lock:
             self.store.drop(kb.slug)
             self.keywords.forget(kb)
@@ -93,17 +95,21 @@ class KBQAService:
             files: Paths, or ``(path, display name)`` pairs for uploads whose temp name differs.
             progress: ``progress(fraction, message)`` for a progress bar.
         """
-        kb = self.root.create(kb_name) if self.root.folder_for(kb_name) is None else self._kb(kb_name)
+        new = self.root.folder_for(kb_name) is None
+        kb = self.root.create(kb_name) if new else self._kb(kb_name)
         pairs = [(Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name) for f in files]
-        return self.ingestor.ingest(kb, pairs, progress)
+        report = self.ingestor.ingest(kb, pairs, progress)
+        if new and not kb.manifest.files and not kb.deleted:  # nothing got in: no empty knowledge base is left
+            self._remove(kb)
+        return report
 
     def delete_document(self, kb_name: str, file_name: str) -> None:
         """Remove one file and all its chunks."""
         delete_document(self._kb(kb_name), self.store, self.keywords, file_name)
 
     # questions -------------------------------------------------------------------------------
-    def ask_stream(self, kb_name: str, question: str,
-                   history: Sequence[ChatMessage] = ()) -> Iterator[AnswerEvent]:
+    def ask_stream(self, kb_name: str, question: str, history: Sequence[ChatMessage] = (),
+                   params: GenerationParams | None = None, usage: Usage | None = None) -> Iterator[AnswerEvent]:
         """Sources, tokens, then the finished answer.
 
         Args:
@@ -111,10 +117,17 @@ class KBQAService:
             question: The question.
             history: Earlier messages of the same chat, oldest first: a follow-up question ("and the second
                 one?") is read in their light (``retrieval.follow_up``).
+            params: Generation settings of the answer (default ``answer_params``).
+            usage: Filled in with the answer's token counts and finish reason.
         """
         if not question.strip():
             raise KBQAError("The question is empty: type a question first.")
-        yield from self.qa.stream(self._kb(kb_name), question, history)
+        yield from self.qa.stream(self._kb(kb_name), question, history, params, usage)
+
+    @property
+    def answer_params(self) -> GenerationParams:
+        """The generation settings answers use (``llm.*``), which API clients may override."""
+        return self.qa.params
 
     def ask(self, kb_name: str, question: str, history: Sequence[ChatMessage] = ()) -> Answer:
         """The finished answer with its sources (``ask_stream`` collected)."""
@@ -131,11 +144,12 @@ class KBQAService:
         return self.qa.retriever.retrieve(kb, self.qa.search_query(query, history), k)
 
     # plain model access (the HTTP API) -------------------------------------------------------
-    def chat_stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> Iterator[str]:
+    def chat_stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None,
+                    usage: Usage | None = None) -> Iterator[str]:
         """Chat with the local LLM directly, without a knowledge base."""
         if not messages:
             raise KBQAError("No messages to answer.")
-        yield from self.get_llm().stream(messages, params or self.qa.params)
+        yield from self.get_llm().stream(messages, params or self.qa.params, usage)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of texts from the configured embedding model (as chunks are embedded)."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from kbqa.embeddings import ModelProfile
-from kbqa.llm.base import GenerationParams, apply_stop
+from kbqa.llm.base import GenerationParams, Usage, apply_stop
 from kbqa.schema import ChatMessage
 
 
@@ -55,6 +56,10 @@ class FakeLLM:
         self.context_window = context_window
         self.replies = list(replies)
         self.prompts: list[list[ChatMessage]] = []
+        self.params: list[GenerationParams] = []
+        #: Seconds to wait before each piece (a slow model), and how many streams are open now.
+        self.delay = 0.0
+        self.streaming = 0
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 2)
@@ -62,8 +67,24 @@ class FakeLLM:
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> str:
         return "".join(self.stream(messages, params))
 
-    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> Iterator[str]:
+    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None,
+               usage: Usage | None = None) -> Iterator[str]:
+        """One word per piece (and per token); ``max_tokens`` counts words; ``delay`` seconds before each."""
+        params = params or GenerationParams()
         self.prompts.append(list(messages))
+        self.params.append(params)
         reply = self.replies.pop(0) if self.replies else "fake answer"
-        reply, _ = apply_stop(reply, (params or GenerationParams()).stop)
-        yield from re.findall(r"\S+\s*", reply)
+        reply, _ = apply_stop(reply, params.stop)
+        words = re.findall(r"\S+\s*", reply)
+        usage = usage if usage is not None else Usage()
+        usage.prompt_tokens = sum(self.count_tokens(m.content) for m in messages)
+        if len(words) > params.max_tokens:
+            words, usage.finish_reason = words[:params.max_tokens], "length"
+        self.streaming += 1
+        try:
+            for word in words:
+                time.sleep(self.delay)
+                usage.completion_tokens += 1
+                yield word
+        finally:
+            self.streaming -= 1

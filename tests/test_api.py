@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,9 +140,8 @@ def test_upload_over_the_size_limit_is_refused_without_being_copied(service: KBQ
     from fastapi.testclient import TestClient
 
     from kbqa.api import build_api
-    from kbqa.llm.base import GenerationParams
 
-    client = TestClient(build_api(service, GenerationParams(), max_file_mb=0.001))  # about 1 kB
+    client = TestClient(build_api(service, max_file_mb=0.001))  # about 1 kB
     big = ("files", ("big.txt", b"x" * 5000, "text/plain"))
     refused = client.post("/kb/rivers/files", files=[big])
     assert refused.status_code == 413 and "ingest.max_file_mb" in refused.json()["error"]["message"]
@@ -153,7 +153,9 @@ def test_upload_over_the_size_limit_is_refused_without_being_copied(service: KBQ
 
 @pytest.mark.parametrize(("path", "body"), [
     ("/v1/chat/completions", {"model": "kbqa"}),
-    ("/v1/chat/completions", {"model": "kbqa", "messages": [{"role": "tool", "content": "x"}]}),
+    ("/v1/chat/completions", {"model": "kbqa", "messages": [{"role": "robot", "content": "x"}]}),
+    ("/v1/chat/completions", {"model": "kbqa", "messages": [{"role": "user", "content": "x"}],
+                              "max_tokens": 3_000_000_000}),
     ("/kb/rivers/search", {"query": "", "k": 3}),
     ("/kb/rivers/search", {"query": "Nile", "k": 0}),
 ])
@@ -161,3 +163,109 @@ def test_invalid_requests_get_the_error_format(base_url: str, path: str, body: d
     out = httpx.post(base_url + path, json=body, timeout=30)
     assert out.status_code == 422
     assert out.json()["error"]["type"] == "invalid_request_error" and out.json()["error"]["message"]
+
+
+def test_usage_and_finish_reason_say_what_the_reply_cost(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["one two three four five six"]
+    cut = client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": "count"}], max_tokens=3)
+    assert cut.choices[0].message.content == "one two three " and cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 3 and cut.usage.total_tokens == cut.usage.prompt_tokens + 3
+    llm.replies = ["one two"]
+    chunks = list(client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": "count"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 2
+
+
+def test_knowledge_base_answers_take_the_client_generation_settings(  # type: ignore[no-untyped-def]
+        client, llm: FakeLLM) -> None:
+    llm.replies = ["The Yangtze is in Asia [1]. STOP More."]
+    out = client.chat.completions.create(model="kb:rivers", max_tokens=40, temperature=0.5, top_p=0.5, stop=["STOP"],
+                                         messages=[{"role": "user", "content": "Longest river in Asia?"}])
+    assert out.choices[0].message.content == "The Yangtze is in Asia [1]."
+    params = llm.params[-1]
+    assert (params.max_tokens, params.temperature, params.top_p, params.stop) == (40, 0.5, 0.5, ("STOP",))
+    assert not params.reuse_prompt_cache  # answers from a knowledge base stay reproducible
+    llm.replies = ["The Yangtze is the longest river in Asia."]
+    out = client.chat.completions.create(model="kb:rivers", max_tokens=2,
+                                         messages=[{"role": "user", "content": "Longest river in Asia?"}])
+    assert out.choices[0].message.content == "The Yangtze" and out.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"n": 2}, "n"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logprobs": True}, "logprobs"),
+    ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages"),
+])
+def test_parameters_kbqa_cannot_honour_are_refused_not_ignored(base_url: str, extra: dict, param: str) -> None:  # type: ignore[type-arg]
+    body = {"model": "kbqa", "messages": [{"role": "user", "content": "hi"}], **extra}
+    out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
+    assert out.status_code == 400
+    assert out.json()["error"]["param"] == param and out.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_developer_messages_are_system_messages(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["Bonjour."]
+    client.chat.completions.create(model="kbqa", messages=[
+        {"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None}, {"role": "user", "content": "Again"}])
+    assert [(m.role, m.content) for m in llm.prompts[-1]] == [
+        ("system", "Answer in French."), ("user", "Hi"), ("assistant", ""), ("user", "Again")]
+
+
+def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    missing = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
+                         json={"model": "kb:nope", "messages": [{"role": "user", "content": "q"}]}).json()["error"]
+    assert missing["type"] == "not_found_error" and missing["code"] == "knowledge_base_not_found"
+    for method, path in [("POST", "/v1/completions"), ("GET", "/v1/nothing"), ("GET", "/kb/rivers/nothing/x")]:
+        out = httpx.request(method, base_url + path, timeout=30)
+        assert out.status_code == 404 and out.json()["error"]["code"] == "unknown_url"
+    assert client.models.retrieve("kb:rivers").id == "kb:rivers"
+    assert httpx.get(f"{base_url}/v1/models/kb:nope").json()["error"]["code"] == "model_not_found"
+
+
+def test_embeddings_as_base64_and_bad_embedding_input(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    floats = client.embeddings.create(model="kbqa-embedding", input="Nile").data[0].embedding
+    raw = httpx.post(f"{base_url}/v1/embeddings", timeout=30,
+                     json={"input": "Nile", "encoding_format": "base64"}).json()["data"][0]["embedding"]
+    assert np.allclose(np.frombuffer(__import__("base64").b64decode(raw), dtype="<f4"), floats)
+    for body, param in [({"input": [[1, 2, 3]]}, "input"), ({"input": ""}, "input"),
+                        ({"input": "x", "dimensions": 8}, "dimensions")]:
+        out = httpx.post(f"{base_url}/v1/embeddings", json=body, timeout=30)
+        assert out.status_code == 400 and out.json()["error"]["param"] == param
+
+
+def test_an_upload_where_every_file_fails_creates_no_knowledge_base(base_url: str) -> None:
+    files = [("files", ("notes.doc", b"old word file", "application/msword"))]
+    report = httpx.post(f"{base_url}/kb/brand-new/files", files=files, timeout=30).json()
+    assert [f["status"] for f in report["files"]] == ["failed"]
+    assert "brand-new" not in [kb["name"] for kb in httpx.get(f"{base_url}/kb").json()]
+
+
+@pytest.mark.parametrize("model", ["kbqa", "kb:rivers"])
+def test_a_client_that_goes_away_stops_the_generation(base_url: str, llm: FakeLLM, model: str) -> None:
+    llm.replies, llm.delay = ["word " * 100], 0.1  # 10 s unless stopped
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "Longest river in Asia?"}]}
+    try:
+        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            while "word" not in next(lines):
+                pass
+        deadline = time.time() + 3
+        while llm.streaming and time.time() < deadline:
+            time.sleep(0.05)
+        assert llm.streaming == 0
+    finally:
+        llm.delay = 0.0
+
+
+@pytest.mark.parametrize("max_file_mb", [0.5, 1_000_000])
+def test_any_upload_limit_the_settings_accept_serves(service: KBQAService, max_file_mb: float) -> None:
+    from fastapi.testclient import TestClient
+
+    app = build_server(service, load_settings(ingest={"max_file_mb": max_file_mb}))
+    assert TestClient(app).get("/v1/models").status_code == 200

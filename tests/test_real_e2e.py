@@ -138,3 +138,22 @@ def test_cli_eval_measures_retrieval_on_the_state_of_the_union(tmp_path: Path) -
     result = json.loads(out.stdout)
     assert result["questions"] == 32 and result["answerable"] == 24 and result["documents"] == 1
     assert result["hit@5"] >= 0.9 and 0 < result["mrr@10"] <= 1
+
+
+def test_llamacpp_reports_usage_and_stops_when_its_stream_is_closed(service: KBQAService) -> None:
+    from kbqa.llm.base import GenerationParams, Usage
+
+    llm = service.get_llm()
+    messages = [ChatMessage("user", "Count from 1 to 200, one number per line.")]
+    usage = Usage()
+    reply = "".join(llm.stream(messages, GenerationParams(max_tokens=5), usage))
+    assert reply and usage.finish_reason == "length" and usage.completion_tokens == 5
+    assert usage.prompt_tokens > llm.count_tokens(messages[0].content)  # the chat template's tokens too
+    usage = Usage()
+    pieces = llm.stream(messages, GenerationParams(max_tokens=400), usage)
+    next(pieces)
+    pieces.close()  # a reader that went away: llama.cpp stops instead of writing 400 tokens
+    assert usage.completion_tokens < 50
+    usage = Usage()
+    assert "".join(llm.stream([ChatMessage("user", "Say only: yes")], GenerationParams(max_tokens=50), usage))
+    assert usage.finish_reason == "stop" and 0 < usage.completion_tokens < 50

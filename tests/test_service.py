@@ -361,6 +361,35 @@ def test_a_file_changed_into_a_copy_of_another_loses_its_old_text(make: Callable
     assert [d.name for d in service.list_documents("kb")] == ["y.txt"]
 
 
+def test_a_copy_is_indexed_when_the_earlier_file_with_its_bytes_fails(make: Callable[..., KBQAService],
+                                                                     tmp_path: Path) -> None:
+    # notes.doc is refused for its format; the same bytes as notes.txt must still get in.
+    service = make()
+    data = tmp_path / "data"
+    data.write_text("Zebra code 4711 opens the gate.", encoding="utf-8")
+    report = service.add_files("kb", [(data, "notes.doc"), (data, "../../etc/passwd"), (data, "notes.txt"),
+                                      (data, "again.txt")])
+    assert [(f.name, f.status) for f in report.files] == [
+        ("notes.doc", "failed"), ("passwd", "failed"), ("notes.txt", "added"), ("again.txt", "unchanged")]
+    assert "same content as notes.txt" in report.files[3].reason
+    assert [d.name for d in service.list_documents("kb")] == ["notes.txt"]
+    assert stored_chunks(service, "kb") == ["Zebra code 4711 opens the gate."]
+
+
+def test_a_file_changed_into_a_copy_of_another_in_the_same_batch_loses_its_old_text(
+        make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    service = make()
+    x, y = tmp_path / "x.txt", tmp_path / "y.txt"
+    x.write_text("Version one: the meeting is on Monday.", encoding="utf-8")
+    service.add_files("kb", [x])
+    y.write_text("The budget is ten million.", encoding="utf-8")
+    x.write_bytes(y.read_bytes())
+    report = service.add_files("kb", [y, x])
+    assert [f.status for f in report.files] == ["added", "updated"]
+    assert stored_chunks(service, "kb") == ["The budget is ten million."]
+    assert [d.name for d in service.list_documents("kb")] == ["y.txt"]
+
+
 def test_deleting_a_knowledge_base_during_an_ingest_stops_it_cleanly(make: Callable[..., KBQAService],
                                                                      docs: Path) -> None:
     service = make()

@@ -27,6 +27,19 @@ class GenerationParams:
     reuse_prompt_cache: bool = True
 
 
+@dataclass
+class Usage:
+    """What one reply cost, filled in by the backend while it generates (the API's ``usage``)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: ``stop`` (the model ended its reply, or a stop string came) or ``length`` (``max_tokens`` ran out).
+    finish_reason: str = "stop"
+    seconds: float = 0.0
+    #: From the call to the first generated token (prompt processing included).
+    first_token_seconds: float | None = None
+
+
 @runtime_checkable
 class LLM(Protocol):
     """A chat model. Backends apply their own chat template to ``messages``."""
@@ -44,9 +57,9 @@ class LLM(Protocol):
         """The whole reply to ``messages``."""
         ...
 
-    def stream(self, messages: Sequence[ChatMessage],
-               params: GenerationParams | None = None) -> Iterator[str]:
-        """The reply to ``messages`` as it is generated, in text pieces."""
+    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None,
+               usage: Usage | None = None) -> Iterator[str]:
+        """The reply to ``messages`` as it is generated, in text pieces; ``usage`` is filled in as it goes."""
         ...
 
 

@@ -12,12 +12,13 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from kbqa.errors import ConfigError, KBQAError, ModelUnavailable
-from kbqa.llm.base import GenerationParams
+from kbqa.llm.base import GenerationParams, Usage
 from kbqa.schema import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,13 @@ class LlamaCppLLM:
         """The whole reply."""
         return "".join(self.stream(messages, params))
 
-    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> Iterator[str]:
-        """Reply pieces as llama.cpp produces them."""
+    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None,
+               usage: Usage | None = None) -> Iterator[str]:
+        """Reply pieces as llama.cpp produces them; ``usage`` gets llama.cpp's token counts."""
         req = self._request(messages, params or GenerationParams(), stream=True)
+        req["stream_options"] = {"include_usage": True}
+        usage = usage if usage is not None else Usage()
+        started = time.perf_counter()
         pieces: queue.Queue[Any] = queue.Queue()
         cancel = threading.Event()
 
@@ -98,10 +103,19 @@ class LlamaCppLLM:
             if isinstance(chunk, dict) and "error" in chunk:
                 pieces.put(_error(chunk))
                 return True
-            for choice in (chunk.get("choices") or []) if isinstance(chunk, dict) else []:
+            if not isinstance(chunk, dict):
+                return cancel.is_set()
+            for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content")
                 if text:
+                    usage.first_token_seconds = usage.first_token_seconds or time.perf_counter() - started
+                    usage.completion_tokens += 1  # one token per piece; exact counts come with the last chunk
                     pieces.put(text)
+                if choice.get("finish_reason") in ("stop", "length"):
+                    usage.finish_reason = choice["finish_reason"]
+            counts = chunk.get("usage") or {}
+            usage.prompt_tokens = counts.get("prompt_tokens", usage.prompt_tokens)
+            usage.completion_tokens = counts.get("completion_tokens", usage.completion_tokens)
             return cancel.is_set()
 
         def run() -> None:
@@ -125,6 +139,7 @@ class LlamaCppLLM:
         finally:
             cancel.set()
             worker.join()
+            usage.seconds = time.perf_counter() - started
 
 
 def _error(result: dict[str, Any]) -> KBQAError:

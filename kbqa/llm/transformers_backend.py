@@ -8,7 +8,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.llm import chatglm
-from kbqa.llm.base import GenerationParams, apply_stop
+from kbqa.llm.base import GenerationParams, Usage, apply_stop
 from kbqa.llm.model_cache import Progress, prepare_model
 from kbqa.llm.placement import Placement, choose_placement, count_parameters, detect_machine
 from kbqa.llm.prompting import PromptCodec, fit_prompt, load_codec
@@ -51,17 +50,6 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
         model = apply_adapter(model, settings.adapter, placement)
     name = embedded_name(settings.model) if is_embedded(settings.model) else Path(settings.model).name
     return TransformersLLM(model, codec, name=name, context_window=settings.context_window)
-
-
-@dataclass
-class Usage:
-    """Token counts and timings of the last reply."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    #: From the call to the first generated token (prompt processing included).
-    first_token_seconds: float | None = None
 
 
 class _TokenQueue(BaseStreamer):
@@ -132,16 +120,20 @@ class TransformersLLM:
         """The whole reply (the streamed pieces, joined)."""
         return "".join(self.stream(messages, params))
 
-    def stream(self, messages: Sequence[ChatMessage],
-               params: GenerationParams | None = None) -> Iterator[str]:
+    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None,
+               usage: Usage | None = None) -> Iterator[str]:
         """The reply as it is generated; stops at a stop token, a stop string, or ``max_tokens``."""
         started = time.perf_counter()
         params = params or GenerationParams()
-        yield from self.stream_ids(self.prompt_ids(messages, params.max_tokens), params, started=started)
+        yield from self.stream_ids(self.prompt_ids(messages, params.max_tokens), params, started=started,
+                                   usage=usage)
 
     def stream_ids(self, prompt: list[int], params: GenerationParams, *,
-                   started: float | None = None) -> Iterator[str]:
-        """Stream the reply to prompt ids already in the model's format (``started``: for timings)."""
+                   started: float | None = None, usage: Usage | None = None) -> Iterator[str]:
+        """Stream the reply to prompt ids already in the model's format (``started``: for timings).
+
+        ``usage`` (also kept as ``last_usage``) gets the token counts, timings and finish reason.
+        """
         started = time.perf_counter() if started is None else started
         tokens = _TokenQueue()
         cancel = threading.Event()
@@ -152,7 +144,8 @@ class TransformersLLM:
         stops = set(self.stop_token_ids)
         emitted = ""
         hold = max((len(s) for s in params.stop if s), default=1) - 1
-        usage = self.last_usage = Usage(prompt_tokens=len(prompt))
+        usage = self.last_usage = usage if usage is not None else Usage()
+        usage.prompt_tokens = len(prompt)
         worker.start()
         try:
             while (item := tokens.queue.get()) is not None:
@@ -172,6 +165,8 @@ class TransformersLLM:
             if generated and generated[-1] in stops:  # the stop token is not part of the reply
                 generated.pop()
                 usage.completion_tokens = 1
+            elif len(generated) >= params.max_tokens:
+                usage.finish_reason = "length"
             visible = self.codec.visible_reply(self.codec.decode(generated), True) or ""
             visible = apply_stop(visible, params.stop)[0]
             if len(visible) > len(emitted):

@@ -135,11 +135,12 @@ def build_server(service: KBQAService, settings: Settings) -> Any:
     gr = _gradio()
     from kbqa.api import build_api
 
-    api = build_api(service, service.qa.params, settings.ingest.max_file_mb)
+    api = build_api(service, settings.ingest.max_file_mb)
     blocks = build_app(service, settings.ingest.max_file_mb)
     blocks.queue(default_concurrency_limit=1)
-    return gr.mount_gradio_app(api, blocks, path="/", max_file_size=f"{settings.ingest.max_file_mb:g}mb", css=CSS,
-                               theme=gr.themes.Soft(), footer_links=["settings"], show_error=True)
+    max_bytes = int(settings.ingest.max_file_mb * 2**20)  # in bytes: gradio reads "0.5mb" as an error
+    return gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, css=CSS, theme=gr.themes.Soft(),
+                               footer_links=["settings"], show_error=True)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
