@@ -13,7 +13,7 @@ from kbqa.errors import KBQAError
 from kbqa.ingest import Ingestor, ProgressFn, delete_document, recover
 from kbqa.knowledge import KnowledgeBase, KnowledgeRoot
 from kbqa.llm.base import LLM, GenerationParams, Usage
-from kbqa.qa import QAEngine
+from kbqa.qa import QAEngine, empty_knowledge_base
 from kbqa.retrieval import KeywordIndexes
 from kbqa.schema import (
     Answer,
@@ -141,6 +141,8 @@ class KBQAService:
         if not query.strip():
             raise KBQAError("The search query is empty: type what to search for.")
         kb = self._kb(kb_name)
+        if not kb.manifest.files:  # as for questions: say why nothing comes back
+            raise empty_knowledge_base(kb.name)
         return self.qa.retriever.retrieve(kb, self.qa.search_query(query, history), k)
 
     # plain model access (the HTTP API) -------------------------------------------------------

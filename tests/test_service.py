@@ -411,3 +411,11 @@ def test_deleting_a_knowledge_base_during_an_ingest_stops_it_cleanly(make: Calla
     assert service.add_files("kb", [docs / "planets.md"]).ok
     chunks = stored_chunks(service, "kb")  # nothing of the deleted knowledge base came back
     assert chunks and not any("Yangtze" in c or "第十条" in c for c in chunks)
+
+
+def test_searching_an_empty_knowledge_base_says_it_is_empty(make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    service.delete_document("kb", "rivers.txt")
+    with pytest.raises(EmptyKnowledgeBase, match="no documents yet"):
+        service.search("kb", "Yangtze", 3)
