@@ -7,6 +7,7 @@ vector store and the keyword index; see ``kbqa.knowledge`` for how a crash is re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -143,7 +144,10 @@ class Ingestor:
         size = path.stat().st_size
         if size > self.max_bytes:
             raise file_too_large(name, size, self.max_bytes)
-        sha = file_sha256(path)
+        try:
+            sha = file_sha256(path)
+        except OSError as exc:
+            raise KBQAError(f"{given_name} cannot be read ({exc.strerror or exc}): check its permissions.") from exc
         if name in batch:  # one knowledge base holds one file per name
             if batch[name][0] == sha:
                 return FileResult(name, "unchanged", reason="listed twice in this batch")
@@ -305,6 +309,9 @@ def file_too_large(name: str, size: int, max_bytes: float) -> FileTooLarge:
 def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes, name: str) -> None:
     """Remove a file: out of the manifest first, then its chunks, then its copy."""
     with kb.lock:
+        if name not in kb.manifest.files:  # a path, or a name as the file system spells it: as ingest stored it
+            with contextlib.suppress(KBQAError):
+                name = safe_file_name(name)
         entry = kb.manifest.files.get(name)
         if entry is None:
             names = sorted(kb.manifest.files)
@@ -336,3 +343,23 @@ def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
         kb.save_manifest()
     for leftover in kb.content_dir.glob(".*.partial"):
         leftover.unlink(missing_ok=True)
+
+
+def reconcile(kb: KnowledgeBase, store: ChromaStore) -> None:
+    """Forget files whose chunks are no longer in the vector store, so that adding them again works.
+
+    The store and the manifest agree unless the database was damaged, replaced or deleted outside kbqa
+    (an ingest or a deletion cut short is ``recover`` 's case). Without this, such a file would be listed,
+    never found, and "unchanged" when added again.
+    """
+    if not kb.manifest.files or store.count(kb.slug) == sum(f["chunks"] for f in kb.manifest.files.values()):
+        return
+    with kb.lock:
+        lost = [name for name, f in kb.manifest.files.items() if store.count_sha(kb.slug, f["sha256"]) != f["chunks"]]
+        for name in lost:
+            entry = kb.forget_file(name)
+            store.delete_sha(kb.slug, entry["sha256"])
+            (kb.content_dir / name).unlink(missing_ok=True)
+    if lost:
+        log.warning("knowledge base %s: the vector database lacks the chunks of %d file(s) (%s); they were taken "
+                    "off its list: add them again", kb.name, len(lost), ", ".join(lost[:5]))

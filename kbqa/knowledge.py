@@ -53,6 +53,8 @@ _HELD_LOCK = threading.Lock()
 
 _SLUG_OK = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
 _RESERVED = {"con", "prn", "aux", "nul"}
+_BURIED = ".deleted-"
+_MAX_NAME_BYTES = 240
 
 
 def slugify(name: str) -> str:
@@ -93,7 +95,7 @@ def safe_file_name(name: str) -> str:
     base = base.strip()
     if not base or set(base) <= {"."}:
         raise InvalidName(f"'{name}' is not a usable file name: give the file a name such as report.pdf.")
-    if len(base.encode("utf-8")) > 255:
+    if len(base.encode("utf-8")) > _MAX_NAME_BYTES:  # the file system's 255, less the ".NAME.partial" of a copy
         stem, dot, suffix = base.rpartition(".")
         base = stem.encode("utf-8")[:200].decode("utf-8", "ignore") + dot + suffix
     return base
@@ -186,8 +188,7 @@ class KnowledgeBase:
         """Drop a file from the manifest (before its chunks are deleted) and return its entry."""
         entry = self.manifest.files.pop(name, None)
         if entry is None:
-            raise DocumentNotFound(
-                f"Knowledge base '{self.name}' has no file '{name}'. List them with `kbqa docs list --kb {self.name}`.")
+            raise DocumentNotFound(f"Knowledge base '{self.name}' has no file '{name}'.")
         self.manifest.generation += 1
         self.save_manifest()
         return entry
@@ -299,13 +300,15 @@ class KnowledgeRoot:
 
     def list(self) -> list[KnowledgeBase]:
         """All knowledge bases, by display name."""
-        kbs = [self.open(p.name) for p in self.root.iterdir() if (p / "kb.json").is_file()]
+        kbs = [self.open(p.name) for p in self.root.iterdir()
+               if (p / "kb.json").is_file() and not p.name.startswith(_BURIED)]
         return sorted(kbs, key=lambda kb: kb.name.lower())
 
     def folder_for(self, name: str) -> Path | None:
         """The folder of a knowledge base given its display name or its slug."""
         for candidate in (slugify(name.strip()), name.strip()):
-            if not candidate or "/" in candidate or "\\" in candidate or len(candidate.encode("utf-8")) > 255:
+            if (not candidate or "/" in candidate or "\\" in candidate or len(candidate.encode("utf-8")) > 255
+                    or candidate.startswith(_BURIED)):
                 continue
             try:
                 if (self.root / candidate / "kb.json").is_file():
@@ -322,8 +325,7 @@ class KnowledgeRoot:
         """
         folder = self.folder_for(name)
         if folder is None:
-            known = ", ".join(sorted(json.loads((p / "kb.json").read_text(encoding="utf-8"))["name"]
-                                     for p in self.root.iterdir() if (p / "kb.json").is_file())) or "none yet"
+            known = ", ".join(kb.name for kb in self.list()) or "none yet"
             raise KnowledgeBaseNotFound(
                 f"No knowledge base named '{name}' (existing: {known}). Create it by adding files to it.")
         with self._lock:
@@ -342,9 +344,22 @@ class KnowledgeRoot:
             write_json_atomic(folder / "kb.json", {"name": name, "embedding": "", "created": _now()})
         return self.open(name)
 
-    def remove(self, kb: KnowledgeBase) -> None:
-        """Delete a knowledge base's folder (the caller drops its vector collection first)."""
+    def bury(self, kb: KnowledgeBase) -> Path:
+        """Take a knowledge base out of the root in one step (a rename), before its parts are deleted.
+
+        Returns the renamed folder: the caller drops the vector collection, then ``shutil.rmtree`` s it. A
+        crash in between leaves a ``.deleted-<slug>`` folder that ``buried`` lists at the next start, never a
+        knowledge base that lists files whose vectors are gone.
+        """
         with self._lock:
             self._open.pop(kb.slug, None)
         kb.deleted = True
-        shutil.rmtree(kb.folder)
+        tomb = self.root / f"{_BURIED}{kb.slug}"
+        if tomb.exists():  # an earlier deletion of the same name that did not finish
+            shutil.rmtree(tomb)
+        kb.folder.rename(tomb)
+        return tomb
+
+    def buried(self) -> tuple[tuple[str, Path], ...]:
+        """``(slug, folder)`` of deletions a crash interrupted."""
+        return tuple((p.name[len(_BURIED):], p) for p in sorted(self.root.glob(f"{_BURIED}*")) if p.is_dir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kbqa.errors import KBQAError
-from kbqa.ingest import Ingestor, ProgressFn, delete_document, recover
+from kbqa.ingest import Ingestor, ProgressFn, delete_document, reconcile, recover
 from kbqa.knowledge import KnowledgeBase, KnowledgeRoot
 from kbqa.llm.base import LLM, GenerationParams, Usage
 from kbqa.qa import QAEngine, empty_knowledge_base
@@ -51,12 +52,14 @@ class KBQAService:
         self.get_llm = llm
         self._recovered: set[str] = set()
         self._lock = threading.Lock()
+        self._finish_deletions()
 
     def _kb(self, name: str) -> KnowledgeBase:
         kb = self.root.open(name)
         with self._lock:
             if kb.slug not in self._recovered:
                 recover(kb, self.store)
+                reconcile(kb, self.store)
                 self._recovered.add(kb.slug)
         return kb
 
@@ -77,9 +80,17 @@ class KBQAService:
 
     def _remove(self, kb: KnowledgeBase) -> None:
         with kb.lock:
-            self.store.drop(kb.slug)
+            tomb = self.root.bury(kb)  # first: from here on the knowledge base is gone, whatever happens
             self.keywords.forget(kb)
-            self.root.remove(kb)
+            self.store.drop(kb.slug)
+            shutil.rmtree(tomb, ignore_errors=True)
+
+    def _finish_deletions(self) -> None:
+        """Complete deletions a crash interrupted (the folder was renamed; the vectors may remain)."""
+        for slug, tomb in self.root.buried():
+            log.warning("finishing the interrupted deletion of knowledge base %s", slug)
+            self.store.drop(slug)
+            shutil.rmtree(tomb, ignore_errors=True)
 
     # documents -------------------------------------------------------------------------------
     def list_documents(self, kb_name: str) -> list[DocumentInfo]:

@@ -131,6 +131,10 @@ class ChromaStore:
             col.delete(ids=ids[start:start + _BATCH])
         return ids
 
+    def count_sha(self, slug: str, sha256: str) -> int:
+        """Chunks of one file's content."""
+        return len(self._collection(slug).get(where={"sha256": sha256}, include=[])["ids"])
+
     def count(self, slug: str) -> int:
         """Chunks in a collection."""
         return int(self._collection(slug).count())

@@ -56,9 +56,9 @@ def test_opening_an_unknown_knowledge_base_names_the_existing_ones(tmp_path: Pat
         root.open("beta")
 
 
-def test_forgetting_an_unknown_file_says_how_to_list(tmp_path: Path) -> None:
+def test_forgetting_an_unknown_file_is_a_named_error(tmp_path: Path) -> None:
     kb = KnowledgeRoot(tmp_path).create("kb1")
-    with pytest.raises(DocumentNotFound, match="docs list"):
+    with pytest.raises(DocumentNotFound, match="has no file 'missing.txt'"):
         kb.forget_file("missing.txt")
 
 

@@ -171,6 +171,32 @@ def test_latin1_text_is_not_mistaken_for_gbk() -> None:
     assert read_text(text.encode("cp1252"), "t.txt") == text
 
 
+@pytest.mark.parametrize(("data", "expected"), [
+    # cut mid-character:
+    ("第一条 为了保障公民合法权益，制定本规则。".encode()[:-2], "第一条 为了保障公民合法权益，制定本规则\ufffd"),
+    ("Russia’s war: it’s over.".encode() + b" \x92 " + "Ukraine’s people.".encode(),
+     "Russia’s war: it’s over. \ufffd Ukraine’s people."),  # one stray cp1252 byte in UTF-8 text
+])
+def test_utf8_with_a_damaged_byte_is_still_utf8(data: bytes, expected: str) -> None:
+    assert read_text(data, "t.txt") == expected
+
+
+def test_cp1252_with_a_few_curly_quotes_is_not_read_as_damaged_utf8() -> None:
+    text = "It\u2019s the workers\u2019 day, and the \u201cplan\u201d is simple. " * 3
+    assert "\ufffd" not in read_text(text.encode("cp1252"), "t.txt")
+
+
+def test_csv_with_a_cell_over_128_kb_loads(tmp_path: Path) -> None:
+    rows = load_document(write(tmp_path, "big.csv", "title,body\nlong," + "word " * 40_000 + "\n"))
+    assert len(rows) == 1 and len(rows[0].text) > 200_000
+
+
+@pytest.mark.parametrize("name", ["scan.pdf", "notes.docx", "photo.png"])
+def test_a_zero_byte_file_of_any_format_is_empty(tmp_path: Path, name: str) -> None:
+    with pytest.raises(EmptyDocument, match="0 bytes"):
+        load_document(write(tmp_path, name, b""))
+
+
 @pytest.mark.parametrize("content", [b"", b"  \n\t\r\n  \n"])
 def test_empty_or_blank_text_file_is_empty(tmp_path: Path, content: bytes) -> None:
     with pytest.raises(EmptyDocument, match="notes.md"):

@@ -419,3 +419,55 @@ def test_searching_an_empty_knowledge_base_says_it_is_empty(make: Callable[..., 
     service.delete_document("kb", "rivers.txt")
     with pytest.raises(EmptyKnowledgeBase, match="no documents yet"):
         service.search("kb", "Yangtze", 3)
+
+
+def test_a_deletion_cut_short_is_finished_at_the_next_start(make: Callable[..., KBQAService], docs: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    slug = service.root.open("kb").slug
+
+    def crash(slug: str) -> None:
+        raise KeyboardInterrupt  # the process dies between renaming the folder and dropping the vectors
+
+    monkeypatch.setattr(service.store, "drop", crash)
+    with pytest.raises(KeyboardInterrupt):
+        service.delete_kb("kb")
+    monkeypatch.undo()
+    assert service.list_kbs() == []  # gone at once, not half there
+    restarted = make()
+    assert restarted.root.buried() == () and restarted.store.count(slug) == 0
+    assert [f.status for f in restarted.add_files("kb", files_in(docs)).files] == ["added"] * 3
+
+
+def test_files_whose_vectors_were_lost_can_be_added_again(make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    kb = service.root.open("kb")
+    entry = kb.manifest.files["rivers.txt"]
+    service.store.delete_sha(kb.slug, entry["sha256"])  # e.g. the database was restored from an older copy
+    restarted = make()
+    assert "rivers.txt" not in [d.name for d in restarted.list_documents("kb")]
+    again = restarted.add_files("kb", [docs / "rivers.txt"]).files[0]
+    assert again.status == "added" and again.chunks == entry["chunks"]
+    assert restarted.search("kb", "Yangtze", 1)[0].source == "rivers.txt"
+
+
+def test_a_name_near_the_file_system_limit_is_added(make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    service = make()
+    long = tmp_path / ("L" * 246 + ".txt")  # 250 bytes: its ".NAME.partial" copy would not fit
+    long.write_text("The longest name in the batch.", encoding="utf-8")
+    result = service.add_files("kb", [long]).files[0]
+    assert result.status == "added" and len(result.name.encode()) <= 240
+
+
+def test_a_file_is_deleted_by_the_name_or_path_it_was_added_with(make: Callable[..., KBQAService],
+                                                                  tmp_path: Path) -> None:
+    import unicodedata
+
+    service = make()
+    nfd = tmp_path / unicodedata.normalize("NFD", "café.txt")  # as macOS spells it on disk
+    nfd.write_text("Coffee is served at nine.", encoding="utf-8")
+    service.add_files("kb", [nfd])
+    service.delete_document("kb", str(nfd))
+    assert service.list_documents("kb") == []

@@ -63,13 +63,15 @@ def load_document(path: Path, *, ocr: bool = True, name: str | None = None) -> l
         raise UnsupportedFile(f"{name}: {kind} not supported. Convert it to one of "
                               f"{', '.join(sorted(SUPPORTED_SUFFIXES))}{hint} and upload it again.")
     try:
+        if path.stat().st_size == 0:
+            raise EmptyDocument(f"{name} is empty (0 bytes); check that it is the right file.")
         sections = loader(path, name, ocr)
     except KBQAError:
         raise
     except OSError as exc:
         raise KBQAError(f"{name} could not be read ({exc.strerror or exc}); check it and retry.") from exc
     except Exception as exc:
-        logger.warning("loading %s failed", name, exc_info=True)
+        logger.debug("loading %s failed", name, exc_info=True)  # the user gets the message; developers, this
         raise CorruptDocument(f"{name} could not be parsed ({type(exc).__name__}: {exc}); it may be damaged "
                               f"or not really a {suffix} file. Re-save it and upload again.") from exc
     sections = [s for s in sections if s.text.strip()]

@@ -12,6 +12,7 @@ from kbqa.errors import CorruptDocument, EmptyDocument
 from kbqa.schema import Section
 
 logger = logging.getLogger(__name__)
+csv.field_size_limit(2**31 - 1)  # a spreadsheet cell may hold a whole document (the default limit is 128 KB)
 
 _BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
          (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
@@ -52,6 +53,15 @@ def _decode(data: bytes, name: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    # UTF-8 with a few damaged bytes (a file cut mid-character, one stray byte): keep it, marking those
+    # spots, rather than refuse it or read the whole file in another encoding. It must hold valid UTF-8
+    # beyond ASCII too (a cp1252 file with three curly quotes does not); text in another encoding has a
+    # bad sequence in almost every non-ASCII character, far above the bar.
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd")
+    if bad <= max(3, len(text) // 1000) and sum(ord(c) > 0x7F for c in text) > bad:
+        logger.warning("%s is UTF-8 with %d damaged byte sequence(s), shown as \ufffd", name, bad)
+        return text
     try:
         text = data.decode("gb18030")
         # GBK text is almost all GB2312 characters; Latin-1 bytes that happen to decode are not.
