@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kbqa.errors import KBQAError
+from kbqa.schema import FileResult
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +23,44 @@ log = logging.getLogger(__name__)
 _JUNK = {"thumbs.db", "desktop.ini"}
 
 
-def expand_paths(paths: Sequence[str]) -> Iterator[Path]:
-    """Files as given, and the files under folders (recursively, sorted, skipping hidden ones)."""
+def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult]]:
+    """Files as given, and the files under folders (recursively, sorted, skipping hidden ones).
+
+    Returns the files, and a ``failed`` result for each thing under a folder that cannot be added (an
+    unreadable folder, a broken link, a link to a folder, a pipe or device), so nothing is left out silently.
+    """
+    files: list[Path] = []
+    problems: list[FileResult] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            for sub in sorted(path.rglob("*")):
-                rel = sub.relative_to(path).parts
-                if sub.is_file() and not any(p.startswith(".") for p in rel) and sub.name.lower() not in _JUNK:
-                    yield sub
-        else:
-            yield path
+        if not path.is_dir():
+            files.append(path)
+            continue
+
+        def unreadable(exc: OSError) -> None:
+            problems.append(FileResult(str(exc.filename), "failed", reason=f"folder cannot be read "
+                                       f"({exc.strerror or exc}): check its permissions"))
+
+        found = []
+        for folder, subfolders, names in os.walk(path, onerror=unreadable):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            for d in subfolders:
+                if os.path.islink(os.path.join(folder, d)):
+                    problems.append(FileResult(os.path.join(folder, d), "failed", reason="a link to a folder, not "
+                                               "followed: give the folder it points to"))
+            for name in names:
+                sub = Path(folder) / name
+                if name.startswith(".") or name.lower() in _JUNK:
+                    continue
+                if sub.is_file():
+                    found.append(sub)
+                elif not sub.exists():
+                    problems.append(FileResult(str(sub), "failed", reason="a broken link: its target is missing"))
+                else:
+                    problems.append(FileResult(str(sub), "failed", reason="not a regular file (a pipe, socket or "
+                                               "device)"))
+        files += sorted(found)
+    return files, problems
 
 
 class _Bar:
@@ -72,7 +101,9 @@ def _service(args: argparse.Namespace) -> Any:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    files = list(expand_paths(args.paths))
+    files, problems = expand_paths(args.paths)
+    for problem in problems:
+        print(problem.line())
     if not files:
         raise KBQAError("No files found under the given paths.")
     service = _service(args)
@@ -85,8 +116,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(result.line())
     failed = sum(f.status == "failed" for f in report.files)
     print(f"{len(report.files) - failed} of {len(report.files)} files indexed, {report.chunks_added} chunks added "
-          f"in {report.seconds:.1f}s", file=sys.stderr)
-    return 0 if report.ok else 1
+          f"in {report.seconds:.1f}s" + (f"; {len(problems)} things under the folders could not be added"
+                                         if problems else ""), file=sys.stderr)
+    return 0 if report.ok and not problems else 1
 
 
 def cmd_ask(args: argparse.Namespace) -> int:

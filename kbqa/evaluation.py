@@ -83,8 +83,13 @@ def load_dataset(path: Path, docs: Path | None = None) -> EvalDataset:
     path = Path(path)
     if not path.is_file():
         raise KBQAError(f"Dataset {path} not found.")
-    if path.suffix == ".jsonl":
-        return _load_jsonl(path, docs or path.parent)
+    dataset = _load_jsonl(path, docs or path.parent) if path.suffix == ".jsonl" else _load_squad(path)
+    if not dataset.items:
+        raise KBQAError(f"{path.name} holds no questions.")
+    return dataset
+
+
+def _load_squad(path: Path) -> EvalDataset:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -93,22 +98,39 @@ def load_dataset(path: Path, docs: Path | None = None) -> EvalDataset:
         raise KBQAError(f"{path.name} is not SQuAD-style JSON (no top-level 'data' list).")
     items: list[EvalItem] = []
     texts: list[tuple[str, str]] = []
-    for article in data["data"]:
-        for paragraph in article.get("paragraphs", []):
-            doc = f"context-{len(texts):05d}.txt"
-            texts.append((doc, paragraph["context"]))
-            for qa in paragraph.get("qas", []):
-                answers = tuple(dict.fromkeys(a["text"] for a in qa.get("answers", []) if a.get("text")))
-                impossible = qa.get("is_impossible", False) or not answers
-                items.append(EvalItem(qa["question"], () if impossible else answers, None if impossible else doc,
-                                      str(qa.get("id", len(items)))))
+    try:
+        for article in data["data"]:
+            for paragraph in article.get("paragraphs", []):
+                doc = f"context-{len(texts):05d}.txt"
+                texts.append((doc, _text(paragraph["context"], "context")))
+                for qa in paragraph.get("qas", []):
+                    answers = tuple(dict.fromkeys(_text(a["text"], "answer") for a in qa.get("answers", [])
+                                                  if a.get("text")))
+                    impossible = qa.get("is_impossible", False) or not answers
+                    items.append(EvalItem(_text(qa["question"], "question"), () if impossible else answers,
+                                          None if impossible else doc, str(qa.get("id", len(items)))))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        what = f"no '{exc.args[0]}' field" if isinstance(exc, KeyError) else str(exc)
+        raise KBQAError(
+            f"{path.name} is not SQuAD-style JSON ({what} in article {len(texts)}); it needs data[].paragraphs[] "
+            'of {"context": str, "qas": [{"question": str, "answers": [{"text": str}]}]}.') from None
     return EvalDataset(path.stem, items, texts=texts)
+
+
+def _text(value: Any, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"'{field_name}' is {type(value).__name__}, not text")
+    return value
 
 
 def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
     items = []
     wanted: set[str] = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise KBQAError(f"{path.name} is not UTF-8 text; save it as UTF-8.") from None
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -120,6 +142,10 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
             raise KBQAError(f"{path.name} line {n}: no 'question'.")
         answer = row.get("answer")
         answers = tuple(a for a in (answer if isinstance(answer, list) else [answer]) if a)
+        for key, values in (("question", [row["question"]]), ("answer", answers), ("doc", [row.get("doc") or ""])):
+            if not all(isinstance(v, str) for v in values):
+                raise KBQAError(f"{path.name} line {n}: '{key}' must be text"
+                                + (" or a list of texts." if key == "answer" else "."))
         try:
             history = tuple((str(t["question"]), str(t.get("answer") or "")) for t in row.get("history") or [])
         except (TypeError, KeyError) as exc:
@@ -136,6 +162,8 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
     missing = wanted - {p.name for p in files}
     if missing:
         raise KBQAError(f"Gold documents missing from {docs}: {sorted(missing)[:5]}; pass --docs FOLDER.")
+    if not files:
+        raise KBQAError(f"{docs} holds no documents kbqa can read: pass --docs FOLDER with the dataset's documents.")
     return EvalDataset(path.stem, items, files=files)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import (
+    ConfigError,
     DocumentNotFound,
     IncompatibleIndex,
     InvalidName,
@@ -52,6 +54,7 @@ _HELD: dict[Path, list[int]] = {}
 _HELD_LOCK = threading.Lock()
 
 _SLUG_OK = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
+log = logging.getLogger(__name__)
 _RESERVED = {"con", "prn", "aux", "nul"}
 _BURIED = ".deleted-"
 _MAX_NAME_BYTES = 240
@@ -124,12 +127,17 @@ class KnowledgeBase:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.slug = folder.name
-        info = json.loads((folder / "kb.json").read_text(encoding="utf-8"))
-        self.name: str = info["name"]
+        try:
+            info = json.loads((folder / "kb.json").read_text(encoding="utf-8"))
+            self.name: str = info["name"]
+            self.manifest = self._read_manifest()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # edited or cut short outside kbqa
+            raise KBQAError(f"The knowledge base in {folder} is damaged ({type(exc).__name__}: {exc}): restore its "
+                            "kb.json and manifest.json from a backup, or delete the folder and add its files "
+                            "again.") from None
         self.embedding: str = info.get("embedding", "")
         self.created: str = info.get("created", "")
         self.lock = threading.RLock()
-        self.manifest = self._read_manifest()
         #: Set (under ``lock``) when the knowledge base is deleted; writers still holding it stop.
         self.deleted = False
 
@@ -286,7 +294,11 @@ class KnowledgeRoot:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"The knowledge root {self.root} cannot be a folder here ({exc.strerror or exc}); set "
+                              "paths.knowledge_root (KBQA_PATHS__KNOWLEDGE_ROOT) to a folder you can write.") from None
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
         key = self.root.resolve()
@@ -300,8 +312,13 @@ class KnowledgeRoot:
 
     def list(self) -> list[KnowledgeBase]:
         """All knowledge bases, by display name."""
-        kbs = [self.open(p.name) for p in self.root.iterdir()
-               if (p / "kb.json").is_file() and not p.name.startswith(_BURIED)]
+        kbs = []
+        for p in self.root.iterdir():
+            if (p / "kb.json").is_file() and not p.name.startswith(_BURIED):
+                try:
+                    kbs.append(self.open(p.name))
+                except KBQAError as exc:  # one damaged knowledge base must not hide the others
+                    log.warning("%s", exc)
         return sorted(kbs, key=lambda kb: kb.name.lower())
 
     def folder_for(self, name: str) -> Path | None:

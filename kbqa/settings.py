@@ -12,6 +12,7 @@ or a hub id such as ``shibing624/text2vec-base-chinese`` (needs a reachable mode
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,6 +191,8 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     bound = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     try:
         return bound(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Settings file {path} is not valid TOML ({exc}); fix it.") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())

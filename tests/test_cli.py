@@ -44,6 +44,22 @@ def test_ingest_walks_folders_prints_one_line_per_file_and_fails_on_a_bad_file(
     assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
 
 
+def test_ingest_names_what_it_cannot_add_under_a_folder(service: KBQAService, folder: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    (folder / "sub" / "broken.pdf").unlink()
+    (folder / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    (folder / "elsewhere").symlink_to(tmp_path / "other", target_is_directory=True)
+    (tmp_path / "other").mkdir()
+    os.mkfifo(folder / "pipe.txt")
+    assert cli.main(["ingest", "--kb", "space", str(folder)]) == 1
+    out = capsys.readouterr().out
+    for name, why in [("gone.txt", "broken link"), ("elsewhere", "link to a folder"), ("pipe.txt", "not a regular")]:
+        assert f"{folder / name}: failed (" in out and why in out
+    assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
+
+
 def test_ingest_of_good_unchanged_files_exits_zero(service: KBQAService, folder: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     (folder / "sub" / "broken.pdf").unlink()

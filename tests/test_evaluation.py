@@ -109,6 +109,41 @@ def test_jsonl_mistakes_are_named_with_their_line(tmp_path: Path) -> None:
         ev.load_dataset(tmp_path / "d.jsonl")
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    ({"data": [{"paragraphs": [{"qas": []}]}]}, "no 'context' field"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": [{"answers": []}]}]}]}, "no 'question' field"),
+    ({"data": ["an article as text"]}, "not SQuAD-style"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": [{"question": "q", "answers": ["x"]}]}]}]}, "not SQuAD"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": [{"question": 7, "answers": []}]}]}]}, "'question' is int"),
+    ({"data": []}, "holds no questions"),
+])
+def test_malformed_squad_files_are_named_errors(tmp_path: Path, data: dict, message: str) -> None:  # type: ignore[type-arg]
+    (tmp_path / "d.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ev.KBQAError, match=message):
+        ev.load_dataset(tmp_path / "d.json")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"question": "q", "answer": "a", "doc": ["a.txt"]}', "line 1: 'doc' must be text"),
+    ('{"question": "q", "answer": 42}', "line 1: 'answer' must be text or a list"),
+    ('{"question": 42, "answer": "a"}', "line 1: 'question' must be text"),
+])
+def test_malformed_jsonl_fields_are_named_with_their_line(tmp_path: Path, line: str, message: str) -> None:
+    (tmp_path / "doc.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(ev.KBQAError, match=message):
+        ev.load_dataset(tmp_path / "d.jsonl")
+
+
+def test_jsonl_that_is_not_utf8_or_has_no_documents_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_bytes('{"question": "问题", "answer": "答"}\n'.encode("gbk"))
+    with pytest.raises(ev.KBQAError, match="not UTF-8"):
+        ev.load_dataset(tmp_path / "d.jsonl")
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "a"}\n', encoding="utf-8")
+    with pytest.raises(ev.KBQAError, match="holds no documents"):
+        ev.load_dataset(tmp_path / "d.jsonl")
+
+
 @pytest.mark.parametrize("limit", [0, -1])
 def test_a_limit_below_one_is_refused(limit: int) -> None:
     with pytest.raises(ev.KBQAError, match="at least 1"):

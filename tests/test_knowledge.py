@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kbqa.errors import DocumentNotFound, InvalidName, KnowledgeBaseNotFound
+from kbqa.errors import ConfigError, DocumentNotFound, InvalidName, KBQAError, KnowledgeBaseNotFound
 from kbqa.knowledge import KnowledgeRoot, safe_file_name, slugify
 
 
@@ -89,3 +89,20 @@ def test_a_second_process_is_refused_the_knowledge_root_this_one_holds(tmp_path:
     assert other.returncode != 0
     assert "in use by another kbqa process" in other.stderr and f"pid {os.getpid()}" in other.stderr
     del root
+
+
+def test_a_knowledge_root_that_cannot_be_a_folder_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(ConfigError, match="paths.knowledge_root"):
+        KnowledgeRoot(tmp_path / "file" / "kb")
+
+
+def test_a_damaged_knowledge_base_does_not_hide_the_others(tmp_path: Path) -> None:
+    root = KnowledgeRoot(tmp_path)
+    root.create("good")
+    broken = root.create("broken")
+    (broken.folder / "manifest.json").write_text('{"generation": 3, "fil', encoding="utf-8")  # cut short
+    fresh = KnowledgeRoot(tmp_path)
+    assert [kb.name for kb in fresh.list()] == ["good"]
+    with pytest.raises(KBQAError, match="is damaged .*delete the folder"):
+        fresh.open("broken")

@@ -73,3 +73,10 @@ def test_unknown_setting_is_refused(tmp_path: Path) -> None:
     cfg.write_text("[llm]\nmodle = 'typo'\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="modle"):
         load_settings(cfg)
+
+
+def test_a_settings_file_that_is_not_toml_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "kbqa.toml"
+    bad.write_text("[llm\nmodel = ", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
