@@ -181,6 +181,15 @@ def test_utf8_with_a_damaged_byte_is_still_utf8(data: bytes, expected: str) -> N
     assert read_text(data, "t.txt") == expected
 
 
+@pytest.mark.parametrize(("text", "encoding"), [
+    ("Le café était très crémeux, déjà prêt à être dégusté près de la fenêtre.", "cp1252"),
+    ("El niño comió piña en España; ¿qué más? Über Straße und Größe.", "cp1252"),
+    ("Zażółć gęślą jaźń: łódź płynie przez śliską rzekę.", "cp1250"),  # Polish stays Polish
+])
+def test_western_and_central_european_single_byte_text(text: str, encoding: str) -> None:
+    assert read_text(text.encode(encoding), "t.txt") == text
+
+
 def test_cp1252_with_a_few_curly_quotes_is_not_read_as_damaged_utf8() -> None:
     text = "It\u2019s the workers\u2019 day, and the \u201cplan\u201d is simple. " * 3
     assert "\ufffd" not in read_text(text.encode("cp1252"), "t.txt")

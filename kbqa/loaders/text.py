@@ -70,6 +70,9 @@ def _decode(data: bytes, name: str) -> str:
             return text
     except UnicodeDecodeError:
         pass
+    western = _western(data)
+    if western is not None:
+        return western
     from charset_normalizer import from_bytes
 
     best = from_bytes(data).best()
@@ -78,6 +81,24 @@ def _decode(data: bytes, name: str) -> str:
                               "upload it again.")
     logger.info("%s decoded as %s", name, best.encoding)
     return str(best)
+
+
+#: Letters and punctuation of French, German, Spanish, Portuguese and Italian text in Windows-1252.
+_WESTERN = set("àâäáãçéèêëíìîïñóòôöõúùûüýÿæœßÀÂÄÁÃÇÉÈÊËÍÌÎÏÑÓÒÔÖÕÚÙÛÜÝŸÆŒ’‘“”–—…«»°€¿¡ºª·\u00a0")
+
+
+def _western(data: bytes) -> str | None:
+    """The text as Windows-1252 when every character beyond ASCII is a Western European letter or mark.
+
+    Statistical detectors read short French or Spanish text as Central European (``très`` as ``trčs``);
+    Polish or Czech text in cp1250 decodes in cp1252 to characters outside this set (``ł`` -> ``³``).
+    """
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return None
+    wide = [c for c in text if ord(c) > 0x7F]
+    return text if wide and all(c in _WESTERN for c in wide) else None
 
 
 def _in_gb2312(char: str) -> bool:
