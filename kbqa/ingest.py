@@ -48,8 +48,12 @@ class _Prepared:
     chunks: list[Chunk]
     pages: int | None
     replaces: str | None
+    #: The local path it was added from (None for an upload).
+    origin: str | None = None
     #: Set at commit when another writer got there first: why nothing was added.
     skipped: str | None = None
+    #: Set at commit when it replaces a same-named file added from another path.
+    note: str = ""
 
 
 @dataclass
@@ -163,7 +167,9 @@ class Ingestor:
         if sha in seen:  # decided once the earlier file is: it may yet fail (an unknown suffix...)
             return _Twin(position, path, name, sha, size)
         seen[sha] = (name, position)
-        return self._load(position, path, name, sha, size, existing)
+        prepared = self._load(position, path, name, sha, size, existing)
+        prepared.origin = str(path.resolve()) if path.name == str(given_name) else None
+        return prepared
 
     def _same_as(self, kb: KnowledgeBase, name: str, sha: str, same: str) -> FileResult:
         """The result for a file whose bytes are indexed under another name (``same``)."""
@@ -243,7 +249,8 @@ class Ingestor:
             elif p.skipped:
                 results[p.position] = FileResult(p.name, "unchanged", reason=p.skipped)
             else:
-                results[p.position] = FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks))
+                results[p.position] = FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks),
+                                                 reason=p.note)
         if report:
             report(group[-1].position + 1, f"indexed {group[-1].name}")
 
@@ -269,6 +276,9 @@ class Ingestor:
                     p.skipped = f"same content as {holder}"
                 else:
                     p.replaces = current["sha256"] if current else None
+                    before = (current or {}).get("origin")
+                    p.note = (f"replaces the {p.name} added from {before}: a knowledge base holds one file per "
+                              f"name" if before and p.origin and before != p.origin else "")
                     fresh.append((p, part))
             if not fresh:
                 return
@@ -285,7 +295,7 @@ class Ingestor:
                     index.add([c.id for c in chunks], [c.text for c in chunks])
                     for p in group:
                         kb.store_content(p.path, p.name)
-                    kb.commit_files([(p.name, p.sha256, len(p.chunks), p.pages, p.size) for p in group])
+                    kb.commit_files([(p.name, p.sha256, len(p.chunks), p.pages, p.size, p.origin) for p in group])
                     for p in group:
                         if p.replaces:
                             index.delete(self.store.delete_sha(kb.slug, p.replaces))

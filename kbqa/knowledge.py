@@ -180,15 +180,20 @@ class KnowledgeBase:
         self.manifest.pending = [s for s in self.manifest.pending if s not in shas]
         self.save_manifest()
 
-    def commit_file(self, name: str, sha256: str, chunks: int, pages: int | None, size: int) -> None:
+    def commit_file(self, name: str, sha256: str, chunks: int, pages: int | None, size: int,
+                    origin: str | None = None) -> None:
         """Name a file whose chunks are fully written."""
-        self.commit_files([(name, sha256, chunks, pages, size)])
+        self.commit_files([(name, sha256, chunks, pages, size, origin)])
 
-    def commit_files(self, files: list[tuple[str, str, int, int | None, int]]) -> None:
-        """Name files whose chunks are fully written: ``(name, sha256, chunks, pages, size)`` each, one write."""
-        for name, sha256, chunks, pages, size in files:
+    def commit_files(self, files: list[tuple[str, str, int, int | None, int, str | None]]) -> None:
+        """Name files whose chunks are fully written, in one write.
+
+        Each is ``(name, sha256, chunks, pages, size, origin)``; ``origin`` is the path a local file was added
+        from (None for uploads), so replacing it with a same-named file from elsewhere can be pointed out.
+        """
+        for name, sha256, chunks, pages, size, origin in files:
             self.manifest.files[name] = {"sha256": sha256, "chunks": chunks, "pages": pages, "size": size,
-                                         "added_at": _now()}
+                                         "added_at": _now(), "origin": origin}
         self.manifest.generation += 1
         self.save_manifest()
 

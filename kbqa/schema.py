@@ -98,7 +98,7 @@ class FileResult:
     def line(self) -> str:
         """One human-readable line, as the CLI prints it."""
         if self.status in ("added", "updated"):
-            return f"{self.name}: {self.status} ({self.chunks} chunks)"
+            return f"{self.name}: {self.status} ({self.chunks} chunks" + (f"; {self.reason})" if self.reason else ")")
         if self.status == "failed":
             return f"{self.name}: failed ({self.reason})"
         return f"{self.name}: unchanged" + (f" ({self.reason})" if self.reason else "")

@@ -471,3 +471,18 @@ def test_a_file_is_deleted_by_the_name_or_path_it_was_added_with(make: Callable[
     service.add_files("kb", [nfd])
     service.delete_document("kb", str(nfd))
     assert service.list_documents("kb") == []
+
+
+def test_a_same_named_file_from_another_folder_says_what_it_replaces(make: Callable[..., KBQAService],
+                                                                     tmp_path: Path) -> None:
+    service = make()
+    first, second = tmp_path / "a" / "README.md", tmp_path / "b" / "README.md"
+    for path, text in ((first, "Project A builds bridges."), (second, "Project B plants trees.")):
+        path.parent.mkdir()
+        path.write_text(text, encoding="utf-8")
+    service.add_files("kb", [first])
+    result = service.add_files("kb", [second]).files[0]
+    assert result.status == "updated" and f"replaces the README.md added from {first}" in result.reason
+    assert "replaces" in result.line()
+    second.write_text("Project B plants more trees.", encoding="utf-8")
+    assert service.add_files("kb", [second]).files[0].reason == ""  # a new version of the same file: no note
