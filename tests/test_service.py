@@ -329,13 +329,19 @@ def test_two_files_of_one_name_in_a_batch_leave_no_ghost(make: Callable[..., KBQ
     assert stored_chunks(service, "kb") == []
 
 
+def same_name_in_two_folders(tmp_path: Path, name: str, first: str, second: str) -> tuple[Path, Path]:
+    """``v1/name`` and ``v2/name`` holding the two texts."""
+    paths = (tmp_path / "v1" / name, tmp_path / "v2" / name)
+    for path, text in zip(paths, (first, second), strict=True):
+        path.parent.mkdir()
+        path.write_text(text, encoding="utf-8")
+    return paths
+
+
 def test_an_upload_committed_meanwhile_is_replaced_without_a_ghost(make: Callable[..., KBQAService],
                                                                    tmp_path: Path) -> None:
     service = make()
-    old, new = tmp_path / "v1" / "same.txt", tmp_path / "v2" / "same.txt"
-    for path, text in ((old, "Version one says Monday."), (new, "Version two says Friday.")):
-        path.parent.mkdir()
-        path.write_text(text, encoding="utf-8")
+    old, new = same_name_in_two_folders(tmp_path, "same.txt", "Version one says Monday.", "Version two says Friday.")
     kb = service.root.create("kb")
     ingestor = service.ingestor
     slow = ingestor._prepare(kb, 0, old, "same.txt", {}, {})  # read before the other upload commits ...
@@ -476,10 +482,8 @@ def test_a_file_is_deleted_by_the_name_or_path_it_was_added_with(make: Callable[
 def test_a_same_named_file_from_another_folder_says_what_it_replaces(make: Callable[..., KBQAService],
                                                                      tmp_path: Path) -> None:
     service = make()
-    first, second = tmp_path / "a" / "README.md", tmp_path / "b" / "README.md"
-    for path, text in ((first, "Project A builds bridges."), (second, "Project B plants trees.")):
-        path.parent.mkdir()
-        path.write_text(text, encoding="utf-8")
+    first, second = same_name_in_two_folders(tmp_path, "README.md", "Project A builds bridges.",
+                                             "Project B plants trees.")
     service.add_files("kb", [first])
     result = service.add_files("kb", [second]).files[0]
     assert result.status == "updated" and f"replaces the README.md added from {first}" in result.reason
