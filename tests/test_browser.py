@@ -47,12 +47,30 @@ def add_files(page: Any, kb_name: str, files: list[Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def llm() -> FakeLLM:
+    return FakeLLM(replies=["The Yangtze is the longest river in Asia [1]."] * 5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("web")
-    llm = FakeLLM(replies=["The Yangtze is the longest river in Asia [1]."] * 5)
     service = build_service(make_settings(tmp), embedder=FakeEmbedder(), llm=lambda: llm)
     with live_server(build_server(service, load_settings())) as url:
         yield url
+
+
+def choose_kb(page: Any, name: str) -> None:
+    """Pick a knowledge base as a user can: type its name in the box and press Enter."""
+    box = page.locator("#kb-select input")
+    box.fill(name)
+    box.press("Enter")
+    page.wait_for_timeout(500)
+
+
+def ask(page: Any, question: str) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#question textarea").fill(question)
+    page.locator("#ask-button").click()
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +146,49 @@ def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None
         page.wait_for_timeout(200)
     assert "Deleted knowledge base" in page.content()
     assert "待删除" not in (page.locator("#kb-select input").input_value() or "")
+
+
+def test_the_knowledge_base_named_in_the_question_is_the_one_deleted(page: Any, tmp_path: Path) -> None:
+    for name, text in (("甲", "Alpha is first."), ("乙", "Beta is second.")):
+        doc = tmp_path / f"{name}.txt"
+        doc.write_text(text, encoding="utf-8")
+        add_files(page, name, [doc])
+        wait_text(page.locator("#docs"), f"{name}.txt", 30)
+    choose_kb(page, "甲")
+    page.locator("#delete-kb").click()
+    wait_text(page.locator("#confirm-delete-kb"), "Delete knowledge base 甲", 10)
+    choose_kb(page, "乙")  # a switch hides the question: nothing can be deleted by mistake
+    assert not page.locator("#confirm-delete-kb").is_visible()
+    page.locator("#delete-kb").click()
+    wait_text(page.locator("#confirm-delete-kb"), "Delete knowledge base 乙", 10)
+    page.locator("#confirm-delete-yes").click()
+    wait_text(page.locator("body"), "Deleted knowledge base 乙", 15)
+    page.reload()  # a fresh page lists the knowledge bases as they are now
+    page.locator("#kb-select input").click()
+    assert page.get_by_role("option", name="甲", exact=True).is_visible()
+    assert page.get_by_role("option", name="乙", exact=True).count() == 0
+    page.keyboard.press("Escape")
+
+
+def test_a_mistake_leaves_the_chat_as_it_was(page: Any, tmp_path: Path) -> None:
+    choose_kb(page, "甲")
+    ask(page, "What is first?")
+    wait_text(page.locator("#chatbot"), "longest river", 30)
+    ask(page, "   ")  # an empty question: a warning, and the chat stays
+    wait_text(page.locator("body"), "Type a question first", 10)
+    page.wait_for_timeout(500)
+    assert "What is first?" in page.locator("#chatbot").inner_text()
+    assert "Alpha is first." in page.locator("#sources").inner_text()
+
+
+def test_clear_chat_stops_a_streaming_answer(page: Any, llm: FakeLLM) -> None:
+    choose_kb(page, "甲")
+    llm.replies, llm.delay = ["word " * 60], 0.1
+    try:
+        ask(page, "What is first?")
+        wait_text(page.locator("#chatbot"), "word word", 15)
+        page.get_by_role("button", name="Clear chat").click()
+        page.wait_for_timeout(2500)
+        assert "word" not in page.locator("#chatbot").inner_text()
+    finally:
+        llm.delay = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -26,19 +27,29 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     """The web app's ``gr.Blocks`` for a service."""
     gr = _gradio()
 
+    def warn(exc: KBQAError) -> Any:
+        # A toast, and every output left as it was (raising gr.Error would blank them with an error badge).
+        gr.Warning(html.escape(str(exc)), title="kbqa")
+        return gr.skip()
+
     def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Show a KBQAError as an error toast instead of a traceback."""
+        """Show a KBQAError as a warning toast, leaving the page as it was."""
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
             except KBQAError as exc:
-                raise gr.Error(str(exc), title="kbqa") from exc
+                return warn(exc)
         return wrapped
 
     def refresh_kbs(current: str | None) -> Any:
         names = handlers.kb_names(service)
         value = current if current in names or current else (names[0] if names else None)
         return gr.update(choices=names, value=value)
+
+    def on_load(current: str | None) -> Any:
+        # The page was built when the server started: list the knowledge bases as they are now.
+        names = handlers.kb_names(service)
+        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
     def refresh_docs(kb: str | None) -> tuple[Any, Any]:
         rows = handlers.documents(service, kb)
@@ -53,10 +64,13 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
 
     def on_ask(kb: str | None, question: str, history: list[dict[str, str]]) -> Iterator[tuple[Any, ...]]:
         try:
+            first = True
             for chat, panel in handlers.ask(service, kb, question, history):
-                yield chat, panel, ""
+                # The box is emptied once: what the user types meanwhile is the next question, kept.
+                yield chat, panel, "" if first else gr.skip()
+                first = False
         except KBQAError as exc:
-            raise gr.Error(str(exc), title="kbqa") from exc
+            yield warn(exc)
 
     @guard
     def on_delete_doc(kb: str | None, name: str | None) -> tuple[Any, ...]:
@@ -66,7 +80,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     @guard
     def on_ask_delete_kb(kb: str | None) -> tuple[Any, ...]:
         question = handlers.confirm_delete_kb(service, kb)
-        return gr.update(visible=True), question
+        return gr.update(visible=True), question, kb  # the one named in the question is the one deleted
 
     @guard
     def on_delete_kb(kb: str | None) -> tuple[Any, ...]:
@@ -115,18 +129,25 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                     confirm_yes = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete-yes", scale=0)
                     confirm_no = gr.Button("Cancel", elem_id="confirm-delete-no", scale=0)
                 message = gr.Markdown()
+                pending_delete = gr.State(None)
+
+        def new_chat() -> tuple[Any, ...]:
+            return [], sources_html([])
 
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
-        app.load(refresh_docs, kb, [docs, doc_choice])
+        # Another knowledge base, another conversation: a follow-up must not be read against the old chat.
+        kb.input(new_chat, None, [chatbot, sources]).then(lambda: gr.update(visible=False), None, confirm_row)
+        app.load(on_load, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice])
-        for trigger in (ask.click, question.submit):
-            trigger(on_ask, [kb, question, chatbot], [chatbot, sources, question])
-        clear.click(lambda: ([], sources_html([])), None, [chatbot, sources])
+        # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
+        asking = [trigger(on_ask, [kb, question, chatbot], [chatbot, sources, question], trigger_mode="always_last")
+                  for trigger in (ask.click, question.submit)]
+        clear.click(new_chat, None, [chatbot, sources], cancels=asking)  # stops a streaming answer too
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
-        delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text])
+        delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(lambda: gr.update(visible=False), None, confirm_row)
-        confirm_yes.click(on_delete_kb, kb, [kb, docs, message, confirm_row, chatbot, sources])
+        confirm_yes.click(on_delete_kb, pending_delete, [kb, docs, message, confirm_row, chatbot, sources])
     return app
 
 

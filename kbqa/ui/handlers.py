@@ -13,7 +13,7 @@ from kbqa.errors import KBQAError
 from kbqa.qa import empty_knowledge_base
 from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
-from kbqa.ui.render import doc_rows, ingest_summary, result_rows, sources_html
+from kbqa.ui.render import doc_rows, ingest_summary, literal, result_rows, sources_html
 
 Message = dict[str, Any]
 
@@ -107,7 +107,7 @@ def delete_document(service: KBQAService, kb: str | None, name: str | None) -> t
     if not kb or not name:
         raise KBQAError("Choose a knowledge base and a file to delete.")
     service.delete_document(kb, name)
-    return documents(service, kb), f"Deleted **{name}** from **{kb}**."
+    return documents(service, kb), f"Deleted **{literal(name)}** from **{literal(kb)}**."
 
 
 def confirm_delete_kb(service: KBQAService, kb: str | None) -> str:
@@ -115,7 +115,7 @@ def confirm_delete_kb(service: KBQAService, kb: str | None) -> str:
     if not kb:
         raise KBQAError("Choose a knowledge base to delete.")
     files = service.list_documents(kb)
-    return (f"Delete knowledge base **{kb}** and its {len(files)} file{'s' if len(files) != 1 else ''}? "
+    return (f"Delete knowledge base **{literal(kb)}** and its {len(files)} file{'s' if len(files) != 1 else ''}? "
             "This cannot be undone.")
 
 
@@ -124,4 +124,4 @@ def delete_kb(service: KBQAService, kb: str | None) -> str:
     if not kb:
         raise KBQAError("Choose a knowledge base to delete.")
     service.delete_kb(kb)
-    return f"Deleted knowledge base **{kb}**."
+    return f"Deleted knowledge base **{literal(kb)}**."

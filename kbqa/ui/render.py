@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 
 from kbqa.schema import DocumentInfo, IngestReport, SourceChunk
 
 RESULT_HEADERS = ["file", "status", "chunks", "reason"]
-DOC_HEADERS = ["file", "pages", "chunks", "size (KB)", "added"]
+DOC_HEADERS = ["file", "pages", "chunks", "size", "added"]
 
 _STATUS_MARK = {"added": "✅ added", "updated": "🔄 updated", "unchanged": "⏸ unchanged", "failed": "❌ failed"}
 
@@ -20,14 +21,28 @@ def result_rows(report: IngestReport) -> list[list[object]]:
 
 def doc_rows(docs: Sequence[DocumentInfo]) -> list[list[object]]:
     """One row per file of a knowledge base."""
-    return [[d.name, d.pages if d.pages is not None else "", d.chunks, round(d.size / 1024, 1), d.added_at]
-            for d in docs]
+    return [[d.name, d.pages if d.pages is not None else "", d.chunks, size_text(d.size), d.added_at] for d in docs]
+
+
+def size_text(size: int) -> str:
+    """``512 B``, ``1.5 KB``, ``12.3 MB``."""
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KB" if size < 1024**2 else f"{size / 1024**2:.1f} MB"
+
+
+def literal(text: str) -> str:
+    """``text`` shown as it is inside Markdown (a name such as ``<img ...>`` or ``**x**`` is not markup)."""
+    return re.sub(r"([\\`*_\[\]#|~])", r"\\\1", html.escape(text))
 
 
 def ingest_summary(report: IngestReport) -> str:
     """A one-line Markdown summary of an ingest batch."""
     failed = sum(f.status == "failed" for f in report.files)
-    text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{report.kb}**, "
+    if failed == len(report.files):
+        return (f"**No file was indexed** into **{literal(report.kb)}**: see the reason column"
+                + (" (a new knowledge base is created only when a file gets in)." if report.files else "."))
+    text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**, "
             f"{report.chunks_added} chunks added in {report.seconds:.1f}s.")
     if failed:
         text += f" {failed} failed: see the reason column; the other files were indexed."
