@@ -34,6 +34,8 @@ Loader = Callable[[Path, str], list[Section]]
 
 #: Chunks gathered from several files before one embedding call.
 EMBED_GROUP = 256
+#: Chunks per embedding call within a group: the progress bar moves after each.
+EMBED_SLICE = 32
 _DELETED = ("the knowledge base '{kb}' was deleted while files were being added to it; nothing more was "
             "added (add the files again to re-create it)")
 
@@ -220,10 +222,14 @@ class Ingestor:
         if not group:
             return
         texts = [c.text for p in group for c in p.chunks]
-        if report:
-            report(group[0].position + 0.5, f"embedding {len(texts)} chunks")
+        first, last = group[0].position, group[-1].position + 1
+
+        def embedded(done: int) -> None:
+            if report:  # the bar moves while a big file is embedded, not once per file
+                report(first + (last - first) * 0.95 * done / len(texts), f"embedding chunks: {done} of {len(texts)}")
+
         try:
-            vectors = self.embedder.embed_documents(texts)
+            vectors = self._embed(texts, embedded)
         except Exception as exc:
             log.exception("embedding failed")
             for p in group:
@@ -253,6 +259,22 @@ class Ingestor:
                                                  reason=p.note)
         if report:
             report(group[-1].position + 1, f"indexed {group[-1].name}")
+
+    def _embed(self, texts: list[str], embedded: Callable[[int], None]) -> np.ndarray:
+        """Vectors of ``texts``, encoded shortest first in slices of ``EMBED_SLICE`` (progress after each).
+
+        Sorting the whole group by length keeps the embedder's batches as free of padding as one call would.
+        """
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        embedded(0)
+        parts = []
+        for start in range(0, len(order), EMBED_SLICE):
+            rows = order[start:start + EMBED_SLICE]
+            parts.append(self.embedder.embed_documents([texts[i] for i in rows]))
+            embedded(start + len(rows))
+        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(parts)
+        return vectors
 
     def commit(self, kb: KnowledgeBase, group: list[_Prepared], vectors: np.ndarray) -> None:
         """Write files' chunks to the store and keyword index, then name them in the manifest.

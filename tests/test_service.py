@@ -490,3 +490,23 @@ def test_a_same_named_file_from_another_folder_says_what_it_replaces(make: Calla
     assert "replaces" in result.line()
     second.write_text("Project B plants more trees.", encoding="utf-8")
     assert service.add_files("kb", [second]).files[0].reason == ""  # a new version of the same file: no note
+
+
+def test_a_big_file_moves_the_progress_bar_while_it_is_embedded(make: Callable[..., KBQAService],
+                                                                tmp_path: Path) -> None:
+    service = make()
+    big = tmp_path / "big.txt"
+    big.write_text("\n\n".join(f"Paragraph {n} names the unique token zq{n}x " + "and filler " * (n * 7 % 9)
+                                 for n in range(120)), encoding="utf-8")  # lengths out of order
+    seen: list[tuple[float, str]] = []
+    report = service.add_files("kb", [big], progress=lambda f, m: seen.append((f, m)))
+    chunks = report.files[0].chunks
+    assert chunks > 64
+    steps = [f for f, m in seen if m.startswith("embedding chunks")]
+    assert len(steps) >= chunks // 32 and steps == sorted(steps) and steps[-1] < 1.0
+    slug = service.root.open("kb").slug
+    for n in (0, 57, 119):  # each chunk got its own vector back after the shortest-first slices
+        text = next(c.text for c in service.store.search(slug, service.qa.retriever.embedder.embed_query("x"), 200)
+                    if f"zq{n}x " in c.text)
+        hit = service.store.search(slug, service.qa.retriever.embedder.embed_documents([text])[0], 1)[0]
+        assert hit.text == text and hit.score > 0.999
