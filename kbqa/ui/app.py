@@ -88,7 +88,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         names = handlers.kb_names(service)
         # A new conversation: follow-up questions must not be read against the deleted knowledge base's chat.
         return (gr.update(choices=names, value=names[0] if names else None), [], message, gr.update(visible=False),
-                [], sources_html([]))
+                [], sources_html([]), [], "")
 
     names = handlers.kb_names(service)
     with gr.Blocks(title="kbqa") as app:
@@ -147,7 +147,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(lambda: gr.update(visible=False), None, confirm_row)
-        confirm_yes.click(on_delete_kb, pending_delete, [kb, docs, message, confirm_row, chatbot, sources])
+        confirm_yes.click(on_delete_kb, pending_delete,
+                          [kb, docs, message, confirm_row, chatbot, sources, results, summary])
     return app
 
 

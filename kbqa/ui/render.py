@@ -11,7 +11,8 @@ from kbqa.schema import DocumentInfo, IngestReport, SourceChunk
 RESULT_HEADERS = ["file", "status", "chunks", "reason"]
 DOC_HEADERS = ["file", "pages", "chunks", "size", "added"]
 
-_STATUS_MARK = {"added": "✅ added", "updated": "🔄 updated", "unchanged": "⏸ unchanged", "failed": "❌ failed"}
+# Marks common fonts have (colour emoji show as boxes where no emoji font is installed).
+_STATUS_MARK = {"added": "✓ added", "updated": "↻ updated", "unchanged": "= unchanged", "failed": "✗ failed"}
 
 
 def result_rows(report: IngestReport) -> list[list[object]]:
@@ -56,6 +57,9 @@ def sources_html(sources: Sequence[SourceChunk], notice: str = "") -> str:
         parts.append(f'<div class="kbqa-notice">{html.escape(notice)}</div>')
     if not sources:
         parts.append('<div class="kbqa-empty">No sources for this answer.</div>')
+    else:
+        parts.append('<div class="kbqa-empty">In retrieval order (keywords and meaning combined); the score is '
+                     'the cosine similarity of the passage to the question.</div>')
     for n, src in enumerate(sources, 1):
         page = f" · page {src.page}" if src.page is not None else ""
         parts.append(
