@@ -109,14 +109,8 @@ class Ingestor:
                 continue
             try:
                 prepared = self._prepare(kb, position, Path(path), given_name, seen, batch)
-            except KBQAError as exc:
-                results[position] = FileResult(str(given_name), "failed",
-                                               reason=str(exc).replace(str(path), str(given_name)))
-                continue
-            except Exception as exc:  # a loader bug must not abort the batch
-                log.exception("unexpected error reading %s", given_name)
-                reason = f"unexpected error: {type(exc).__name__}: {exc}".replace(str(path), str(given_name))
-                results[position] = FileResult(str(given_name), "failed", reason=reason)
+            except Exception as exc:  # a loader bug must not abort the batch either
+                results[position] = _failed(str(given_name), Path(path), exc)
                 continue
             if isinstance(prepared, FileResult):
                 results[position] = prepared
@@ -212,8 +206,7 @@ class Ingestor:
                         group.append(self._load(twin.position, twin.path, twin.name, twin.sha256, twin.size,
                                                 kb.manifest.files.get(twin.name)))
                     except Exception as exc:
-                        reason = str(exc) if isinstance(exc, KBQAError) else f"unexpected error: {exc}"
-                        results[twin.position] = FileResult(twin.name, "failed", reason=reason)
+                        results[twin.position] = _failed(twin.name, twin.path, exc)
             self._flush(kb, group, results, report)
             twins = waiting
 
@@ -327,6 +320,16 @@ class Ingestor:
                 raise
 
 
+def _failed(name: str, path: Path, exc: Exception) -> FileResult:
+    """The result of a file that could not be read: the error's message, naming the file as the user did."""
+    if isinstance(exc, KBQAError):
+        reason = str(exc)
+    else:
+        log.exception("unexpected error reading %s", name)
+        reason = f"unexpected error: {type(exc).__name__}: {exc}"
+    return FileResult(name, "failed", reason=reason.replace(str(path), name))
+
+
 def _per_file(group: list[_Prepared], vectors: np.ndarray) -> list[np.ndarray]:
     """Each prepared file's rows of ``vectors`` (those of its chunks, in order)."""
     return np.split(vectors, np.cumsum([len(p.chunks) for p in group])[:-1])
@@ -377,7 +380,7 @@ def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def reconcile(kb: KnowledgeBase, store: ChromaStore) -> None:
+def reconcile(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes) -> None:
     """Forget files whose chunks are no longer in the vector store, so that adding them again works.
 
     The store and the manifest agree unless the database was damaged, replaced or deleted outside kbqa
@@ -389,9 +392,7 @@ def reconcile(kb: KnowledgeBase, store: ChromaStore) -> None:
     with kb.lock:
         lost = [name for name, f in kb.manifest.files.items() if store.count_sha(kb.slug, f["sha256"]) != f["chunks"]]
         for name in lost:
-            entry = kb.forget_file(name)
-            store.delete_sha(kb.slug, entry["sha256"])
-            (kb.content_dir / name).unlink(missing_ok=True)
+            delete_document(kb, store, keywords, name)  # what is left of its chunks, its keywords, its copy
     if lost:
         log.warning("knowledge base %s: the vector database lacks the chunks of %d file(s) (%s); they were taken "
                     "off its list: add them again", kb.name, len(lost), ", ".join(lost[:5]))

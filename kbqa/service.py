@@ -59,7 +59,7 @@ class KBQAService:
         with self._lock:
             if kb.slug not in self._recovered:
                 recover(kb, self.store)
-                reconcile(kb, self.store)
+                reconcile(kb, self.store, self.keywords)
                 self._recovered.add(kb.slug)
         return kb
 
@@ -82,15 +82,18 @@ class KBQAService:
         with kb.lock:
             tomb = self.root.bury(kb)  # first: from here on the knowledge base is gone, whatever happens
             self.keywords.forget(kb)
-            self.store.drop(kb.slug)
-            shutil.rmtree(tomb, ignore_errors=True)
+            self._destroy(kb.slug, tomb)
 
     def _finish_deletions(self) -> None:
         """Complete deletions a crash interrupted (the folder was renamed; the vectors may remain)."""
         for slug, tomb in self.root.buried():
             log.warning("finishing the interrupted deletion of knowledge base %s", slug)
-            self.store.drop(slug)
-            shutil.rmtree(tomb, ignore_errors=True)
+            self._destroy(slug, tomb)
+
+    def _destroy(self, slug: str, tomb: Path) -> None:
+        """The last steps of a deletion: the vectors, then the renamed folder."""
+        self.store.drop(slug)
+        shutil.rmtree(tomb, ignore_errors=True)
 
     # documents -------------------------------------------------------------------------------
     def list_documents(self, kb_name: str) -> list[DocumentInfo]:

@@ -71,7 +71,7 @@ def load_document(path: Path, *, ocr: bool = True, name: str | None = None) -> l
     except OSError as exc:
         raise KBQAError(f"{name} could not be read ({exc.strerror or exc}); check it and retry.") from exc
     except Exception as exc:
-        logger.debug("loading %s failed", name, exc_info=True)  # the user gets the message; developers, this
+        logger.debug("loading %s failed", name, exc_info=True)  # the message is the user's; the trace, debugging's
         raise CorruptDocument(f"{name} could not be parsed ({type(exc).__name__}: {exc}); it may be damaged "
                               f"or not really a {suffix} file. Re-save it and upload again.") from exc
     sections = [s for s in sections if s.text.strip()]

@@ -41,15 +41,18 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 return warn(exc)
         return wrapped
 
-    def refresh_kbs(current: str | None) -> Any:
+    def kb_dropdown(current: str | None, keep_typed: bool) -> Any:
+        """The knowledge bases as they are now; the choice kept if it exists (or, ``keep_typed``, is a new name)."""
         names = handlers.kb_names(service)
-        value = current if current in names or current else (names[0] if names else None)
-        return gr.update(choices=names, value=value)
+        keep = current in names or (keep_typed and bool(current))
+        return gr.update(choices=names, value=current if keep else (names[0] if names else None))
+
+    def refresh_kbs(current: str | None) -> Any:
+        return kb_dropdown(current, keep_typed=True)
 
     def on_load(current: str | None) -> Any:
         # The page was built when the server started: list the knowledge bases as they are now.
-        names = handlers.kb_names(service)
-        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+        return kb_dropdown(current, keep_typed=False)
 
     def refresh_docs(kb: str | None) -> tuple[Any, Any]:
         rows = handlers.documents(service, kb)
@@ -85,9 +88,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     @guard
     def on_delete_kb(kb: str | None) -> tuple[Any, ...]:
         message = handlers.delete_kb(service, kb)
-        names = handlers.kb_names(service)
         # A new conversation: follow-up questions must not be read against the deleted knowledge base's chat.
-        return (gr.update(choices=names, value=names[0] if names else None), [], message, gr.update(visible=False),
+        return (kb_dropdown(None, keep_typed=False), [], message, gr.update(visible=False),
                 [], sources_html([]), [], "")
 
     names = handlers.kb_names(service)
@@ -134,10 +136,13 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         def new_chat() -> tuple[Any, ...]:
             return [], sources_html([])
 
+        def hide_confirm() -> Any:
+            return gr.update(visible=False)
+
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
         # Another knowledge base, another conversation: a follow-up must not be read against the old chat.
-        kb.input(new_chat, None, [chatbot, sources]).then(lambda: gr.update(visible=False), None, confirm_row)
+        kb.input(new_chat, None, [chatbot, sources]).then(hide_confirm, None, confirm_row)
         app.load(on_load, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice])
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
@@ -146,7 +151,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         clear.click(new_chat, None, [chatbot, sources], cancels=asking)  # stops a streaming answer too
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
-        confirm_no.click(lambda: gr.update(visible=False), None, confirm_row)
+        confirm_no.click(hide_confirm, None, confirm_row)
         confirm_yes.click(on_delete_kb, pending_delete,
                           [kb, docs, message, confirm_row, chatbot, sources, results, summary])
     return app
