@@ -4,10 +4,12 @@
   ``kb:<name>`` per knowledge base.
 - ``POST /v1/chat/completions``: OpenAI request/response shapes, streaming (SSE) or not, with ``usage`` and
   ``finish_reason`` (``stop`` / ``length``). With model ``kb:<name>`` the last user message is answered
-  from that knowledge base and the response carries a top-level ``sources`` list (in the last chunk when
-  streaming). Parameters kbqa cannot honour (``n`` > 1, ``tools``, ``response_format`` other than text,
-  ``logprobs``) are refused with a 400 naming the parameter, never silently ignored.
-- ``POST /v1/embeddings``: vectors from the configured embedding model (float or base64).
+  from that knowledge base and the response carries top-level ``sources``, ``refused``, ``notice`` and
+  ``query`` (when streaming, on the chunk with the ``finish_reason``). Parameters kbqa cannot honour
+  (``n`` > 1, tools, ``response_format`` other than text, ``logprobs``, penalties, ``logit_bias``, image or
+  audio content) are refused with a 400 naming the parameter, never silently ignored. A client that
+  disconnects stops the generation, streaming or not.
+- ``POST /v1/embeddings``: vectors from the configured embedding model (float or base64), with ``usage``.
 - ``GET /kb``, ``GET|POST /kb/{name}/files``, ``DELETE /kb/{name}/files/{file}``, ``DELETE /kb/{name}``,
   ``POST /kb/{name}/search``.
 
@@ -31,13 +33,15 @@ from typing import Any, Literal
 import anyio
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.routing import Match
 
 from kbqa.errors import FileTooLarge, KBQAError
 from kbqa.ingest import file_too_large
 from kbqa.llm.base import GenerationParams, Usage
-from kbqa.schema import AnswerEvent, ChatMessage, FileResult, IngestReport, Role
+from kbqa.schema import Answer, AnswerEvent, ChatMessage, FileResult, IngestReport, Role
 from kbqa.service import KBQAService
 
 CHAT_MODEL = "kbqa"
@@ -54,8 +58,19 @@ class Unsupported(KBQAError):
         self.param = param
 
 
+class ModelNotFound(KBQAError):
+    """The request names a model kbqa does not serve."""
+
+    status_code = 404
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"Unknown model '{model}': use '{CHAT_MODEL}' or '{KB_PREFIX}<knowledge base>' "
+                         "(GET /v1/models lists them).")
+        self.param = "model"
+
+
 class Message(BaseModel):
-    """An OpenAI chat message (text content; image parts are dropped)."""
+    """An OpenAI chat message (text content; other content parts are refused by ``check_supported``)."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -86,6 +101,12 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         """Raise ``Unsupported`` for a parameter kbqa would otherwise have to ignore."""
@@ -97,11 +118,24 @@ class ChatRequest(BaseModel):
         if self.response_format and self.response_format.get("type", "text") != "text":
             raise Unsupported("response_format", f"response_format {self.response_format.get('type')!r} is not "
                                                  "supported: kbqa cannot constrain the model's output to JSON.")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise Unsupported("tool_choice", "tool_choice needs tools, and kbqa's local model has no tool calling.")
         if self.logprobs or self.top_logprobs:
             raise Unsupported("logprobs", "logprobs are not supported by kbqa.")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise Unsupported(name, f"{name} is not supported by kbqa's backends: leave it unset or 0.")
+        if self.logit_bias:
+            raise Unsupported("logit_bias", "logit_bias is not supported by kbqa: leave it unset.")
+        if self.audio or set(self.modalities or ()) - {"text"}:
+            raise Unsupported("modalities", "kbqa's local model writes text only: leave out audio output.")
         for m in self.messages:
             if m.role in ("tool", "function"):
                 raise Unsupported("messages", f"'{m.role}' messages are not supported: kbqa has no tool calling.")
+            kinds = {str(part.get("type")) for part in m.content} - {"text"} if isinstance(m.content, list) else ()
+            if kinds:
+                raise Unsupported("messages", f"Content of type {', '.join(sorted(kinds))} is not supported: "
+                                              "kbqa's local model reads text only.")
 
     def params(self, base: GenerationParams) -> GenerationParams:
         """``base`` with the client's generation settings applied."""
@@ -165,6 +199,10 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             return ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
 
         errors = list(exc.errors())
+        if errors and errors[0].get("type") == "json_invalid":
+            at = errors[0].get("loc", ("body", "?"))[-1]
+            return JSONResponse(status_code=400, content=error_body(
+                f"The request body is not valid JSON (error at character {at}).", 400, "invalid_json"))
         problems = "; ".join(f"{where(e)}: {e.get('msg')}" for e in errors)
         param = where(errors[0]) if errors else None
         return JSONResponse(status_code=422, content=error_body(f"Invalid request: {problems}.", 422,
@@ -183,57 +221,67 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     @api.get("/v1/models/{model_id:path}")
     def model(model_id: str) -> Any:
         if model_id not in model_ids():
-            return JSONResponse(status_code=404, content=error_body(
-                f"Unknown model '{model_id}' (GET /v1/models lists them).", 404, "model_not_found", "model"))
+            raise ModelNotFound(model_id)
         return model_card(model_id)
 
-    @api.post("/v1/chat/completions", response_model=None)
-    def chat(req: ChatRequest) -> Any:
-        if not req.messages:
-            raise Unsupported("messages", "messages is empty.")
-        req.check_supported()
-        usage = Usage()
+    def answer_events(req: ChatRequest, usage: Usage) -> Iterator[AnswerEvent]:
         if req.model.startswith(KB_PREFIX):
             # System messages are not passed on: the knowledge base's prompt template sets the instructions.
             last = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=None)
             if last is None:
                 raise Unsupported("messages", "messages has no user message: put the question in a 'user' message.")
             history = [ChatMessage(m.role, m.text()) for m in req.messages[:last] if m.role in ("user", "assistant")]
-            events = service.ask_stream(req.model[len(KB_PREFIX):], req.messages[last].text(), history,
-                                        req.params(service.answer_params), usage)
-        elif req.model == CHAT_MODEL:
+            return service.ask_stream(req.model[len(KB_PREFIX):], req.messages[last].text(), history,
+                                      req.params(service.answer_params), usage)
+        if req.model == CHAT_MODEL:
             # Plain chat keeps llama.cpp's prompt cache (each turn resends the history).
             base = replace(service.answer_params, reuse_prompt_cache=True)
             messages = [ChatMessage(_ROLES[m.role], m.text()) for m in req.messages]
-            events = (AnswerEvent("token", text=t) for t in service.chat_stream(messages, req.params(base), usage))
-        else:
-            raise Unsupported("model", f"Unknown model '{req.model}': use '{CHAT_MODEL}' or 'kb:<knowledge base>' "
-                                       "(GET /v1/models lists them).")
-        first = next(events, None)  # surface errors (unknown knowledge base...) before streaming starts
-        stream = _chain(first, events)
+            return (AnswerEvent("token", text=t) for t in service.chat_stream(messages, req.params(base), usage))
+        raise ModelNotFound(req.model)
+
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest, request: Request) -> Any:
+        if not req.messages:
+            raise Unsupported("messages", "messages is empty.")
+        req.check_supported()
+        usage = Usage()
+
+        def start() -> Iterator[AnswerEvent]:
+            events = answer_events(req, usage)
+            first = next(events, None)  # surface errors (unknown knowledge base...) before answering starts
+            return _chain(first, events)
+
+        stream = await anyio.to_thread.run_sync(start)  # blocking work runs in worker threads
         cid, created = _completion_id(), int(time.time())
         if req.stream:
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return _ClosingStream(_sse(stream, cid, created, req.model, usage, include_usage))
-        text, sources = "", None
-        for event in stream:
-            if event.kind == "token":
-                text += event.text
-            elif event.kind == "done" and event.answer is not None:
-                text, sources = event.answer.answer, [s.to_dict() for s in event.answer.sources]
+        text, answer = "", None
+        try:
+            while (event := await anyio.to_thread.run_sync(_next, stream)) is not None:
+                if event.kind == "token":
+                    text += event.text
+                elif event.kind == "done":
+                    answer = event.answer
+                if await request.is_disconnected():  # the client gave up (a timeout): stop generating for it
+                    return Response(status_code=499)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close)  # type: ignore[attr-defined]
         body: dict[str, Any] = {
             "id": cid, "object": "chat.completion", "created": created, "model": req.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer if answer else text},
                          "finish_reason": usage.finish_reason}],
             "usage": _usage(usage)}
-        if sources is not None:
-            body["sources"] = sources
-        return body
+        return body | _answer_fields(answer)
 
     @api.post("/v1/embeddings")
     def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
         texts = [req.input] if isinstance(req.input, str) else req.input
-        if not texts or not all(isinstance(t, str) for t in texts):
+        if not texts:
+            raise Unsupported("input", "input is an empty list: there is nothing to embed.")
+        if not all(isinstance(t, str) for t in texts):
             raise Unsupported("input", "input must be a string or a list of strings: token arrays are not supported "
                                        "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)).")
         if not all(t.strip() for t in texts):  # type: ignore[union-attr]
@@ -248,8 +296,10 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
                 return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
             return v.tolist()
 
+        tokens = service.embedding_tokens(texts)  # type: ignore[arg-type]
         return {"object": "list", "model": req.model,
-                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]}
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @api.get("/kb")
     def list_kbs() -> list[dict[str, Any]]:
@@ -300,11 +350,29 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     @api.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     @api.api_route("/kb/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def unknown(request: Request, rest: str) -> JSONResponse:
+        allowed: set[str] = set()
+        for route in api.router.routes:  # a known path asked with another method
+            if isinstance(route, APIRoute) and route.endpoint is not unknown \
+                    and route.matches(request.scope)[0] == Match.PARTIAL:
+                allowed |= route.methods or set()
+        if allowed:
+            return JSONResponse(status_code=405, headers={"Allow": ", ".join(sorted(allowed))}, content=error_body(
+                f"{request.url.path} does not take {request.method}: use {' or '.join(sorted(allowed))}.", 405,
+                "method_not_allowed"))
         return JSONResponse(status_code=404, content=error_body(
             f"No endpoint {request.method} {request.url.path}: kbqa serves /v1/models, /v1/chat/completions, "
             "/v1/embeddings and /kb (see the README's API section).", 404, "unknown_url"))
 
     return api
+
+
+def _answer_fields(answer: Answer | None) -> dict[str, Any]:
+    """A knowledge-base answer's fields beside the reply: sources, refused, notice, query (none for plain chat)."""
+    return {k: v for k, v in answer.to_dict().items() if k != "answer"} if answer is not None else {}
+
+
+def _next(events: Iterator[AnswerEvent]) -> AnswerEvent | None:
+    return next(events, None)
 
 
 def _chain(first: AnswerEvent | None, rest: Iterator[AnswerEvent]) -> Iterator[AnswerEvent]:
@@ -370,7 +438,7 @@ def _sse(events: Iterator[AnswerEvent], cid: str, created: int, model: str, usag
             elif event.kind == "done" and event.answer is not None:
                 if not streamed and event.answer.answer:  # e.g. the refusal sentence, not generated
                     yield chunk({"content": event.answer.answer})
-                yield from end(sources=[s.to_dict() for s in event.answer.sources])
+                yield from end(**_answer_fields(event.answer))
                 return
     except KBQAError as exc:
         yield f"data: {json.dumps(error_body(str(exc), exc.status_code, _code(exc)), ensure_ascii=False)}\n\n"

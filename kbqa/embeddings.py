@@ -45,6 +45,10 @@ class Embedder(Protocol):
         """Which texts the model would truncate (so the splitter can cut them smaller)."""
         ...
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model reads of each text as a passage (prefix and special tokens included)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModelProfile:
@@ -217,9 +221,13 @@ class Text2VecEmbedder:
 
     def too_long(self, texts: Sequence[str]) -> list[bool]:
         """True for texts over the model's token limit (prefix and special tokens included)."""
+        return [n > self.profile.max_seq_length for n in self.token_counts(texts)]
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """See ``Embedder``."""
         enc = self._tokenizer([self.profile.passage_prefix + t for t in texts], add_special_tokens=True,
                               truncation=False)["input_ids"]
-        return [len(ids) > self.profile.max_seq_length for ids in enc]
+        return [len(ids) for ids in enc]
 
 
 def quantized(cfg: EmbeddingSettings) -> bool:
@@ -288,3 +296,7 @@ class LazyEmbedder:
     def too_long(self, texts: Sequence[str]) -> list[bool]:
         """See ``Embedder``."""
         return self.model.too_long(texts)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """See ``Embedder``."""
+        return self.model.token_counts(texts)

@@ -21,6 +21,7 @@ from kbqa.embeddings import Embedder
 from kbqa.errors import DocumentNotFound, EmptyDocument, FileTooLarge, KBQAError
 from kbqa.fileio import file_sha256
 from kbqa.knowledge import KnowledgeBase, safe_file_name
+from kbqa.loaders import loader_for
 from kbqa.retrieval import KeywordIndexes
 from kbqa.schema import Chunk, FileResult, IngestReport, Section
 from kbqa.splitter import Splitter
@@ -144,6 +145,7 @@ class Ingestor:
         size = path.stat().st_size
         if size > self.max_bytes:
             raise file_too_large(name, size, self.max_bytes)
+        loader_for(name)  # a format kbqa cannot read is refused, even with bytes it already holds
         try:
             sha = file_sha256(path)
         except OSError as exc:
@@ -309,8 +311,10 @@ class Ingestor:
                     self.store.add(kb.slug, chunks, vectors)
                     index.add([c.id for c in chunks], [c.text for c in chunks])
                     for p in group:
-                        kb.store_content(p.path, p.name)
+                        kb.stage_content(p.path, p.name)
                     kb.commit_files([(p.name, p.sha256, len(p.chunks), p.pages, p.size, p.origin) for p in group])
+                    for p in group:
+                        kb.place_content(p.name)
                     for p in group:
                         if p.replaces:
                             index.delete(self.store.delete_sha(kb.slug, p.replaces))
@@ -358,11 +362,12 @@ def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordInde
             index.delete(store.delete_sha(kb.slug, entry["sha256"]))
             index.generation = kb.manifest.generation
             index.save()
-        (kb.content_dir / name).unlink(missing_ok=True)
+            (kb.content_dir / name).unlink(missing_ok=True)
 
 
 def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
-    """Remove chunks an interrupted change left behind: content marked pending that no file names."""
+    """Undo what an interrupted change left behind: chunks of content marked pending that no file names,
+    and original-file copies out of step with the manifest."""
     if not kb.manifest.pending:
         return
     committed = {f["sha256"] for f in kb.manifest.files.values()}
@@ -376,8 +381,7 @@ def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
         kb.manifest.pending = []
         kb.manifest.generation += 1  # the keyword index no longer matches: rebuild it from the store
         kb.save_manifest()
-    for leftover in kb.content_dir.glob(".*.partial"):
-        leftover.unlink(missing_ok=True)
+        kb.settle_content()
 
 
 def reconcile(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes) -> None:

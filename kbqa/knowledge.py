@@ -10,7 +10,11 @@
 
 The manifest is the source of truth. Chunks are written to the vector store before the manifest names
 their file, and the sha256 of a file being written or deleted is recorded in ``pending`` first, so a
-crash at any point leaves, at worst, orphan chunks that ``pending`` names and ``recover`` removes.
+crash at any point leaves, at worst, orphan chunks that ``pending`` names and ``recover`` removes. An
+original file's copy is staged as ``content/.NAME.partial`` and renamed into place after the manifest
+names it; after a crash, ``settle_content`` finishes or drops staged copies and removes the copies of
+files the manifest no longer names. A new knowledge base holds an ``UNFINISHED`` marker until its first
+batch ends, so one whose first ingest was killed before any file got in is removed at the next start.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from kbqa.errors import (
     KnowledgeBaseNotFound,
     KnowledgeRootInUse,
 )
-from kbqa.fileio import write_json_atomic
+from kbqa.fileio import file_sha256, write_json_atomic
 from kbqa.schema import DocumentInfo
 
 try:
@@ -137,9 +141,38 @@ class KnowledgeBase:
                             "again.") from None
         self.embedding: str = info.get("embedding", "")
         self.created: str = info.get("created", "")
+        for leftover in folder.glob(".manifest.json.*"):  # of a write a crash cut short (see write_json_atomic)
+            leftover.unlink(missing_ok=True)
         self.lock = threading.RLock()
         #: Set (under ``lock``) when the knowledge base is deleted; writers still holding it stop.
         self.deleted = False
+
+    def stage_content(self, src: Path, name: str) -> None:
+        """Copy an original file beside its place in ``content/``; ``place_content`` puts it there."""
+        self.content_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, self._staged(name))
+
+    def place_content(self, name: str) -> None:
+        """Rename a staged copy into place (once the manifest names the file)."""
+        os.replace(self._staged(name), self.content_dir / name)
+
+    def _staged(self, name: str) -> Path:
+        return self.content_dir / f".{name}.partial"
+
+    def settle_content(self) -> None:
+        """After a crash: put the staged copies of committed files in place; remove those of files the
+        manifest does not name (a change that did not commit, a deletion that did)."""
+        if not self.content_dir.is_dir():
+            return
+        for path in sorted(self.content_dir.iterdir(), key=lambda p: p.name.startswith(".")):
+            if path.name.startswith(".") and path.name.endswith(".partial"):
+                entry = self.manifest.files.get(path.name[1:-len(".partial")])
+                if entry is not None and file_sha256(path) == entry["sha256"]:
+                    os.replace(path, self.content_dir / path.name[1:-len(".partial")])
+                    continue
+            elif path.name in self.manifest.files:
+                continue
+            path.unlink(missing_ok=True)
 
     @property
     def content_dir(self) -> Path:
@@ -206,13 +239,6 @@ class KnowledgeBase:
         self.save_manifest()
         return entry
 
-    def store_content(self, src: Path, name: str) -> None:
-        """Copy an original file into ``content/`` (temp name, then rename)."""
-        self.content_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.content_dir / f".{name}.partial"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, self.content_dir / name)
-
     def documents(self) -> list[DocumentInfo]:
         """The files it holds, by name."""
         return [DocumentInfo(name=n, sha256=f["sha256"], chunks=f["chunks"], pages=f.get("pages"),
@@ -250,6 +276,10 @@ class KnowledgeBase:
         return sum(f["chunks"] for f in self.manifest.files.values())
 
 
+#: In a new knowledge base's folder until its first batch of files ends (see ``KBQAService.add_files``).
+UNFINISHED = ".first-batch-unfinished"
+
+
 def _hold_root(root: Path) -> None:
     """Take the knowledge root for this process, or explain which process has it.
 
@@ -270,12 +300,15 @@ def _hold_root(root: Path) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
+            lines = os.read(fd, 1000).decode("utf-8", "replace").splitlines()
             os.close(fd)
+            holder = lines[0].strip() if lines and lines[0].strip() else "another process"
+            url = lines[1].strip() if len(lines) > 1 and lines[1].startswith("http") else ""
+            use = (f"the web app at {url}, or its HTTP API, e.g. `curl -F files=@report.pdf {url}kb/NAME/files`"
+                   if url else "its web app or HTTP API")
             raise KnowledgeRootInUse(
                 f"The knowledge root {root} is in use by another kbqa process ({holder}), and its database works "
-                "from one process at a time. Use that process instead (the web app, or its HTTP API, e.g. "
-                "`curl -F files=@report.pdf http://127.0.0.1:7860/kb/NAME/files`), stop it first, or set "
+                f"from one process at a time. Use that process instead ({use}), stop it first, or set "
                 "paths.knowledge_root to another folder.") from None
         os.ftruncate(fd, 0)
         command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200] if sys.argv else "python"
@@ -309,6 +342,12 @@ class KnowledgeRoot:
         key = self.root.resolve()
         _hold_root(key)
         weakref.finalize(self, _release_root, key)
+
+    def announce(self, url: str) -> None:
+        """Record where this process serves the knowledge root, for the message another process gets."""
+        held = _HELD.get(self.root.resolve())
+        if held is not None:
+            os.write(held[0], f"\n{url}".encode())
 
     @property
     def chroma_dir(self) -> Path:
@@ -355,16 +394,35 @@ class KnowledgeRoot:
                 self._open[folder.name] = KnowledgeBase(folder)
             return self._open[folder.name]
 
-    def create(self, name: str) -> KnowledgeBase:
-        """Create a knowledge base, or open it when it exists."""
+    def create(self, name: str, first_batch: bool = False) -> KnowledgeBase:
+        """Create a knowledge base, or open it when it exists.
+
+        ``first_batch``: it is created to receive a batch of files; it is marked ``UNFINISHED`` until the
+        caller's batch ends (``finish_first_batch``), so that a crash before then does not leave it empty.
+        """
         name = check_kb_name(name)
         folder = self.root / slugify(name)
         if not (folder / "kb.json").is_file():
-            if folder.exists() and any(folder.iterdir()):
-                raise KBQAError(f"{folder} exists but is not a knowledge base; move it away and try again.")
+            if folder.exists():  # a creation a crash cut short is no reason to refuse the name
+                for leftover in [*folder.glob(".kb.json.*"), folder / UNFINISHED]:
+                    leftover.unlink(missing_ok=True)
+                if any(folder.iterdir()):
+                    raise KBQAError(f"{folder} exists but is not a knowledge base; move it away and try again.")
             folder.mkdir(parents=True, exist_ok=True)
+            if first_batch:
+                (folder / UNFINISHED).touch()
             write_json_atomic(folder / "kb.json", {"name": name, "embedding": "", "created": _now()})
         return self.open(name)
+
+    @staticmethod
+    def finish_first_batch(kb: KnowledgeBase) -> None:
+        """Clear the ``UNFINISHED`` mark of a knowledge base created with ``first_batch``."""
+        (kb.folder / UNFINISHED).unlink(missing_ok=True)
+
+    def unfinished(self) -> tuple[KnowledgeBase, ...]:
+        """Knowledge bases whose first batch of files did not end (the process was killed)."""
+        names = [p.parent.name for p in sorted(self.root.glob(f"*/{UNFINISHED}")) if p.parent.name[0] != "."]
+        return tuple(kb for kb in self.list() if kb.slug in names) if names else ()  # list() skips damaged ones
 
     def bury(self, kb: KnowledgeBase) -> Path:
         """Take a knowledge base out of the root in one step (a rename), before its parts are deleted.

@@ -85,10 +85,14 @@ class KBQAService:
             self._destroy(kb.slug, tomb)
 
     def _finish_deletions(self) -> None:
-        """Complete deletions a crash interrupted (the folder was renamed; the vectors may remain)."""
+        """Complete deletions a crash interrupted (the folder was renamed; the vectors may remain), and
+        settle new knowledge bases whose first batch a crash interrupted."""
         for slug, tomb in self.root.buried():
             log.warning("finishing the interrupted deletion of knowledge base %s", slug)
             self._destroy(slug, tomb)
+        for kb in self.root.unfinished():
+            self._kb(kb.slug)  # recovery first: what the manifest names got in whole
+            self._settle_first_batch(kb)
 
     def _destroy(self, slug: str, tomb: Path) -> None:
         """The last steps of a deletion: the vectors, then the renamed folder."""
@@ -110,12 +114,20 @@ class KBQAService:
             progress: ``progress(fraction, message)`` for a progress bar.
         """
         new = self.root.folder_for(kb_name) is None
-        kb = self.root.create(kb_name) if new else self._kb(kb_name)
+        kb = self.root.create(kb_name, first_batch=True) if new else self._kb(kb_name)
         pairs = [(Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name) for f in files]
-        report = self.ingestor.ingest(kb, pairs, progress)
-        if new and not kb.manifest.files and not kb.deleted:  # nothing got in: no empty knowledge base is left
+        try:
+            return self.ingestor.ingest(kb, pairs, progress)
+        finally:
+            if new and not kb.deleted:
+                self._settle_first_batch(kb)
+
+    def _settle_first_batch(self, kb: KnowledgeBase) -> None:
+        """A new knowledge base that nothing got into is removed (no empty one is left); else it is kept."""
+        if kb.manifest.files:
+            self.root.finish_first_batch(kb)
+        else:
             self._remove(kb)
-        return report
 
     def delete_document(self, kb_name: str, file_name: str) -> None:
         """Remove one file and all its chunks."""
@@ -172,3 +184,7 @@ class KBQAService:
         if not texts:
             raise KBQAError("No input to embed.")
         return self.qa.retriever.embedder.embed_documents(list(texts))
+
+    def embedding_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the embedding model reads of ``texts`` (the usage of an embeddings request)."""
+        return sum(self.qa.retriever.embedder.token_counts(list(texts)))

@@ -47,6 +47,9 @@ class FakeEmbedder:
     def too_long(self, texts: Sequence[str]) -> list[bool]:
         return [len(t) > self.max_chars for t in texts]
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return [len(t) for t in texts]
+
 
 class FakeLLM:
     """Records the messages it gets; replies with scripted text (or the last user line by default)."""

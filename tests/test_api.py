@@ -198,12 +198,50 @@ def test_knowledge_base_answers_take_the_client_generation_settings(  # type: ig
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"logprobs": True}, "logprobs"),
     ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"frequency_penalty": -1}, "frequency_penalty"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
 ])
 def test_parameters_kbqa_cannot_honour_are_refused_not_ignored(base_url: str, extra: dict, param: str) -> None:  # type: ignore[type-arg]
     body = {"model": "kbqa", "messages": [{"role": "user", "content": "hi"}], **extra}
     out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
     assert out.status_code == 400
     assert out.json()["error"]["param"] == param and out.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_defaults_of_parameters_kbqa_does_not_apply_are_accepted(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["Fine."]
+    out = client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "How are you?"}]}], presence_penalty=0, frequency_penalty=0, logit_bias={},
+        tool_choice="none", parallel_tool_calls=False, top_logprobs=0, modalities=["text"])
+    assert out.choices[0].message.content == "Fine."
+
+
+def test_unknown_models_are_404_like_openai(client) -> None:  # type: ignore[no-untyped-def]
+    from openai import NotFoundError
+
+    for stream in (False, True):
+        with pytest.raises(NotFoundError) as info:
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=stream)
+        assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
+        assert "GET /v1/models" in info.value.body["message"]
+
+
+def test_knowledge_base_answers_say_whether_they_are_refusals(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["The Nile flows north [1]."]
+    question = [{"role": "user", "content": "Where does the Nile flow?"}]
+    out = client.chat.completions.create(model="kb:rivers", messages=question)
+    assert out.model_extra["refused"] is False and out.model_extra["query"] == "Where does the Nile flow?"
+    refusal = client.chat.completions.create(model="kb:rivers", stream=True, stream_options={"include_usage": True},
+                                             messages=[{"role": "user", "content": "量子计算机的工作温度是多少？"}])
+    chunks = list(refusal)
+    final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert final.model_extra["refused"] is True and final.model_extra["sources"] == []
+    assert final.model_extra["notice"] and chunks[-1].usage is not None
 
 
 def test_developer_messages_are_system_messages(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
@@ -223,6 +261,12 @@ def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client
         out = httpx.request(method, base_url + path, timeout=30)
         assert out.status_code == 404 and out.json()["error"]["code"] == "unknown_url"
     assert client.models.retrieve("kb:rivers").id == "kb:rivers"
+    wrong_method = httpx.get(f"{base_url}/v1/chat/completions", timeout=30)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert "use POST" in wrong_method.json()["error"]["message"]
+    garbled = httpx.post(f"{base_url}/v1/chat/completions", content=b'{"model": kbqa}', timeout=30,
+                         headers={"content-type": "application/json"})
+    assert garbled.status_code == 400 and "not valid JSON" in garbled.json()["error"]["message"]
     assert httpx.get(f"{base_url}/v1/models/kb:nope").json()["error"]["code"] == "model_not_found"
 
 
@@ -233,10 +277,14 @@ def test_embeddings_as_base64_and_bad_embedding_input(base_url: str, client) -> 
     raw = httpx.post(f"{base_url}/v1/embeddings", timeout=30,
                      json={"input": "Nile", "encoding_format": "base64"}).json()["data"][0]["embedding"]
     assert np.allclose(np.frombuffer(__import__("base64").b64decode(raw), dtype="<f4"), floats)
-    for body, param in [({"input": [[1, 2, 3]]}, "input"), ({"input": ""}, "input"),
-                        ({"input": "x", "dimensions": 8}, "dimensions")]:
+    usage = client.embeddings.create(model="kbqa-embedding", input=["Nile", "Yangtze"]).usage
+    assert usage.prompt_tokens == usage.total_tokens == len("Nile") + len("Yangtze")  # FakeEmbedder: a token a char
+    for body, param, says in [({"input": [[1, 2, 3]]}, "input", "token arrays"), ({"input": ""}, "input", "empty"),
+                              ({"input": []}, "input", "empty list"),
+                              ({"input": "x", "dimensions": 8}, "dimensions", "8")]:
         out = httpx.post(f"{base_url}/v1/embeddings", json=body, timeout=30)
         assert out.status_code == 400 and out.json()["error"]["param"] == param
+        assert says in out.json()["error"]["message"]
 
 
 def test_an_upload_where_every_file_fails_creates_no_knowledge_base(base_url: str) -> None:
@@ -246,15 +294,20 @@ def test_an_upload_where_every_file_fails_creates_no_knowledge_base(base_url: st
     assert "brand-new" not in [kb["name"] for kb in httpx.get(f"{base_url}/kb").json()]
 
 
-@pytest.mark.parametrize("model", ["kbqa", "kb:rivers"])
-def test_a_client_that_goes_away_stops_the_generation(base_url: str, llm: FakeLLM, model: str) -> None:
+@pytest.mark.parametrize(("model", "stream"), [("kbqa", True), ("kb:rivers", True), ("kbqa", False)])
+def test_a_client_that_goes_away_stops_the_generation(base_url: str, llm: FakeLLM, model: str, stream: bool) -> None:
+    # Streaming: the client closes the stream after the first words. Not streaming: it times out waiting.
     llm.replies, llm.delay = ["word " * 100], 0.1  # 10 s unless stopped
-    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "Longest river in Asia?"}]}
+    body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Longest river in Asia?"}]}
     try:
-        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=30) as response:
-            lines = response.iter_lines()
-            while "word" not in next(lines):
-                pass
+        if stream:
+            with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=30) as response:
+                lines = response.iter_lines()
+                while "word" not in next(lines):
+                    pass
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=1)
         deadline = time.time() + 3
         while llm.streaming and time.time() < deadline:
             time.sleep(0.05)
@@ -269,3 +322,16 @@ def test_any_upload_limit_the_settings_accept_serves(service: KBQAService, max_f
 
     app = build_server(service, load_settings(ingest={"max_file_mb": max_file_mb}))
     assert TestClient(app).get("/v1/models").status_code == 200
+
+
+def test_the_server_logs_api_requests_not_the_web_page_traffic() -> None:
+    import logging
+
+    from kbqa.ui.app import ApiRequestsOnly
+
+    def line(path: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                                 ("127.0.0.1:5000", "GET", path, "1.1", 200), None)
+
+    paths = ["/v1/models", "/kb/sotu/files", "/gradio_api/queue/join", "/"]
+    assert [ApiRequestsOnly().filter(line(p)) for p in paths] == [True, True, False, False]

@@ -83,11 +83,13 @@ def test_a_second_process_is_refused_the_knowledge_root_this_one_holds(tmp_path:
 
     root = KnowledgeRoot(tmp_path)
     KnowledgeRoot(tmp_path).create("kb1")  # a second root object in the same process shares the hold
+    root.announce("http://127.0.0.1:7871/")  # as `kbqa serve` does: the refusal names where to go instead
     code = "import sys; from kbqa.knowledge import KnowledgeRoot; KnowledgeRoot(sys.argv[1])"
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                            timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert other.returncode != 0
     assert "in use by another kbqa process" in other.stderr and f"pid {os.getpid()}" in other.stderr
+    assert "curl -F files=@report.pdf http://127.0.0.1:7871/kb/NAME/files" in other.stderr
     del root
 
 

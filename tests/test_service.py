@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from kbqa.bootstrap import build_service
 from kbqa.errors import DocumentNotFound, EmptyKnowledgeBase, IncompatibleIndex, KBQAError
+from kbqa.knowledge import UNFINISHED
 from kbqa.service import KBQAService
 from kbqa.settings import Settings, load_settings
 from tests.fakes import FakeEmbedder, FakeLLM
@@ -164,6 +166,66 @@ def test_chunks_left_by_a_killed_process_are_removed_on_next_open(make: Callable
     fresh = make(mode="hybrid")
     assert all(c.id != "dead:0" for c in fresh.search("kb", "orphan Jupiter", 10))
     assert fresh.store.count(kb.slug) == fresh.list_documents("kb")[0].chunks
+
+
+def test_copies_of_originals_follow_the_manifest_after_a_killed_change(make: Callable[..., KBQAService],
+                                                                       tmp_path: Path) -> None:
+    service = make()
+    doc = tmp_path / "notes.txt"
+    doc.write_text("Version one of the notes.", encoding="utf-8")
+    service.add_files("kb", [doc])
+    kb = service.root.open("kb")
+    old = kb.manifest.files["notes.txt"]["sha256"]
+    # Killed while updating, before the commit: the new copy is only staged.
+    (kb.content_dir / ".notes.txt.partial").write_text("Version two.", encoding="utf-8")
+    kb.manifest.pending = [old, "f" * 64]
+    kb.save_manifest()
+    make().list_documents("kb")
+    assert [p.name for p in kb.content_dir.iterdir()] == ["notes.txt"]
+    assert (kb.content_dir / "notes.txt").read_text(encoding="utf-8") == "Version one of the notes."
+    # Killed after the commit named the new version, before its copy was renamed into place.
+    doc.write_text("Version two of the notes.", encoding="utf-8")
+    service = make()
+    service.add_files("kb", [doc])
+    kb = service.root.open("kb")
+    os.replace(kb.content_dir / "notes.txt", kb.content_dir / ".notes.txt.partial")
+    (kb.content_dir / "notes.txt").write_text("Version one of the notes.", encoding="utf-8")
+    kb.manifest.pending = [old]
+    kb.save_manifest()
+    make().list_documents("kb")
+    assert [p.name for p in kb.content_dir.iterdir()] == ["notes.txt"]
+    assert (kb.content_dir / "notes.txt").read_text(encoding="utf-8") == "Version two of the notes."
+    # Killed while deleting, after the manifest dropped the file: its copy goes too.
+    sha = kb.manifest.files.pop("notes.txt")["sha256"]
+    kb.manifest.pending = [sha]
+    kb.save_manifest()
+    assert make().list_documents("kb") == [] and list(kb.content_dir.iterdir()) == []
+
+
+def test_a_new_knowledge_base_whose_first_batch_was_killed_is_settled_at_the_next_start(
+        make: Callable[..., KBQAService], docs: Path) -> None:
+    service = make()
+    service.root.create("empty", first_batch=True)  # killed before any file got in
+    service.add_files("kept", [docs / "rivers.txt"])
+    kept = service.root.open("kept")
+    (kept.folder / UNFINISHED).touch()  # killed after a file got in, before the batch ended
+    (kept.folder / ".manifest.json.x1y2z3").write_text("{", encoding="utf-8")  # a manifest write cut short
+    fresh = make()
+    assert [kb.name for kb in fresh.list_kbs()] == ["kept"]
+    assert not (kept.folder / UNFINISHED).exists() and not (kept.folder / ".manifest.json.x1y2z3").exists()
+    fresh.create_kb("explicit")  # made on purpose, empty: kept
+    assert [kb.name for kb in make().list_kbs()] == ["explicit", "kept"]
+
+
+def test_a_knowledge_base_whose_creation_was_killed_can_be_created_again(make: Callable[..., KBQAService],
+                                                                         docs: Path) -> None:
+    service = make()
+    folder = service.root.root / "notes"
+    folder.mkdir(parents=True)
+    (folder / UNFINISHED).touch()
+    (folder / ".kb.json.ab12cd").write_text('{"na', encoding="utf-8")  # killed while writing kb.json
+    assert service.add_files("notes", [docs / "rivers.txt"]).files[0].status == "added"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
 
 
 def test_one_bad_file_never_aborts_the_batch(make: Callable[..., KBQAService], docs: Path, tmp_path: Path) -> None:
@@ -376,10 +438,23 @@ def test_a_copy_is_indexed_when_the_earlier_file_with_its_bytes_fails(make: Call
     report = service.add_files("kb", [(data, "notes.doc"), (data, "../../etc/passwd"), (data, "notes.txt"),
                                       (data, "again.txt")])
     assert [(f.name, f.status) for f in report.files] == [
-        ("notes.doc", "failed"), ("passwd", "failed"), ("notes.txt", "added"), ("again.txt", "unchanged")]
+        ("notes.doc", "failed"), ("../../etc/passwd", "failed"), ("notes.txt", "added"), ("again.txt", "unchanged")]
     assert "same content as notes.txt" in report.files[3].reason
     assert [d.name for d in service.list_documents("kb")] == ["notes.txt"]
     assert stored_chunks(service, "kb") == ["Zebra code 4711 opens the gate."]
+
+
+def test_a_format_kbqa_cannot_read_is_refused_even_with_bytes_it_holds(make: Callable[..., KBQAService],
+                                                                        tmp_path: Path) -> None:
+    service = make()
+    data = tmp_path / "notes.txt"
+    data.write_text("Zebra code 4711 opens the gate.", encoding="utf-8")
+    service.add_files("kb", [data])
+    report = service.add_files("kb", [(data, "notes.doc"), (data, "../../etc/passwd")])
+    assert [f.status for f in report.files] == ["failed", "failed"]
+    assert "save it as .docx" in report.files[0].reason
+    assert "passwd: Files without an extension" in report.files[1].reason
+    assert [d.name for d in service.list_documents("kb")] == ["notes.txt"]
 
 
 def test_a_file_changed_into_a_copy_of_another_in_the_same_batch_loses_its_old_text(

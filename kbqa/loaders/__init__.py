@@ -14,7 +14,7 @@ from kbqa.loaders.text import load_csv, load_html, load_text, read_text
 from kbqa.loaders.tidy import tidy_text
 from kbqa.schema import Section
 
-__all__ = ["SUPPORTED_SUFFIXES", "Loader", "load_document", "read_text", "tidy_text"]
+__all__ = ["SUPPORTED_SUFFIXES", "Loader", "load_document", "loader_for", "read_text", "tidy_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,22 @@ _HINTS = {".doc": "save it as .docx", ".xls": "save it as .csv", ".xlsx": "save 
           ".ppt": "save it as .pdf", ".pptx": "save it as .pdf", ".rtf": "save it as .docx"}
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(_LOADERS)
+
+
+def loader_for(name: str) -> Loader:
+    """The loader for a file of this name.
+
+    Raises:
+        UnsupportedFile: No loader reads files with its suffix.
+    """
+    suffix = Path(name).suffix.lower()
+    loader = _LOADERS.get(suffix)
+    if loader is None:
+        kind = f"'{suffix}' files are" if suffix else "Files without an extension are"
+        hint = f" ({_HINTS[suffix]})" if suffix in _HINTS else ""
+        raise UnsupportedFile(f"{name}: {kind} not supported. Convert it to one of "
+                              f"{', '.join(sorted(SUPPORTED_SUFFIXES))}{hint} and upload it again.")
+    return loader
 
 
 def load_document(path: Path, *, ocr: bool = True, name: str | None = None) -> list[Section]:
@@ -55,13 +71,8 @@ def load_document(path: Path, *, ocr: bool = True, name: str | None = None) -> l
         KBQAError: The file cannot be read at all, or OCR is unavailable.
     """
     name = name or path.name
+    loader = loader_for(name)
     suffix = Path(name).suffix.lower()
-    loader = _LOADERS.get(suffix)
-    if loader is None:
-        kind = f"'{suffix}' files are" if suffix else "Files without an extension are"
-        hint = f" ({_HINTS[suffix]})" if suffix in _HINTS else ""
-        raise UnsupportedFile(f"{name}: {kind} not supported. Convert it to one of "
-                              f"{', '.join(sorted(SUPPORTED_SUFFIXES))}{hint} and upload it again.")
     try:
         if path.stat().st_size == 0:
             raise EmptyDocument(f"{name} is empty (0 bytes); check that it is the right file.")

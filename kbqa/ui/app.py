@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import html
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -190,11 +192,31 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     service = build_service(settings, progress=progress)
     app = build_server(service, settings)
     host, port = host or settings.server.host, port or settings.server.port
+    service.root.announce(f"http://{host}:{port}/")
     # This is the server's own skin, not library code: tell the user where to go and what is loading.
     print(f"kbqa: web app on http://{host}:{port}/ , OpenAI-compatible API on http://{host}:{port}/v1 "
           "(loading the models in the background; the first answer waits for them)", file=sys.stderr, flush=True)
     threading.Thread(target=_warm_up, args=(service, bar), name="kbqa-warm-up", daemon=True).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_config=log_config())
+
+
+class ApiRequestsOnly(logging.Filter):
+    """Passes uvicorn's access lines of API requests (``/v1``, ``/kb``), not the web page's own traffic."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return isinstance(args, tuple) and len(args) > 2 and str(args[2]).startswith(("/v1/", "/kb"))
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging: warnings and errors, and one line per API request (method, path, status) on stderr."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["uvicorn"]["level"] = config["loggers"]["uvicorn.error"]["level"] = "WARNING"
+    config["filters"] = {"api_only": {"()": ApiRequestsOnly}}
+    config["handlers"]["access"].update(filters=["api_only"], stream="ext://sys.stderr")
+    return config
 
 
 def _warm_up(service: KBQAService, bar: Any) -> None:
