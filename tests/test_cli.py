@@ -128,3 +128,20 @@ def test_refusal_is_printed_once(tmp_path: Path, folder: Path, monkeypatch: pyte
     capsys.readouterr()
     assert cli.main(["ask", "--kb", "space", "Who won the cup?"]) == 0
     assert capsys.readouterr().out.count("I cannot answer this from the knowledge base.") == 1
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(service: KBQAService, folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+    import time
+
+    def killed(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    monkeypatch.setattr(service, "add_files", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["ingest", "--kb", "space", str(folder)]) == 143
+    assert capsys.readouterr().err.strip().endswith("terminated")
+    assert signal.getsignal(signal.SIGTERM) is before
