@@ -378,10 +378,10 @@ def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
                 removed += len(store.delete_sha(kb.slug, sha))
         if removed:
             log.warning("removed %d chunks of an interrupted change in %s", removed, kb.name)
+        kb.settle_content()  # before pending is cleared: a crash in here is recovered again
         kb.manifest.pending = []
         kb.manifest.generation += 1  # the keyword index no longer matches: rebuild it from the store
         kb.save_manifest()
-        kb.settle_content()
 
 
 def reconcile(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes) -> None:
