@@ -419,6 +419,14 @@ class KnowledgeRoot:
         """Clear the ``UNFINISHED`` mark of a knowledge base created with ``first_batch``."""
         (kb.folder / UNFINISHED).unlink(missing_ok=True)
 
+    def drop_half_created(self) -> None:
+        """Remove folders a crash left mid-``create``: a marker and a half-written ``kb.json``, nothing else."""
+        for marker in self.root.glob(f"*/{UNFINISHED}"):
+            folder = marker.parent
+            if not (folder / "kb.json").exists() and all(
+                    p == marker or p.name.startswith(".kb.json.") for p in folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
+
     def unfinished(self) -> tuple[KnowledgeBase, ...]:
         """Knowledge bases whose first batch of files did not end (the process was killed)."""
         names = [p.parent.name for p in sorted(self.root.glob(f"*/{UNFINISHED}")) if p.parent.name[0] != "."]

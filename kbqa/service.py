@@ -90,6 +90,7 @@ class KBQAService:
         for slug, tomb in self.root.buried():
             log.warning("finishing the interrupted deletion of knowledge base %s", slug)
             self._destroy(slug, tomb)
+        self.root.drop_half_created()
         for kb in self.root.unfinished():
             self._kb(kb.slug)  # recovery first: what the manifest names got in whole
             self._settle_first_batch(kb)

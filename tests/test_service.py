@@ -206,6 +206,10 @@ def test_a_new_knowledge_base_whose_first_batch_was_killed_is_settled_at_the_nex
         make: Callable[..., KBQAService], docs: Path) -> None:
     service = make()
     service.root.create("empty", first_batch=True)  # killed before any file got in
+    half = service.root.root / "half"  # killed while writing kb.json
+    half.mkdir()
+    (half / UNFINISHED).touch()
+    (half / ".kb.json.q1w2e3").write_text('{"na', encoding="utf-8")
     service.add_files("kept", [docs / "rivers.txt"])
     kept = service.root.open("kept")
     (kept.folder / UNFINISHED).touch()  # killed after a file got in, before the batch ended
@@ -213,6 +217,7 @@ def test_a_new_knowledge_base_whose_first_batch_was_killed_is_settled_at_the_nex
     fresh = make()
     assert [kb.name for kb in fresh.list_kbs()] == ["kept"]
     assert not (kept.folder / UNFINISHED).exists() and not (kept.folder / ".manifest.json.x1y2z3").exists()
+    assert sorted(p.name for p in fresh.root.root.iterdir() if not p.name.startswith(".")) == ["kept"]
     fresh.create_kb("explicit")  # made on purpose, empty: kept
     assert [kb.name for kb in make().list_kbs()] == ["explicit", "kept"]
 
