@@ -42,7 +42,8 @@ def add_files(page: Any, kb_name: str, files: list[Path]) -> None:
     kb.press("Enter")
     page.get_by_role("tab", name="Documents").click()
     page.locator("#upload input[type=file]").set_input_files([str(f) for f in files])
-    page.wait_for_timeout(500)
+    for f in files:  # uploaded (listed by the file box) before Add is pressed
+        wait_text(page.locator("#upload"), f.stem, 30)  # shown as stem and suffix on two lines
     page.locator("#ingest-button").click()
 
 
@@ -94,10 +95,9 @@ def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> 
 
     add_files(page, "河流 rivers", [doc, bad])
     results = page.locator("#ingest-results")
-    wait_text(results, "rivers.txt", 30)
-    assert "added" in results.inner_text()
+    wait_text(page.locator("#ingest-summary"), "1 of 2 files", 30)  # the progress names files: wait for the end
+    assert "rivers.txt" in results.inner_text() and "added" in results.inner_text()
     assert "failed" in results.inner_text() and "notes.xyz" in results.inner_text()
-    assert "1 of 2 files" in page.locator("#ingest-summary").inner_text()
     wait_text(page.locator("#docs"), "rivers.txt", 10)
 
     page.get_by_role("tab", name="Chat").click()

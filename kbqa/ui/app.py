@@ -53,8 +53,13 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         return kb_dropdown(current, keep_typed=True)
 
     def on_load(current: str | None) -> Any:
-        # The page was built when the server started: list the knowledge bases as they are now.
-        return kb_dropdown(current, keep_typed=False)
+        # The page was built when the server started: list the knowledge bases as they are now. The value is
+        # replaced only when it must be (none chosen, or deleted since): a name the user typed while the
+        # page loaded is not wiped out.
+        names = handlers.kb_names(service)
+        if current in names or (not current and not names):
+            return gr.update(choices=names)
+        return gr.update(choices=names, value=names[0] if names else None)
 
     def refresh_docs(kb: str | None) -> tuple[Any, Any]:
         rows = handlers.documents(service, kb)
@@ -67,15 +72,29 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             gr.Warning("Some files could not be indexed: see the reason column.")
         return (results, docs, summary, None, refresh_kbs(kb), gr.update(choices=[r[0] for r in docs]))
 
-    def on_ask(kb: str | None, question: str, history: list[dict[str, str]]) -> Iterator[tuple[Any, ...]]:
+    #: Per browser session, the number of its current conversation: a new chat (Clear chat, another
+    #: knowledge base) ends the answer still streaming, so none of it lands in the new chat.
+    conversations: dict[str, int] = {}
+
+    def conversation(request: Any) -> tuple[str, int]:
+        key = getattr(request, "session_hash", None) or ""
+        return key, conversations.get(key, 0)
+
+    def on_ask(kb: str | None, question: str, history: list[dict[str, str]],
+               request: Any) -> Iterator[tuple[Any, ...]]:
+        key, number = conversation(request)
         try:
             first = True
             for chat, panel in handlers.ask(service, kb, question, history):
+                if conversations.get(key, 0) != number:
+                    return  # closing the answer's stream stops its generation
                 # The box is emptied once: what the user types meanwhile is the next question, kept.
                 yield chat, panel, "" if first else gr.skip()
                 first = False
         except KBQAError as exc:
             yield warn(exc)
+
+    on_ask.__annotations__["request"] = gr.Request  # how Gradio knows to pass the request (gradio is lazy here)
 
     @guard
     def on_delete_doc(kb: str | None, name: str | None) -> tuple[Any, ...]:
@@ -135,8 +154,12 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 message = gr.Markdown()
                 pending_delete = gr.State(None)
 
-        def new_chat() -> tuple[Any, ...]:
+        def new_chat(request: Any) -> tuple[Any, ...]:
+            key, number = conversation(request)
+            conversations[key] = number + 1
             return [], sources_html([])
+
+        new_chat.__annotations__["request"] = gr.Request
 
         def hide_confirm() -> Any:
             return gr.update(visible=False)
