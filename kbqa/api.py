@@ -46,6 +46,8 @@ from kbqa.service import KBQAService
 
 CHAT_MODEL = "kbqa"
 KB_PREFIX = "kb:"
+#: Content parts read as text: ``{"type": "text", "text": ...}`` and ``{"type": "refusal", "refusal": ...}``.
+_TEXT_PARTS = {"text", "refusal"}
 #: Roles kbqa reads; ``developer`` is the newer name of ``system``.
 _ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -79,7 +81,8 @@ class Message(BaseModel):
         """The message's text, joining content parts."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(str(part.get(part.get("type"), "")) for part in self.content  # type: ignore[arg-type]
+                       if part.get("type") in _TEXT_PARTS)
 
 
 class ChatRequest(BaseModel):
@@ -132,7 +135,7 @@ class ChatRequest(BaseModel):
         for m in self.messages:
             if m.role in ("tool", "function"):
                 raise Unsupported("messages", f"'{m.role}' messages are not supported: kbqa has no tool calling.")
-            kinds = {str(part.get("type")) for part in m.content} - {"text"} if isinstance(m.content, list) else ()
+            kinds = {str(p.get("type")) for p in m.content} - _TEXT_PARTS if isinstance(m.content, list) else set()
             if kinds:
                 raise Unsupported("messages", f"Content of type {', '.join(sorted(kinds))} is not supported: "
                                               "kbqa's local model reads text only.")

@@ -248,9 +248,11 @@ def test_developer_messages_are_system_messages(client, llm: FakeLLM) -> None:  
     llm.replies = ["Bonjour."]
     client.chat.completions.create(model="kbqa", messages=[
         {"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": None}, {"role": "user", "content": "Again"}])
+        {"role": "assistant", "content": None}, {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "Non."}]}, {"role": "user", "content": "Bis"}])
     assert [(m.role, m.content) for m in llm.prompts[-1]] == [
-        ("system", "Answer in French."), ("user", "Hi"), ("assistant", ""), ("user", "Again")]
+        ("system", "Answer in French."), ("user", "Hi"), ("assistant", ""), ("user", "Again"), ("assistant", "Non."),
+        ("user", "Bis")]
 
 
 def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
