@@ -166,9 +166,10 @@ class KnowledgeBase:
             return
         for path in sorted(self.content_dir.iterdir(), key=lambda p: p.name.startswith(".")):
             if path.name.startswith(".") and path.name.endswith(".partial"):
-                entry = self.manifest.files.get(path.name[1:-len(".partial")])
+                name = path.name[1:-len(".partial")]
+                entry = self.manifest.files.get(name)
                 if entry is not None and file_sha256(path) == entry["sha256"]:
-                    os.replace(path, self.content_dir / path.name[1:-len(".partial")])
+                    self.place_content(name)
                     continue
             elif path.name in self.manifest.files:
                 continue
@@ -278,6 +279,11 @@ class KnowledgeBase:
 
 #: In a new knowledge base's folder until its first batch of files ends (see ``KBQAService.add_files``).
 UNFINISHED = ".first-batch-unfinished"
+
+
+def _half_created(folder: Path) -> bool:
+    """Whether a folder without ``kb.json`` holds only what an interrupted ``create`` leaves (or nothing)."""
+    return all(p.name == UNFINISHED or p.name.startswith(".kb.json.") for p in folder.iterdir())
 
 
 def _hold_root(root: Path) -> None:
@@ -402,16 +408,16 @@ class KnowledgeRoot:
         """
         name = check_kb_name(name)
         folder = self.root / slugify(name)
-        if not (folder / "kb.json").is_file():
-            if folder.exists():  # a creation a crash cut short is no reason to refuse the name
-                for leftover in [*folder.glob(".kb.json.*"), folder / UNFINISHED]:
-                    leftover.unlink(missing_ok=True)
-                if any(folder.iterdir()):
-                    raise KBQAError(f"{folder} exists but is not a knowledge base; move it away and try again.")
-            folder.mkdir(parents=True, exist_ok=True)
-            if first_batch:
-                (folder / UNFINISHED).touch()
-            write_json_atomic(folder / "kb.json", {"name": name, "embedding": "", "created": _now()})
+        with self._lock:  # two uploads creating the same name at once: one creates, the other opens
+            if not (folder / "kb.json").is_file():
+                if folder.exists():  # a creation a crash cut short is no reason to refuse the name
+                    if not _half_created(folder):
+                        raise KBQAError(f"{folder} exists but is not a knowledge base; move it away and try again.")
+                    shutil.rmtree(folder)
+                folder.mkdir(parents=True)
+                if first_batch:
+                    (folder / UNFINISHED).touch()
+                write_json_atomic(folder / "kb.json", {"name": name, "embedding": "", "created": _now()})
         return self.open(name)
 
     @staticmethod
@@ -419,18 +425,24 @@ class KnowledgeRoot:
         """Clear the ``UNFINISHED`` mark of a knowledge base created with ``first_batch``."""
         (kb.folder / UNFINISHED).unlink(missing_ok=True)
 
-    def drop_half_created(self) -> None:
-        """Remove folders a crash left mid-``create``: a marker and a half-written ``kb.json``, nothing else."""
-        for marker in self.root.glob(f"*/{UNFINISHED}"):
-            folder = marker.parent
-            if not (folder / "kb.json").exists() and all(
-                    p == marker or p.name.startswith(".kb.json.") for p in folder.iterdir()):
-                shutil.rmtree(folder, ignore_errors=True)
-
     def unfinished(self) -> tuple[KnowledgeBase, ...]:
-        """Knowledge bases whose first batch of files did not end (the process was killed)."""
-        names = [p.parent.name for p in sorted(self.root.glob(f"*/{UNFINISHED}")) if p.parent.name[0] != "."]
-        return tuple(kb for kb in self.list() if kb.slug in names) if names else ()  # list() skips damaged ones
+        """Knowledge bases whose first batch of files did not end (the process was killed).
+
+        Folders a crash left in the middle of ``create`` (no ``kb.json`` yet) are removed on the way.
+        """
+        found = []
+        for marker in sorted(self.root.glob(f"*/{UNFINISHED}")):
+            folder = marker.parent
+            if folder.name.startswith("."):
+                continue
+            if (folder / "kb.json").is_file():
+                try:
+                    found.append(self.open(folder.name))
+                except KBQAError as exc:  # a damaged one is left to say so when it is used
+                    log.warning("%s", exc)
+            elif _half_created(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+        return tuple(found)
 
     def bury(self, kb: KnowledgeBase) -> Path:
         """Take a knowledge base out of the root in one step (a rename), before its parts are deleted.

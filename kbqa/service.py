@@ -52,7 +52,7 @@ class KBQAService:
         self.get_llm = llm
         self._recovered: set[str] = set()
         self._lock = threading.Lock()
-        self._finish_deletions()
+        self._finish_interrupted()
 
     def _kb(self, name: str) -> KnowledgeBase:
         kb = self.root.open(name)
@@ -84,13 +84,12 @@ class KBQAService:
             self.keywords.forget(kb)
             self._destroy(kb.slug, tomb)
 
-    def _finish_deletions(self) -> None:
+    def _finish_interrupted(self) -> None:
         """Complete deletions a crash interrupted (the folder was renamed; the vectors may remain), and
         settle new knowledge bases whose first batch a crash interrupted."""
         for slug, tomb in self.root.buried():
             log.warning("finishing the interrupted deletion of knowledge base %s", slug)
             self._destroy(slug, tomb)
-        self.root.drop_half_created()
         for kb in self.root.unfinished():
             self._kb(kb.slug)  # recovery first: what the manifest names got in whole
             self._settle_first_batch(kb)

@@ -56,10 +56,10 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # The page was built when the server started: list the knowledge bases as they are now. The value is
         # replaced only when it must be (none chosen, or deleted since): a name the user typed while the
         # page loaded is not wiped out.
-        names = handlers.kb_names(service)
-        if current in names or (not current and not names):
-            return gr.update(choices=names)
-        return gr.update(choices=names, value=names[0] if names else None)
+        update = kb_dropdown(current, keep_typed=False)
+        if update["value"] == current or not (update["value"] or current):
+            del update["value"]
+        return update
 
     def refresh_docs(kb: str | None) -> tuple[Any, Any]:
         rows = handlers.documents(service, kb)
