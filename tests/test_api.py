@@ -337,3 +337,26 @@ def test_the_server_logs_api_requests_not_the_web_page_traffic() -> None:
 
     paths = ["/v1/models", "/kb/sotu/files", "/gradio_api/queue/join", "/"]
     assert [ApiRequestsOnly().filter(line(p)) for p in paths] == [True, True, False, False]
+
+
+def test_langchain_openai_clients_use_the_local_model_and_knowledge_bases(base_url: str, llm: FakeLLM) -> None:
+    # What a LangChain app changes to run on kbqa: the base URL, a dummy key and the model name.
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    chat = ChatOpenAI(base_url=f"{base_url}/v1", api_key="local", model="kb:rivers", max_retries=0)
+    llm.replies = ["The Yangtze [1]."]
+    assert chat.invoke("Longest river in Asia?").content == "The Yangtze [1]."
+    assert llm.prompts[-1][-1].content.count("Yangtze") >= 1  # the knowledge base's passage reached the prompt
+    llm.replies = ["North [1]."]
+    assert "".join(str(c.content) for c in chat.stream("Which way does the Nile flow?")) == "North [1]."
+
+    plain = ChatOpenAI(base_url=f"{base_url}/v1", api_key="local", model="kbqa", max_retries=0, temperature=0)
+    llm.replies = ["Hello."]
+    assert plain.invoke([("system", "Be brief."), ("user", "Hi")]).content == "Hello."
+    assert [m.role for m in llm.prompts[-1]] == ["system", "user"]
+
+    embeddings = OpenAIEmbeddings(base_url=f"{base_url}/v1", api_key="local", model="kbqa-embedding",
+                                  check_embedding_ctx_length=False, max_retries=0)
+    vectors = embeddings.embed_documents(["The Nile flows north.", "长江"])
+    assert len(vectors) == 2 and len(vectors[0]) == 256
+    assert embeddings.embed_query("The Nile flows north.") == pytest.approx(vectors[0], abs=1e-6)
