@@ -20,8 +20,9 @@ import numpy as np
 from kbqa.embeddings import Embedder
 from kbqa.errors import DocumentNotFound, EmptyDocument, FileTooLarge, KBQAError
 from kbqa.fileio import file_sha256
-from kbqa.knowledge import KnowledgeBase, safe_file_name
+from kbqa.knowledge import KnowledgeBase
 from kbqa.loaders import loader_for
+from kbqa.names import safe_file_name
 from kbqa.retrieval import KeywordIndexes
 from kbqa.schema import Chunk, FileResult, IngestReport, Section
 from kbqa.splitter import Splitter

@@ -19,15 +19,11 @@ batch ends, so one whose first ingest was killed before any file got in is remov
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import sys
 import threading
-import unicodedata
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,72 +36,16 @@ from kbqa.errors import (
     ConfigError,
     DocumentNotFound,
     IncompatibleIndex,
-    InvalidName,
     KBQAError,
     KnowledgeBaseNotFound,
-    KnowledgeRootInUse,
 )
 from kbqa.fileio import file_sha256, write_json_atomic
+from kbqa.names import check_kb_name, slugify
+from kbqa.rootlock import announce_root, hold_root, release_root
 from kbqa.schema import DocumentInfo
 
-try:
-    import fcntl
-except ImportError:  # not on Windows: there, running one kbqa process per knowledge root is up to the user
-    fcntl = None  # type: ignore[assignment]
-
-#: Knowledge roots this process holds: resolved folder -> [lock file descriptor, KnowledgeRoot objects].
-_HELD: dict[Path, list[int]] = {}
-_HELD_LOCK = threading.Lock()
-
-_SLUG_OK = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
 log = logging.getLogger(__name__)
-_RESERVED = {"con", "prn", "aux", "nul"}
 _BURIED = ".deleted-"
-_MAX_NAME_BYTES = 240
-
-
-def slugify(name: str) -> str:
-    """A Chroma-safe, file-system-safe id for a knowledge-base name in any language.
-
-    Lower-case ASCII names that are already safe are kept; others become their ASCII part plus a short
-    hash of the full name, so ``法律 文件`` and ``法律-文件`` get different slugs.
-    """
-    name = name.strip()
-    if _SLUG_OK.fullmatch(name) and name not in _RESERVED:
-        return name
-    ascii_part = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", name).lower()).strip("-")[:40]
-    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
-    return f"{ascii_part or 'kb'}-{digest}"
-
-
-def check_kb_name(name: str) -> str:
-    """A knowledge-base name, trimmed; raises InvalidName for empty or control-character names."""
-    name = name.strip()
-    if not name:
-        raise InvalidName("A knowledge base needs a name.")
-    if len(name) > 100 or any(unicodedata.category(c).startswith("C") for c in name):
-        raise InvalidName(f"'{name[:40]}' cannot be a knowledge-base name: use up to 100 printable characters.")
-    if "/" in name or "\\" in name:
-        raise InvalidName(f"'{name}' cannot be a knowledge-base name: leave out / and \\ (they cannot appear "
-                          "in a web address).")
-    return name
-
-
-def safe_file_name(name: str) -> str:
-    """The base name of an uploaded file, stripped of any path, so ``../../etc/passwd`` -> ``passwd``.
-
-    Raises:
-        InvalidName: nothing usable is left (empty, ``.``, ``..``, only control characters).
-    """
-    base = re.split(r"[\\/]", name)[-1]
-    base = "".join(c for c in unicodedata.normalize("NFC", base) if not unicodedata.category(c).startswith("C"))
-    base = base.strip()
-    if not base or set(base) <= {"."}:
-        raise InvalidName(f"'{name}' is not a usable file name: give the file a name such as report.pdf.")
-    if len(base.encode("utf-8")) > _MAX_NAME_BYTES:  # the file system's 255, less the ".NAME.partial" of a copy
-        stem, dot, suffix = base.rpartition(".")
-        base = stem.encode("utf-8")[:200].decode("utf-8", "ignore") + dot + suffix
-    return base
 
 
 def _now() -> str:
@@ -286,53 +226,6 @@ def _half_created(folder: Path) -> bool:
     return all(p.name == UNFINISHED or p.name.startswith(".kb.json.") for p in folder.iterdir())
 
 
-def _hold_root(root: Path) -> None:
-    """Take the knowledge root for this process, or explain which process has it.
-
-    Chroma's embedded database and the per-process caches of manifests and keyword indexes are safe in
-    one process only: a second process writing the same root (say ``kbqa ingest`` while ``kbqa serve``
-    runs) would leave each with a stale view and chunks that no file names.
-
-    Raises:
-        KnowledgeRootInUse: another process holds it.
-    """
-    if fcntl is None:
-        return
-    with _HELD_LOCK:
-        if root in _HELD:
-            _HELD[root][1] += 1
-            return
-        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lines = os.read(fd, 1000).decode("utf-8", "replace").splitlines()
-            os.close(fd)
-            holder = lines[0].strip() if lines and lines[0].strip() else "another process"
-            url = lines[1].strip() if len(lines) > 1 and lines[1].startswith("http") else ""
-            use = (f"the web app at {url}, or its HTTP API, e.g. `curl -F files=@report.pdf {url}kb/NAME/files`"
-                   if url else "its web app or HTTP API")
-            raise KnowledgeRootInUse(
-                f"The knowledge root {root} is in use by another kbqa process ({holder}), and its database works "
-                f"from one process at a time. Use that process instead ({use}), stop it first, or set "
-                "paths.knowledge_root to another folder.") from None
-        os.ftruncate(fd, 0)
-        command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200] if sys.argv else "python"
-        os.write(fd, f"pid {os.getpid()}: {command}".encode())
-        _HELD[root] = [fd, 1]
-
-
-def _release_root(root: Path) -> None:
-    with _HELD_LOCK:
-        held = _HELD.get(root)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] <= 0:
-            os.close(held[0])  # closing the descriptor releases the lock
-            del _HELD[root]
-
-
 class KnowledgeRoot:
     """The folder of all knowledge bases."""
 
@@ -346,14 +239,12 @@ class KnowledgeRoot:
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
         key = self.root.resolve()
-        _hold_root(key)
-        weakref.finalize(self, _release_root, key)
+        hold_root(key)
+        weakref.finalize(self, release_root, key)
 
     def announce(self, url: str) -> None:
         """Record where this process serves the knowledge root, for the message another process gets."""
-        held = _HELD.get(self.root.resolve())
-        if held is not None:
-            os.write(held[0], f"\n{url}".encode())
+        announce_root(self.root.resolve(), url)
 
     @property
     def chroma_dir(self) -> Path:

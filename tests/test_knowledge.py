@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from kbqa.errors import ConfigError, DocumentNotFound, InvalidName, KBQAError, KnowledgeBaseNotFound
-from kbqa.knowledge import KnowledgeRoot, safe_file_name, slugify
+from kbqa.knowledge import KnowledgeRoot
+from kbqa.names import safe_file_name, slugify
 
 
 @pytest.mark.parametrize("name", ["法律法规", "My Docs", "a", "検索 テスト", "x" * 90, "con"])

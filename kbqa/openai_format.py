@@ -1,0 +1,199 @@
+"""OpenAI's wire format as kbqa speaks it: the requests it accepts (and what it refuses rather than ignores),
+error bodies, usage, and the server-sent events of a streamed chat completion (the routes are in ``kbqa.api``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from kbqa.errors import KBQAError
+from kbqa.llm.base import GenerationParams, Usage
+from kbqa.schema import Answer, AnswerEvent, Role
+
+CHAT_MODEL = "kbqa"
+KB_PREFIX = "kb:"
+#: Content parts read as text: ``{"type": "text", "text": ...}`` and ``{"type": "refusal", "refusal": ...}``.
+_TEXT_PARTS = {"text", "refusal"}
+#: Roles kbqa reads; ``developer`` is the newer name of ``system``.
+ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class Unsupported(KBQAError):
+    """A request parameter kbqa cannot honour (refused rather than ignored)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(KBQAError):
+    """The request names a model kbqa does not serve."""
+
+    status_code = 404
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"Unknown model '{model}': use '{CHAT_MODEL}' or '{KB_PREFIX}<knowledge base>' "
+                         "(GET /v1/models lists them).")
+        self.param = "model"
+
+
+class Message(BaseModel):
+    """An OpenAI chat message (text content; other content parts are refused by ``check_supported``)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The message's text, joining content parts."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "".join(str(part.get(part.get("type"), "")) for part in self.content  # type: ignore[arg-type]
+                       if part.get("type") in _TEXT_PARTS)
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat-completions request: what kbqa honours, and what it must refuse rather than ignore."""
+
+    model: str = CHAT_MODEL
+    messages: list[Message]
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    functions: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        """Raise ``Unsupported`` for a parameter kbqa would otherwise have to ignore."""
+        if self.n not in (None, 1):
+            raise Unsupported("n", "n > 1 is not supported: kbqa writes one answer per request.")
+        if self.tools or self.functions:
+            raise Unsupported("tools" if self.tools else "functions",
+                              "Tool and function calling are not supported by kbqa's local model.")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise Unsupported("response_format", f"response_format {self.response_format.get('type')!r} is not "
+                                                 "supported: kbqa cannot constrain the model's output to JSON.")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise Unsupported("tool_choice", "tool_choice needs tools, and kbqa's local model has no tool calling.")
+        if self.logprobs or self.top_logprobs:
+            raise Unsupported("logprobs", "logprobs are not supported by kbqa.")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise Unsupported(name, f"{name} is not supported by kbqa's backends: leave it unset or 0.")
+        if self.logit_bias:
+            raise Unsupported("logit_bias", "logit_bias is not supported by kbqa: leave it unset.")
+        if self.audio or set(self.modalities or ()) - {"text"}:
+            raise Unsupported("modalities", "kbqa's local model writes text only: leave out audio output.")
+        for m in self.messages:
+            if m.role in ("tool", "function"):
+                raise Unsupported("messages", f"'{m.role}' messages are not supported: kbqa has no tool calling.")
+            kinds = {str(p.get("type")) for p in m.content} - _TEXT_PARTS if isinstance(m.content, list) else set()
+            if kinds:
+                raise Unsupported("messages", f"Content of type {', '.join(sorted(kinds))} is not supported: "
+                                              "kbqa's local model reads text only.")
+
+    def params(self, base: GenerationParams) -> GenerationParams:
+        """``base`` with the client's generation settings applied."""
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return replace(
+            base, max_tokens=self.max_completion_tokens or self.max_tokens or base.max_tokens,
+            temperature=base.temperature if self.temperature is None else self.temperature,
+            top_p=base.top_p if self.top_p is None else max(self.top_p, 1e-6),
+            stop=tuple(stop), seed=base.seed if self.seed is None else self.seed)
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request (texts only)."""
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str = "kbqa-embedding"
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+def completion_id() -> str:
+    """A new ``chatcmpl-...`` id."""
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def error_code(exc: Exception) -> str:
+    """``KnowledgeBaseNotFound`` -> ``knowledge_base_not_found``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def error_body(message: str, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    kind = "server_error" if status >= 500 else "not_found_error" if status == 404 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def usage_body(usage: Usage) -> dict[str, int]:
+    """OpenAI's ``usage`` object."""
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def answer_fields(answer: Answer | None) -> dict[str, Any]:
+    """A knowledge-base answer's fields beside the reply: sources, refused, notice, query (none for plain chat)."""
+    return {k: v for k, v in answer.to_dict().items() if k != "answer"} if answer is not None else {}
+
+
+def sse_chunks(events: Iterator[AnswerEvent], cid: str, created: int, model: str, usage: Usage,
+                include_usage: bool) -> Iterator[str]:
+    """A chat completion's ``data:`` lines: a role chunk, content chunks, the finish chunk (with a knowledge-base
+    answer's fields), the usage chunk when asked for, ``[DONE]``; an error mid-answer ends it with an error body.
+    Closing it closes ``events``, which stops the generation.
+    """
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def end(**extra: Any) -> Iterator[str]:
+        yield chunk({}, usage.finish_reason, **extra)
+        if include_usage:  # OpenAI's last chunk: no choices, the usage
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [], "usage": usage_body(usage)}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    streamed = False
+    try:
+        for event in events:
+            if event.kind == "token":
+                streamed = True
+                yield chunk({"content": event.text})
+            elif event.kind == "done" and event.answer is not None:
+                if not streamed and event.answer.answer:  # e.g. the refusal sentence, not generated
+                    yield chunk({"content": event.answer.answer})
+                yield from end(**answer_fields(event.answer))
+                return
+    except KBQAError as exc:
+        yield f"data: {json.dumps(error_body(str(exc), exc.status_code, error_code(exc)), ensure_ascii=False)}\n\n"
+        return
+    finally:
+        getattr(events, "close", lambda: None)()  # stops the generation when the client went away
+    yield from end()
