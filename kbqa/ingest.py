@@ -7,7 +7,6 @@ vector store and the keyword index; see ``kbqa.knowledge`` for how a crash is re
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from kbqa.embeddings import Embedder
-from kbqa.errors import DocumentNotFound, EmptyDocument, FileTooLarge, KBQAError
+from kbqa.errors import EmptyDocument, FileTooLarge, KBQAError
 from kbqa.fileio import file_sha256
 from kbqa.knowledge import KnowledgeBase
 from kbqa.loaders import loader_for
@@ -27,6 +26,7 @@ from kbqa.retrieval import KeywordIndexes
 from kbqa.schema import Chunk, FileResult, IngestReport, Section
 from kbqa.splitter import Splitter
 from kbqa.store import ChromaStore
+from kbqa.upkeep import delete_document, recover
 
 log = logging.getLogger(__name__)
 
@@ -344,60 +344,3 @@ def file_too_large(name: str, size: int, max_bytes: float) -> FileTooLarge:
     """The error for a file over ``ingest.max_file_mb``."""
     return FileTooLarge(f"{name} is {size / 2**20:.3g} MB, over the {max_bytes / 2**20:g} MB limit "
                         f"(ingest.max_file_mb): split it or raise the limit.")
-
-
-def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes, name: str) -> None:
-    """Remove a file: out of the manifest first, then its chunks, then its copy."""
-    with kb.lock:
-        if name not in kb.manifest.files:  # a path, or a name as the file system spells it: as ingest stored it
-            with contextlib.suppress(KBQAError):
-                name = safe_file_name(name)
-        entry = kb.manifest.files.get(name)
-        if entry is None:
-            names = sorted(kb.manifest.files)
-            held = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            raise DocumentNotFound(f"Knowledge base '{kb.name}' has no file '{name}' (it holds: {held or 'none'}).")
-        index = keywords.get(kb)
-        with kb.pending(entry["sha256"]):
-            kb.forget_file(name)
-            index.delete(store.delete_sha(kb.slug, entry["sha256"]))
-            index.generation = kb.manifest.generation
-            index.save()
-            (kb.content_dir / name).unlink(missing_ok=True)
-
-
-def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
-    """Undo what an interrupted change left behind: chunks of content marked pending that no file names,
-    and original-file copies out of step with the manifest."""
-    if not kb.manifest.pending:
-        return
-    committed = {f["sha256"] for f in kb.manifest.files.values()}
-    with kb.lock:
-        removed = 0
-        for sha in list(kb.manifest.pending):
-            if sha not in committed:
-                removed += len(store.delete_sha(kb.slug, sha))
-        if removed:
-            log.warning("removed %d chunks of an interrupted change in %s", removed, kb.name)
-        kb.settle_content()  # before pending is cleared: a crash in here is recovered again
-        kb.manifest.pending = []
-        kb.manifest.generation += 1  # the keyword index no longer matches: rebuild it from the store
-        kb.save_manifest()
-
-
-def reconcile(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes) -> None:
-    """Forget files whose chunks are no longer in the vector store, so that adding them again works.
-
-    The store and the manifest agree unless the database was damaged, replaced or deleted outside kbqa
-    (an ingest or a deletion cut short is ``recover`` 's case). Without this, such a file would be listed,
-    never found, and "unchanged" when added again.
-    """
-    if not kb.manifest.files or store.count(kb.slug) == sum(f["chunks"] for f in kb.manifest.files.values()):
-        return
-    with kb.lock:
-        lost = [name for name, f in kb.manifest.files.items() if store.count_sha(kb.slug, f["sha256"]) != f["chunks"]]
-        for name in lost:
-            delete_document(kb, store, keywords, name)  # what is left of its chunks, its keywords, its copy
-    if lost:
-        log.warning("knowledge base %s: the vector database lacks the chunks of %d file(s) (%s); they were taken "
-                    "off its list: add them again", kb.name, len(lost), ", ".join(lost[:5]))

@@ -10,8 +10,8 @@
 
 The manifest is the source of truth. Chunks are written to the vector store before the manifest names
 their file, and the sha256 of a file being written or deleted is recorded in ``pending`` first, so a
-crash at any point leaves, at worst, orphan chunks that ``pending`` names and ``recover`` removes. An
-original file's copy is staged as ``content/.NAME.partial`` and renamed into place after the manifest
+crash at any point leaves, at worst, orphan chunks that ``pending`` names and ``kbqa.upkeep.recover``
+removes. An original file's copy is staged as ``content/.NAME.partial`` and renamed into place after the manifest
 names it; after a crash, ``settle_content`` finishes or drops staged copies and removes the copies of
 files the manifest no longer names. A new knowledge base holds an ``UNFINISHED`` marker until its first
 batch ends, so one whose first ingest was killed before any file got in is removed at the next start.

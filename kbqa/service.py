@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kbqa.errors import KBQAError
-from kbqa.ingest import Ingestor, ProgressFn, delete_document, reconcile, recover
+from kbqa.ingest import Ingestor, ProgressFn
 from kbqa.knowledge import KnowledgeBase, KnowledgeRoot
 from kbqa.llm.base import LLM, GenerationParams, Usage
 from kbqa.qa import QAEngine, empty_knowledge_base
@@ -26,6 +26,7 @@ from kbqa.schema import (
     SourceChunk,
 )
 from kbqa.store import ChromaStore
+from kbqa.upkeep import delete_document, reconcile, recover
 
 log = logging.getLogger(__name__)
 
