@@ -14,6 +14,7 @@ from _common import CORPUS, ROOT, append_results
 
 from kbqa import evaluation as ev
 from kbqa.bootstrap import build_service
+from kbqa.language import is_chinese
 from kbqa.settings import load_settings
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     sotu = ev.load_dataset(ROOT / "benchmarks/datasets/sotu/sotu_qa.jsonl", docs=docs)
     results = {"CMRC2018 dev": run(cmrc, cmrc.items, ev.sample(cmrc.items, args.answers)),
                "State of the Union": run(sotu, sotu.items, sotu.items)}
-    keys = ["answerable", "hit@1", "hit@3", "hit@5", "mrr@10", "context_hit@1", "context_hit@5", "answered_questions",
+    keys = ["answerable", "hit@1", "hit@3", "hit@5", "mrr@10", "context_hit@1", "context_hit@5", "answerable_questions",
             "exact_match", "f1", "unanswerable_questions", "refusal_rate_unanswerable", "refusal_rate_answerable"]
     lines = ["| metric | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
     for k in keys:
@@ -52,7 +53,8 @@ def main() -> None:
             f"{r[k]['p50_ms']:.0f} / {r[k]['p95_ms']:.0f}" if r.get(k) else "-" for r in results.values()) + " |")
     lines.append("| ingest s | " + " | ".join(f"{r['ingest_s']:.0f}" for r in results.values()) + " |")
     wrong = [row for r in results.values() for row in r.get("answers", [])
-             if (row["gold"] and (row["refused"] or ev.f1_score(row["answer"], row["gold"]) < 0.3))
+             if (row["gold"] and (row["refused"]
+                                  or ev.f1_score(row["answer"], row["gold"], zh=is_chinese(row["question"])) < 0.3))
              or (not row["gold"] and not row["refused"])]
     examples = "\n".join(f"- {w['question']} | gold {w['gold'] or 'unanswerable'} | kbqa: {w['answer'][:120]!r}"
                          for w in wrong[:12])

@@ -104,7 +104,8 @@ def build_reranker(spec: str | None, cache_dir: Path) -> Reranker | None:
         return None
     from kbqa.rerank import CrossEncoderReranker
 
-    return CrossEncoderReranker(resolve_local_or_hub(spec, "retrieval.reranker (KBQA_RETRIEVAL__RERANKER)"))
+    return CrossEncoderReranker(resolve_local_or_hub(spec, "retrieval.reranker (KBQA_RETRIEVAL__RERANKER)",
+                                                    embedded=False))
 
 
 def build_service(settings: Settings, embedder: Embedder | None = None, llm: Callable[[], LLM] | None = None,

@@ -66,28 +66,39 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult]]:
 
 
 class _Bar:
-    """A tqdm bar on stderr driven by ``progress(fraction, message)`` callbacks."""
+    """A tqdm bar on stderr driven by ``progress(fraction, message)`` callbacks.
+
+    The bar appears with the first callback and goes when closed; a later callback opens a new one, so
+    the models a service prepares lazily (a first-use conversion during ``ask``) show a bar too.
+    """
 
     def __init__(self, desc: str, unit_scale: float = 100.0) -> None:
-        from tqdm import tqdm
-
+        self.desc = desc
         self.scale = unit_scale
-        self.bar = tqdm(total=unit_scale, desc=desc, unit="%", file=sys.stderr, leave=False,
-                        bar_format="{desc} {bar} {percentage:3.0f}% {elapsed}<{remaining} {postfix}",
-                        disable=None)
+        self.bar: Any = None
 
     def __call__(self, fraction: float, message: str = "") -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.scale, desc=self.desc, unit="%", file=sys.stderr, leave=False,
+                            bar_format="{desc} {bar} {percentage:3.0f}% {elapsed}<{remaining} {postfix}",
+                            disable=None)
         self.bar.n = min(self.scale, fraction * self.scale)
         if message:
             self.bar.set_postfix_str(message[:60], refresh=False)
         self.bar.refresh()
 
     def bytes(self, done: int, total: int) -> None:
-        """Adapter for ``progress(done, total)`` callbacks."""
+        """Adapter for ``progress(done, total)`` callbacks; a finished step closes the bar."""
         self(done / total if total else 1.0)
+        if done >= total:
+            self.close()
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _service(args: argparse.Namespace) -> Any:
@@ -191,7 +202,7 @@ def cmd_convert_chatglm(args: argparse.Namespace) -> int:
 
     bar = _Bar("convert")
     try:
-        out = convert_chatglm(Path(args.src), Path(args.dst), progress=bar.bytes)
+        out = convert_chatglm(Path(args.src), Path(args.dst), progress=bar.bytes, version=args.version)
     finally:
         bar.close()
     print(f"converted {args.src} -> {out}")
@@ -216,8 +227,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ingest_s = ev.build_knowledge_base(service, dataset, "eval", bar)
         finally:
             bar.close()
+        # What the knowledge base recorded: the model, marked "#int8" when an int8 copy encoded the chunks
+        recorded = next((kb.embedding for kb in service.list_kbs() if kb.name == "eval"), "")
         result: dict[str, Any] = {
-            "dataset": dataset.name, "questions": len(items), "embedding": settings.embedding.model,
+            "dataset": dataset.name, "questions": len(items),
+            "embedding": ev.embedding_label(recorded or settings.embedding.model),
             "retrieval_mode": settings.retrieval.mode, "chunk_size": settings.splitter.chunk_size,
             "documents": len(dataset.texts) + len(dataset.files), "ingest_seconds": round(ingest_s, 1)}
         bar = _Bar("retrieval")
@@ -287,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert-chatglm", help="convert a ChatGLM2/3-6B checkpoint to a native transformers folder")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="the checkpoint folder as published (config.json, weight shards, tokenizer.model)")
+    p.add_argument("dst", help="a new (or empty) folder for the converted model; set llm.model to it")
+    p.add_argument("--version", choices=["chatglm2", "chatglm3"],
+                   help="the prompt format (detected from the checkpoint's names and tokenizer files when left out)")
     p.set_defaults(func=cmd_convert_chatglm)
     return parser
 

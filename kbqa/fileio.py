@@ -48,7 +48,10 @@ def partial_folder(dst: Path) -> Path:
 
 
 def remove_abandoned(dst: Path) -> None:
-    """Delete the partial folders of ``dst`` left by processes that no longer run (a killed conversion)."""
+    """Delete the partial folders of ``dst`` left by processes that no longer run (a killed conversion).
+
+    ``dst``'s name may be a glob pattern (``chatglm2-6b-glm-*``) to clear those of several destinations.
+    """
     for partial in dst.parent.glob(f".{dst.name}.partial-*"):
         try:
             os.kill(int(partial.name.rsplit("-", 2)[-2]), 0)

@@ -144,8 +144,11 @@ def assemble_gguf(model: EmbeddedGGUF, cache_dir: Path, setting: str,
     return target
 
 
-def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | None = None) -> Path:
+def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | None = None, *,
+                         embedded: bool = True) -> Path:
     """A local file or folder as given, or a hub id downloaded (or found in the hub cache).
+
+    ``embedded``: whether the setting also takes an embedded model (the error messages suggest one).
 
     Raises:
         ModelUnavailable: neither a local path nor a reachable/cached hub id.
@@ -156,7 +159,7 @@ def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | No
     if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
         raise ModelUnavailable(
             f"{setting} = '{spec}' is neither an existing path nor a hub id (owner/name). "
-            f"Point {setting} at a model folder or file, or use an embedded model.")
+            f"Point {setting} at a model folder or file" + (", or use an embedded model." if embedded else "."))
     try:
         from huggingface_hub import snapshot_download
 
@@ -168,4 +171,4 @@ def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | No
         raise ModelUnavailable(
             f"Could not get '{spec}' for {setting}: the model hub is unreachable and it is not in the "
             f"local hub cache ({type(exc).__name__}). Download it where a hub is reachable and set "
-            f"{setting} to its folder, or use an embedded model.") from exc
+            f"{setting} to its folder" + (", or use an embedded model." if embedded else ".")) from exc

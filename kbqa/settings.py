@@ -81,7 +81,7 @@ class LLMSettings(_Section):
         "auto", description="transformers backend weights dtype; auto = bf16 on cuda, else fp32 "
                             "(bf16 on a CPU when fp32 would not fit in free memory).")
     quantization: Literal["none", "8bit", "4bit"] = Field(
-        "none", description="transformers backend on CUDA (needs kbqa[gpu]).")
+        "none", description="transformers backend on CUDA (needs the gpu extra: .venv/bin/pip install -e '.[gpu]').")
     adapter: str | None = Field(None, description="A LoRA folder (peft) or a P-tuning v2 checkpoint folder.")
     gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers to offload to a GPU; -1 = all.")
 

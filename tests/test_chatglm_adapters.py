@@ -105,3 +105,35 @@ def test_an_adapter_folder_of_unknown_kind_is_refused(tmp_path: Path, checkpoint
     with pytest.raises(ConfigError, match="neither a LoRA"):
         build_transformers_llm(llm_settings(checkpoint[0], adapter=str(tmp_path / "adapter")),
                                tmp_path / "cache")
+
+
+def test_a_chatglm_lora_trained_on_another_base_model_is_refused_naming_it(tmp_path: Path, checkpoint: tuple
+                                                                           ) -> None:
+    src, config, _ = checkpoint
+    write_lora(tmp_path / "lora", {**config, "num_attention_heads": 8})  # a bigger model's fused QKV rows
+    with pytest.raises(ConfigError, match=r"LoRA adapter .*lora does not fit this model .* another base model"):
+        build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "lora")), tmp_path / "cache")
+
+
+@pytest.mark.parametrize(("targets", "weights"), [
+    (["c_attn"], {"transformer.h.0.attn.c_attn": (4, 64, 192)}),  # a GPT-2 LoRA: no such module here
+    (["q_proj"], {"model.layers.0.self_attn.q_proj": (4, 896, 64)}),  # a Qwen LoRA: other shapes
+])
+def test_a_lora_for_another_architecture_is_refused_naming_the_setting(
+        tmp_path: Path, checkpoint: tuple, targets: list[str], weights: dict[str, tuple[int, int, int]]) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    tensors = {}
+    for module, (rank, fan_in, fan_out) in weights.items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = torch.zeros(rank, fan_in)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = torch.zeros(fan_out, rank)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "target_modules": targets,
+        "bias": "none", "inference_mode": True}))
+    with pytest.raises(ConfigError, match=r"llm.adapter = .* does not fit llm.model: was it trained on another"):
+        build_transformers_llm(llm_settings(checkpoint[0], adapter=str(folder)), tmp_path / "cache")

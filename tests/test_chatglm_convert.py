@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, GlmForCausalLM
 
 from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.llm.chatglm import convert_chatglm, is_chatglm_checkpoint, is_converted_chatglm, read_marker
-from tests.chatglm_fixtures import train_tokenizer, write_checkpoint
+from tests.chatglm_fixtures import train_tokenizer, write_checkpoint, write_ptuning
 from tests.chatglm_reference import ChatGLM2Reference
 
 
@@ -182,3 +182,71 @@ def test_chatglm2_and_chatglm3_are_told_apart(tmp_path: Path, sp_model: Path) ->
     write_checkpoint(tmp_path / "v3", sp_model, version="chatglm3")
     assert read_marker(convert_chatglm(tmp_path / "v2", tmp_path / "o2"))["version"] == "chatglm2"
     assert read_marker(convert_chatglm(tmp_path / "v3", tmp_path / "o3"))["version"] == "chatglm3"
+
+
+def test_a_truncated_safetensors_shard_is_reported_as_incomplete(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, fmt="safetensors", shards=2)
+    shard = tmp_path / "src" / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:1000])  # a download cut short
+    with pytest.raises(ModelUnavailable, match="Cannot read weights from .*is the file complete"):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda src: src.rename(src.parent / "gone"), "does not exist"),
+    (lambda src: (src / "config.json").write_text("[]"), "not a ChatGLM checkpoint"),
+    (lambda src: (src / "kbqa_chatglm.json").write_text("{}"), "already converted"),
+])
+def test_a_source_that_is_not_a_checkpoint_says_what_it_is(tmp_path: Path, sp_model: Path, make, message: str
+                                                           ) -> None:  # type: ignore[no-untyped-def]
+    write_checkpoint(tmp_path / "src", sp_model)
+    make(tmp_path / "src")
+    with pytest.raises(ModelUnavailable, match=message):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+
+
+def test_a_ptuning_checkpoint_given_as_the_model_points_to_llm_adapter(tmp_path: Path, sp_model: Path) -> None:
+    config, _ = write_checkpoint(tmp_path / "base", sp_model)
+    write_ptuning(tmp_path / "ptuning", config, projection=True)
+    (tmp_path / "ptuning" / "tokenizer.model").write_bytes(sp_model.read_bytes())  # the recipe saves it too
+    with pytest.raises(ModelUnavailable, match="P-tuning v2 checkpoint .* set llm.adapter to it"):
+        convert_chatglm(tmp_path / "ptuning", tmp_path / "dst")
+
+
+def test_a_destination_that_cannot_be_written_is_a_clear_error(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="Cannot write the converted model to .*a-file/dst"):
+        convert_chatglm(tmp_path / "src", tmp_path / "a-file" / "dst")
+
+
+def test_a_disk_without_room_is_refused_before_converting(tmp_path: Path, sp_model: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    write_checkpoint(tmp_path / "src", sp_model)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(ConfigError, match=r"needs about 0\.\d GiB, but the disk of .* has 0\.0 GiB free"):
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_converted_files_are_readable_by_other_accounts(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model, shards=2)
+    out = convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    assert {oct(p.stat().st_mode & 0o044) for p in out.glob("*.safetensors")} == {oct(0o044)}
+    assert read_marker(out)["source"] == str((tmp_path / "src").resolve())
+
+
+def test_the_prompt_format_can_be_forced_when_names_do_not_tell(tmp_path: Path, sp_model: Path) -> None:
+    from kbqa.cli import main
+
+    src = tmp_path / "checkpoint-3000"  # a ChatGLM3 fine-tune saved without the names that tell
+    write_checkpoint(src, sp_model, version="chatglm3")
+    for name in ("config.json", "tokenizer_config.json"):
+        (src / name).write_text((src / name).read_text().replace("chatglm3", "checkpoint-3000"))
+    assert main(["convert-chatglm", str(src), str(tmp_path / "guessed")]) == 0
+    assert read_marker(tmp_path / "guessed")["version"] == "chatglm2"
+    assert main(["convert-chatglm", str(src), str(tmp_path / "out"), "--version", "chatglm3"]) == 0
+    assert read_marker(tmp_path / "out")["version"] == "chatglm3"

@@ -145,3 +145,18 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(service: KBQAService, folder: Pa
     assert cli.main(["ingest", "--kb", "space", str(folder)]) == 143
     assert capsys.readouterr().err.strip().endswith("terminated")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_progress_bar_comes_back_for_models_prepared_after_the_service_is_built() -> None:
+    # The LLM is prepared at the first question (a first-use conversion during `kbqa ask`), after the
+    # "preparing models" bar of the service's construction was closed: its steps must still show.
+    from kbqa.cli import _Bar
+
+    bar = _Bar("preparing models")
+    bar.bytes(1, 2)
+    assert bar.bar is not None and bar.bar.n == 50
+    bar.bytes(2, 2)  # a finished step closes it
+    assert bar.bar is None
+    bar.bytes(1, 4)  # the next step opens a new one
+    assert bar.bar is not None and bar.bar.n == 25
+    bar.close()

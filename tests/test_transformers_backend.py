@@ -70,7 +70,7 @@ def test_auto_dtype_on_cpu_falls_back_to_bf16_when_fp32_does_not_fit() -> None:
 @pytest.mark.parametrize(("machine", "settings", "message"), [
     (Machine(), {"quantization": "4bit"}, "needs a CUDA GPU"),
     (Machine(mps=True), {"quantization": "8bit"}, "needs a CUDA GPU"),
-    (Machine(cuda=True, cuda_bf16=True), {"quantization": "4bit"}, "kbqa\\[gpu\\]"),
+    (Machine(cuda=True, cuda_bf16=True), {"quantization": "4bit"}, r"pip install -e '\.\[gpu\]'"),
     (Machine(), {"dtype": "fp16"}, "fp16' is not usable on a CPU"),
     (Machine(), {"device": "cuda"}, "sees no CUDA GPU"),
     (Machine(), {"device": "mps"}, "MPS is not available"),
@@ -250,12 +250,29 @@ def test_checkpoint_is_converted_once_and_then_reused(tmp_path: Path, glm2: tupl
     assert prepare_model(str(glm2[0]), tmp_path) == first
 
 
-def test_a_changed_checkpoint_gets_a_new_conversion(tmp_path: Path, sp_model: Path) -> None:
+def test_a_changed_checkpoint_gets_a_new_conversion_replacing_the_old_one(tmp_path: Path, sp_model: Path) -> None:
     write_checkpoint(tmp_path / "src", sp_model, seed=1)
+    write_checkpoint(tmp_path / "other" / "src", sp_model, seed=1)  # same folder name, another checkpoint
     first = prepare_model(str(tmp_path / "src"), tmp_path / "cache")
+    other = prepare_model(str(tmp_path / "other" / "src"), tmp_path / "cache")
     write_checkpoint(tmp_path / "src", sp_model, seed=2)
     second = prepare_model(str(tmp_path / "src"), tmp_path / "cache")
     assert first != second and chatglm.is_converted_chatglm(second)
+    assert not first.exists()  # as big as the checkpoint, and never used again
+    assert chatglm.is_converted_chatglm(other)
+
+
+def test_settings_this_machine_cannot_honour_are_refused_before_converting(tmp_path: Path, glm2: tuple) -> None:
+    with pytest.raises(ConfigError, match="fp16"):
+        build_transformers_llm(llm_settings(glm2[0], device="cpu", dtype="fp16"), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_context_window_capped_by_the_model_is_named_in_the_error(llm: TransformersLLM) -> None:
+    asked_for_more = TransformersLLM(llm.model, llm.codec, name="chatglm2", context_window=8192)
+    assert asked_for_more.context_window == 256
+    with pytest.raises(ConfigError, match=r"llm.context_window \(8192, capped at the model's 256 positions\)"):
+        asked_for_more.prompt_ids(QUESTION, 250)
 
 
 def test_a_file_saved_again_with_the_same_size_changes_the_key(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kbqa.errors import ConfigError, ModelUnavailable
-from kbqa.fileio import staged_folder
+from kbqa.fileio import remove_abandoned, staged_folder
 from kbqa.llm import chatglm
 from kbqa.models import EMBEDDED_LLMS, assemble_gguf, embedded_name, is_embedded, resolve_local_or_hub
 
@@ -102,14 +103,28 @@ def convert_gguf(gguf: Path, cache_dir: Path, progress: Progress | None = None) 
 
 def convert_chatglm_cached(src: Path, cache_dir: Path, progress: Progress | None = None,
                            name: str | None = None) -> Path:
-    """A ChatGLM2/3 checkpoint converted once into ``cache_dir`` (keyed by its fingerprint)."""
+    """A ChatGLM2/3 checkpoint converted once into ``cache_dir`` (keyed by its fingerprint).
+
+    Once a changed checkpoint is converted, the cached conversions of its earlier versions (same source
+    folder) are removed: each is as big as the checkpoint.
+    """
     source = chatglm.read_source(src)
     names = ("config.json", "tokenizer.model", "tokenizer_config.json", "tokenization_chatglm.py")
     files = [*source.weight_files, *(p for n in names if (p := src / n).is_file())]
-    dst = Path(cache_dir) / "models" / f"{name or src.resolve().name}-glm-{fingerprint(files)[:16]}"
+    stem = f"{name or src.resolve().name}-glm-"
+    dst = Path(cache_dir) / "models" / f"{stem}{fingerprint(files)[:16]}"
     if chatglm.is_converted_chatglm(dst):
         return dst
-    return chatglm.convert_chatglm(src, dst, progress)
+    chatglm.convert_chatglm(src, dst, progress, elsewhere="free some space, or set paths.cache_dir "
+                            "(KBQA_PATHS__CACHE_DIR) to a disk with room, or convert it elsewhere with "
+                            "`kbqa convert-chatglm` and set llm.model to the result")
+    for old in dst.parent.glob(f"{stem}*"):
+        if old != dst and chatglm.is_converted_chatglm(old) and \
+                chatglm.read_marker(old).get("source") == str(src.resolve()):
+            log.info("removing %s, the conversion of an earlier version of %s", old, src)
+            shutil.rmtree(old, ignore_errors=True)
+    remove_abandoned(dst.parent / f"{stem}*")  # conversions of earlier versions that were killed
+    return dst
 
 
 def _download(spec: str, setting: str) -> Path:

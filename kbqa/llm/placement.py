@@ -99,7 +99,8 @@ def choose_placement(llm: LLMSettings, machine: Machine, n_params: int) -> Place
                           f"runs the model on {device}. Set llm.quantization = 'none' (and llm.dtype = "
                           f"'bf16' to halve memory on a CPU).")
     if quant != "none" and not machine.bitsandbytes:
-        raise ConfigError(f"llm.quantization = '{quant}' needs bitsandbytes: pip install 'kbqa[gpu]'.")
+        raise ConfigError(f"llm.quantization = '{quant}' needs bitsandbytes: install kbqa's gpu extra "
+                          "(.venv/bin/pip install -e '.[gpu]' in kbqa's folder).")
     dtype = llm.dtype
     free = machine.free_memory.get(device)
     if dtype == "auto":

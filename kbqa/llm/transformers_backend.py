@@ -7,6 +7,7 @@ import queue
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,10 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
         ConfigError: settings this machine cannot honour.
         ModelUnavailable: the model or adapter cannot be found or read.
     """
+    machine = detect_machine()
+    choose_placement(settings, machine, 0)  # device, dtype and quantization: refused before any conversion
     folder = prepare_model(settings.model, Path(cache_dir), progress)
-    placement = choose_placement(settings, detect_machine(), count_parameters(folder))
+    placement = choose_placement(settings, machine, count_parameters(folder))
     log.info("loading %s on %s (%s, quantization %s)", folder, placement.device, placement.dtype,
              placement.quantization)
     model = load_model(folder, placement)
@@ -99,6 +102,8 @@ class TransformersLLM:
         self.name = name
         limit = getattr(model.config, "max_position_embeddings", None) or context_window
         self.context_window = min(context_window, int(limit))
+        self._window = (f"llm.context_window ({context_window}, capped at the model's {limit} positions)"
+                        if self.context_window < context_window else f"llm.context_window ({context_window})")
         #: Token ids that end a reply (passed to ``generate`` as ``eos_token_id``).
         self.stop_token_ids: tuple[int, ...] = codec.eos_token_ids
         self.last_usage = Usage()
@@ -112,8 +117,8 @@ class TransformersLLM:
         """The prompt for ``messages``, trimmed to leave ``max_tokens`` for the reply."""
         budget = self.context_window - max_tokens
         if budget < 16:
-            raise ConfigError(f"llm.max_tokens ({max_tokens}) leaves no room for a prompt in "
-                              f"llm.context_window ({self.context_window}); lower max_tokens.")
+            raise ConfigError(f"max_tokens ({max_tokens}: llm.max_tokens, or the request's) leaves no room for a "
+                              f"prompt in {self._window}; lower max_tokens.")
         return fit_prompt(messages, self.codec, budget)
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> str:
@@ -238,7 +243,7 @@ def load_model(folder: Path, placement: Placement) -> Any:
 
 def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
     """The model with a LoRA (merged unless quantized) or a P-tuning v2 prefix from ``llm.adapter``."""
-    folder = resolve_local_or_hub(spec, "llm.adapter")
+    folder = resolve_local_or_hub(spec, "llm.adapter", embedded=False)
     config = model.config
     is_glm = getattr(config, "model_type", "") == "glm"
     if chatglm.is_ptuning_checkpoint(folder) and not chatglm.is_lora(folder):
@@ -258,5 +263,13 @@ def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
         if is_glm and chatglm.is_chatglm_lora(folder):
             dims = (config.num_attention_heads, config.num_key_value_heads, config.head_dim)
             folder = chatglm.convert_lora(folder, Path(tmp), dims)
-        model = PeftModel.from_pretrained(model, folder)
+        try:
+            with warnings.catch_warnings():  # transformers' deprecation notices, raised inside peft
+                warnings.simplefilter("ignore", FutureWarning)
+                model = PeftModel.from_pretrained(model, folder)
+        except (RuntimeError, ValueError, KeyError) as exc:  # size mismatches; no matching modules
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            first = next((line for line in lines if "size mismatch" in line), lines[0])[:300]
+            raise ConfigError(f"llm.adapter = '{spec}' does not fit llm.model: was it trained on another base "
+                              f"model? ({first})") from exc
     return model.merge_and_unload() if placement.quantization == "none" else model

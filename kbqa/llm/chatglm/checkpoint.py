@@ -21,6 +21,8 @@ from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, Version
 
 log = logging.getLogger(__name__)
 
+#: Written into a folder converted by kbqa (prompt format, stop ids, source).
+MARKER_FILE = "kbqa_chatglm.json"
 CHATGLM_ARCHITECTURES = {"ChatGLMModel", "ChatGLMForConditionalGeneration"}
 #: Settings ChatGLM2/3 always have; a checkpoint with other values is a different architecture.
 _REQUIRED = {"rmsnorm": True, "original_rope": True, "add_bias_linear": False, "post_layer_norm": True,
@@ -57,6 +59,8 @@ def is_chatglm_checkpoint(folder: Path) -> bool:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    if not isinstance(config, dict):
+        return False
     architectures = set(config.get("architectures") or [])
     if config.get("model_type") == "chatglm" or CHATGLM_ARCHITECTURES & architectures:
         return True
@@ -91,11 +95,25 @@ def find_weight_files(folder: Path) -> list[Path]:
 
 
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors of one shard, by name; ``.bin`` files are read with ``weights_only`` (no pickled code)."""
+    """The tensors of one shard, by name; ``.bin`` files are read with ``weights_only`` (no pickled code).
+
+    Raises:
+        ModelUnavailable: the file cannot be read (cut short by a download, damaged).
+    """
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as exc:  # SafetensorError for a truncated or damaged header
+            raise ModelUnavailable(f"Cannot read weights from {path}: {exc} (is the file complete? Download "
+                                   "it again).") from exc
+        with handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                yield key, handle.get_tensor(key)
+                try:
+                    tensor = handle.get_tensor(key)
+                except Exception as exc:
+                    raise ModelUnavailable(f"Cannot read '{key}' from {path}: {exc} (is the file complete? "
+                                           "Download it again).") from exc
+                yield key, tensor
         return
     try:
         try:
@@ -131,6 +149,10 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
         ModelUnavailable: not a ChatGLM2/3 checkpoint kbqa can convert, with the reason.
     """
     folder = Path(folder)
+    if not folder.exists():
+        raise ModelUnavailable(f"{folder} does not exist: give the folder of a ChatGLM2/3-6B checkpoint.")
+    if (folder / MARKER_FILE).is_file():
+        raise ModelUnavailable(f"{folder} is already converted by kbqa: set llm.model to it as it is.")
     if not is_chatglm_checkpoint(folder):
         raise ModelUnavailable(
             f"{folder} is not a ChatGLM checkpoint (config.json with model_type 'chatglm').")
@@ -150,10 +172,20 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
     for key in ("hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size", "padded_vocab_size"):
         if not isinstance(config.get(key), int):
             raise ModelUnavailable(f"{folder}/config.json lacks '{key}': not a ChatGLM2/3 config.")
+    files = find_weight_files(folder)
+    if config.get("pre_seq_len") and _only_prefix_encoder(files):
+        raise ModelUnavailable(
+            f"{folder} is a P-tuning v2 checkpoint (pre_seq_len {config['pre_seq_len']}, only the prefix "
+            "encoder's weights): set llm.adapter to it, and llm.model to the ChatGLM2/3 checkpoint it was "
+            "trained on.")
     if not (folder / TOKENIZER_FILE).is_file():
         raise ModelUnavailable(f"{folder} has no {TOKENIZER_FILE}; it is part of the published checkpoint.")
-    files = find_weight_files(folder)
     if not files:
         raise ModelUnavailable(f"{folder} holds no weights (pytorch_model*.bin or *.safetensors).")
     return ChatGLMSource(folder=folder, config=config, version=version or detect_version(folder, config),
                          weight_files=tuple(files))
+
+
+def _only_prefix_encoder(files: list[Path]) -> bool:
+    """True when the weights are a P-tuning prefix encoder's alone (stops at the first other weight)."""
+    return all(key.startswith("transformer.prefix_encoder.") for path in files for key, _ in iter_tensors(path))

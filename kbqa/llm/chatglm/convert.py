@@ -20,19 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from transformers import GenerationConfig, GlmConfig
 
 from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.fileio import staged_folder
-from kbqa.llm.chatglm.checkpoint import iter_tensors, read_json, read_source
+from kbqa.llm.chatglm.checkpoint import MARKER_FILE, iter_tensors, read_json, read_source
 from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, ChatGLMTokenizer, Version
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the output changes, so cached conversions are redone.
 CONVERTER_VERSION = 2
-MARKER_FILE = "kbqa_chatglm.json"
 Progress = Callable[[int, int], None]
 
 _TOP = {"transformer.embedding.word_embeddings": "model.embed_tokens",
@@ -81,7 +81,7 @@ def split_rows(tensor: torch.Tensor, part: str | None, dims: tuple[int, int, int
     start, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[part]
     if tensor.shape[0] != q + 2 * kv:
         raise ModelUnavailable(
-            f"query_key_value has {tensor.shape[0]} rows, expected {q + 2 * kv} from config.json.")
+            f"query_key_value has {tensor.shape[0]} rows where the model's shape (config.json) gives {q + 2 * kv}")
     return tensor[start:start + size].clone()
 
 
@@ -133,7 +133,7 @@ def read_marker(folder: Path) -> dict[str, Any]:
 
 
 def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
-                    version: Version | None = None) -> Path:
+                    version: Version | None = None, elsewhere: str = "choose a folder on a disk with room") -> Path:
     """Convert a ChatGLM2-6B / ChatGLM3-6B checkpoint into a native ``GlmForCausalLM`` folder.
 
     Args:
@@ -141,13 +141,14 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
         dst: The folder to create; it must not exist yet (or be empty).
         progress: Called as ``progress(done, total)`` in bytes of source weights (tqdm: ``bar.update``).
         version: Force ``chatglm2`` or ``chatglm3``; detected from the checkpoint when None.
+        elsewhere: What the user can do when ``dst`` cannot be written (ends the error message).
 
     Returns:
         ``dst``.
 
     Raises:
         ModelUnavailable: ``src`` is not a checkpoint kbqa can convert.
-        ConfigError: ``dst`` already exists and is not empty.
+        ConfigError: ``dst`` already exists and is not empty, or cannot be written (no room, no permission).
     """
     source = read_source(Path(src), version)
     dst = Path(dst)
@@ -159,22 +160,41 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
                                f"model's padded_vocab_size {source.config['padded_vocab_size']}.")
     dims = attention_dims(source.config)
     total = sum(f.stat().st_size for f in source.weight_files)
+    _check_room(dst, total, elsewhere)
     log.info("converting %s (%s) into %s", src, source.version, dst)
-    with staged_folder(dst, is_converted_chatglm) as tmp:
-        weight_map = _convert_shards(source.weight_files, tmp, dims, total, progress)
-        _check_complete(weight_map, source.config)
-        eos = stop_ids(tokenizer)
-        native_config(source.config, eos, source.version).save_pretrained(tmp)
-        GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_id).save_pretrained(tmp)
-        shutil.copyfile(source.folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-        marker = {"converter_version": CONVERTER_VERSION, "version": source.version,
-                  "source": str(source.folder), "eos_token_ids": eos}
-        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        if dst.is_dir():
-            dst.rmdir()  # empty, checked above
+    try:
+        with staged_folder(dst, is_converted_chatglm) as tmp:
+            weight_map = _convert_shards(source.weight_files, tmp, dims, total, progress)
+            _check_complete(weight_map, source.config)
+            eos = stop_ids(tokenizer)
+            native_config(source.config, eos, source.version).save_pretrained(tmp)
+            GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_id).save_pretrained(tmp)
+            shutil.copyfile(source.folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+            marker = {"converter_version": CONVERTER_VERSION, "version": source.version,
+                      "source": str(source.folder.resolve()), "eos_token_ids": eos}
+            (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+            for written in tmp.glob("*.safetensors"):  # safetensors writes owner-only files; share like the rest
+                written.chmod(0o644)
+            if dst.is_dir():
+                dst.rmdir()  # empty, checked above
+    except (OSError, SafetensorError) as exc:  # the source was read by now: this is the destination's fault
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        room = f"; it needs about {total / 2**30:.1f} GiB free there" if "space" in reason.lower() else ""
+        raise ConfigError(f"Cannot write the converted model to {dst} ({reason}){room}: {elsewhere}.") from exc
     if progress:
         progress(total, total)
     return dst
+
+
+def _check_room(dst: Path, needed: int, elsewhere: str) -> None:
+    """Refuse before converting when the destination's disk cannot hold the converted weights."""
+    existing = next((p for p in (dst, *dst.parents) if p.exists()), None)
+    if existing is None:
+        return
+    free = shutil.disk_usage(existing).free
+    if free < needed * 1.02:
+        raise ConfigError(f"The converted model needs about {needed / 2**30:.1f} GiB, but the disk of {existing} "
+                          f"has {free / 2**30:.1f} GiB free: {elsewhere}.")
 
 
 def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, int], total: int,
@@ -202,7 +222,10 @@ def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, in
                 raise ModelUnavailable(f"{path}: unexpected weight '{key}' (not a ChatGLM2/3 full-precision "
                                        f"checkpoint?).")
             for native, part in targets:
-                shard[f"{native}.{param}"] = split_rows(tensor, part, dims)
+                try:
+                    shard[f"{native}.{param}"] = split_rows(tensor, part, dims)
+                except ModelUnavailable as exc:
+                    raise ModelUnavailable(f"{path}: {exc}; is config.json the checkpoint's own?") from None
         if shard:
             save_file(shard, str(out / name), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, name))

@@ -82,7 +82,12 @@ def convert_lora(src: Path, dst: Path, dims: tuple[int, int, int]) -> Path:
         if mapped is None:
             raise ConfigError(f"{src}: adapter weight '{key}' has no counterpart in the converted model.")
         for native, part in mapped:
-            rows = split_rows(tensor, part, dims) if rest.startswith("B") else tensor.clone()
+            try:
+                rows = split_rows(tensor, part, dims) if rest.startswith("B") else tensor.clone()
+            except ModelUnavailable as exc:
+                raise ConfigError(f"The LoRA adapter {src} does not fit this model ({key}: {exc}): was it "
+                                  "trained on another base model? Set llm.adapter to one trained on llm.model."
+                                  ) from None
             tensors[f"{_PEFT_PREFIX}{native}.lora_{rest}"] = rows
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
