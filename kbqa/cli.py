@@ -154,9 +154,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if answer.notice:
         print(f"({answer.notice})")
     if answer.sources:
-        print("\nSources:")
+        print("\nSources (in retrieval order, keywords and meaning combined; score = cosine similarity to the "
+              "question):")
     for n, src in enumerate(answer.sources, 1):
-        page = f", page {src.page}" if src.page is not None else ""
+        page = f", {src.location}" if src.location else ""
         snippet = " ".join(src.text.split())
         print(f"[{n}] {src.source}{page}, chunk {src.chunk}, score {src.score:.3f}\n    {snippet[:300]}")
     return 0

@@ -41,11 +41,21 @@ class SourceChunk:
     id: str = ""
     #: Position in the fused ranking (1 = best); the order sources are listed in.
     rank: int = 0
+    #: For a CSV row: its line in the file (the header's is 1), where a spreadsheet shows it.
+    row: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of the CLI's ``--json`` output and the API."""
-        return {"source": self.source, "page": self.page, "chunk": self.chunk,
-                "score": round(float(self.score), 4), "text": self.text}
+        """The JSON shape of the CLI's ``--json`` output and the API (``row`` only for CSV rows)."""
+        out = {"source": self.source, "page": self.page, "chunk": self.chunk,
+               "score": round(float(self.score), 4), "text": self.text}
+        return out | {"row": self.row} if self.row is not None else out
+
+    @property
+    def location(self) -> str:
+        """Where to find it in its file, for people: ``page 3`` or ``row 12`` (or nothing)."""
+        if self.page is not None:
+            return f"page {self.page}"
+        return f"row {self.row}" if self.row is not None else ""
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,20 @@ class Splitter:
         """Chunks of a document's sections, numbered across the whole document.
 
         The id ``<sha256>:<index>`` depends only on the file's bytes and the split settings, so
-        re-ingesting the same file yields the same ids.
+        re-ingesting the same file yields the same ids. Debris (``_is_debris``) is left out, unless it is all
+        the document holds.
         """
-        chunks: list[Chunk] = []
-        for section in sections:
-            for text in self.split_text(section.text):
-                index = len(chunks)
-                chunks.append(Chunk(id=f"{sha256}:{index}", text=text, source=source, sha256=sha256,
-                                    index=index, page=section.page, extra=dict(section.extra)))
-        return chunks
+        pieces = [(section, text) for section in sections for text in self.split_text(section.text)]
+        kept = [(section, text) for section, text in pieces if not _is_debris(text)] or pieces
+        return [Chunk(id=f"{sha256}:{index}", text=text, source=source, sha256=sha256, index=index,
+                      page=section.page, extra=dict(section.extra)) for index, (section, text) in enumerate(kept)]
+
+
+#: Pieces this short without a single letter are debris: a printed page number, a closing code fence.
+_DEBRIS_CHARS = 20
+
+
+def _is_debris(text: str) -> bool:
+    """A piece with no letter (in any script) and under ``_DEBRIS_CHARS`` characters: it would answer
+    nothing, yet its vector sits close to many questions' and gets it cited."""
+    return len(text.strip()) < _DEBRIS_CHARS and not any(c.isalpha() for c in text)

@@ -55,8 +55,9 @@ def _metadata(chunk: Chunk) -> dict[str, Any]:
 
 
 def _source_chunk(chunk_id: str, text: str, meta: dict[str, Any], score: float) -> SourceChunk:
+    row = meta.get("x_row")
     return SourceChunk(source=str(meta.get("source", "")), page=meta.get("page"), chunk=int(meta.get("chunk", 0)),
-                       score=float(score), text=text, id=chunk_id)
+                       score=float(score), text=text, id=chunk_id, row=int(row) if row is not None else None)
 
 
 class ChromaStore:

@@ -86,7 +86,7 @@ def test_tidy_text_keeps_short_headings_and_table_rows_apart() -> None:
 def test_csv_rows_become_sections_of_header_value_lines() -> None:
     sections = load_document(CORPUS / "zh_langchain_chatglm_closed_issues.csv")
     assert len(sections) == 172
-    assert [s.extra["row"] for s in sections] == list(range(1, 173))
+    assert [s.extra["row"] for s in sections] == list(range(2, 174))  # lines in the file: the header is 1
     first = sections[0].text.split("\n")
     assert first[0] == "title: 加油~以及一些建议"
     assert all(": " in line and not line.startswith(": ") for line in first)  # the index column is dropped
@@ -97,7 +97,7 @@ def test_csv_skips_empty_values_and_names_unnamed_columns(tmp_path: Path) -> Non
     path = write(tmp_path, "t.csv", 'name,,note\r\nAda,x,"two\r\nlines"\r\nBob,,\r\n\r\n,,\r\n')
     sections = load_document(path)
     assert [s.text for s in sections] == ["name: Ada\ncolumn 2: x\nnote: two\nlines", "name: Bob"]
-    assert [s.extra for s in sections] == [{"row": 1}, {"row": 2}]
+    assert [s.extra for s in sections] == [{"row": 2}, {"row": 4}]  # where each record starts in the file
 
 
 def test_csv_in_gbk_with_semicolons_is_decoded(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_docx_keeps_paragraphs_headings_and_tables_in_body_order(tmp_path: Path)
     document.add_paragraph("After the table.")
     document.save(str(tmp_path / "order.docx"))
     [section] = load_document(tmp_path / "order.docx")
-    assert section.text == "第一章 总则\nBefore the table.\nmerged | c\n1 | 3\nAfter the table."
+    assert section.text == "第一章 总则\nBefore the table.\nmerged | c\n1 |  | 3\nAfter the table."
 
 
 def test_html_keeps_visible_text_only(tmp_path: Path) -> None:
@@ -328,3 +328,28 @@ def test_the_loader_is_picked_by_the_suffix_of_the_given_name(tmp_path: Path) ->
     assert section.text == "# Notes\n\nuploaded text"
     with pytest.raises(UnsupportedFile, match="passwd: Files without an extension are not supported"):
         load_document(write(tmp_path, "notes.txt", "text"), name="passwd")
+
+
+def test_csv_delimiter_inside_a_quoted_header_does_not_count(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", 'id,"notes; remarks; misc"\n1,"hello, world"\n2,second\n')
+    assert [s.text for s in load_document(path)] == ["id: 1\nnotes; remarks; misc: hello, world",
+                                                      "id: 2\nnotes; remarks; misc: second"]
+
+
+def test_empty_table_cells_keep_the_other_cells_in_their_columns(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=3)
+    for i, row in enumerate([["Name", "Q1", "Q2"], ["Widget", "", "5"], ["Gadget", "7", ""]]):
+        for j, value in enumerate(row):
+            table.cell(i, j).text = value
+    document.save(str(tmp_path / "t.docx"))
+    assert load_document(tmp_path / "t.docx")[0].text == "Name | Q1 | Q2\nWidget |  | 5\nGadget | 7 | "
+    page = write(tmp_path, "t.html", "<table><tr><th>Name</th><th>Q1</th></tr><tr><td></td><td>7</td></tr></table>")
+    assert load_document(page)[0].text == "Name | Q1\n| 7"
+
+
+def test_html_drops_site_navigation_and_keeps_preformatted_lines(tmp_path: Path) -> None:
+    page = write(tmp_path, "p.html", "<nav>Home | About</nav><p>Body text.</p><pre>line one\nline two</pre>")
+    assert load_document(page)[0].text == "Body text.\nline one\nline two"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -590,3 +591,13 @@ def test_a_big_file_moves_the_progress_bar_while_it_is_embedded(make: Callable[.
                     if f"zq{n}x " in c.text)
         hit = service.store.search(slug, service.qa.retriever.embedder.embed_documents([text])[0], 1)[0]
         assert hit.text == text and hit.score > 0.999
+
+
+def test_a_csv_source_says_which_row_of_the_file_it_is(make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    doc = tmp_path / "parts.csv"
+    doc.write_text('part,note\nbolt,"fits the\nleft door"\nhinge,squeaks when cold\n', encoding="utf-8")
+    service = make()
+    service.add_files("parts", [doc])
+    [hit] = service.search("parts", "hinge squeaks when cold", 1)
+    assert (hit.row, hit.page, hit.location) == (4, None, "row 4")  # the bolt's record spans lines 2-3
+    assert hit.to_dict()["row"] == 4 and "row" not in replace(hit, row=None).to_dict()

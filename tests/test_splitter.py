@@ -59,3 +59,13 @@ def test_chunks_the_embedder_would_truncate_are_cut_again() -> None:
 
 def test_blank_sections_give_no_chunks() -> None:
     assert Splitter(100, 10).split([Section("  \n\n  ")], "a.txt", "s") == []
+
+
+def test_letterless_debris_is_not_indexed_unless_it_is_all_there_is() -> None:
+    splitter = Splitter(chunk_size=60, chunk_overlap=0)
+    page = Section("A paragraph that fills the first chunk of this page almost to its limit.\n\n1051", page=3)
+    chunks = splitter.split([page, Section("}\n```", page=4)], "paper.pdf", "h")
+    assert [c.text for c in chunks] == ["A paragraph that fills the first chunk of this page almost", "to its limit."]
+    assert [c.index for c in chunks] == [0, 1]
+    assert [c.text for c in splitter.split([Section("12345")], "n.txt", "h2")] == ["12345"]
+    assert [c.text for c in splitter.split([Section("答：是。\n\n2023")], "z.txt", "h3")] == ["答：是。\n\n2023"]

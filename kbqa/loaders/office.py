@@ -32,8 +32,8 @@ def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
                     if id(cell._tc) not in seen:
                         seen.add(id(cell._tc))
                         cells.append(" ".join(cell.text.split()))
-                if any(cells):
-                    lines.append(" | ".join(c for c in cells if c))
+                if any(cells):  # an empty cell stays, so the others keep their columns
+                    lines.append(" | ".join(cells))
             continue
         if block.text.strip():
             lines.append(block.text.strip())

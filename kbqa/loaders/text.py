@@ -118,11 +118,23 @@ def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
 
 
 def load_csv(path: Path, name: str, ocr: bool) -> list[Section]:
-    """A CSV file as one section per non-empty data row, in ``header: value`` lines (``extra["row"]``)."""
+    """A CSV file as one section per non-empty data row, in ``header: value`` lines.
+
+    ``extra["row"]`` is the row's line in the file (the header's is 1), as a spreadsheet numbers it.
+    """
     text = read_text(path.read_bytes(), name)
     first_line = text.lstrip("\n").split("\n", 1)[0]
-    delimiter = max(",;\t|", key=first_line.count)
-    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(c.strip() for c in row)]
+    unquoted = re.sub(r'"[^"]*"?', "", first_line)  # a delimiter inside a quoted header name does not count
+    delimiter = max(",;\t|", key=unquoted.count)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    end = 0
+    for row in reader:
+        if any(c.strip() for c in row):
+            rows.append(row)
+            lines.append(end + 1)  # where the record starts (a quoted cell may span lines)
+        end = reader.line_num
     if len(rows) < 2:
         raise EmptyDocument(f"{name} has {'only a header row' if rows else 'no rows'}; "
                             "add data rows and upload it again.")
@@ -132,17 +144,18 @@ def load_csv(path: Path, name: str, ocr: bool) -> list[Section]:
     skip = {i for i, h in enumerate(header) if not h and all(
         not r[i].strip() or r[i].strip().isdigit() for r in data if i < len(r))}
     sections = []
-    for number, row in enumerate(data, 1):
-        lines = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {cell.strip()}"
-                 for i, cell in enumerate(row) if cell.strip() and i not in skip]
-        if lines:
-            sections.append(Section("\n".join(lines), extra={"row": number}))
+    for line, row in zip(lines[1:], data, strict=True):
+        fields = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {cell.strip()}"
+                  for i, cell in enumerate(row) if cell.strip() and i not in skip]
+        if fields:
+            sections.append(Section("\n".join(fields), extra={"row": line}))
     return sections
 
 
 # ---------------------------------------------------------------- html
 
-_HIDDEN_TAGS = ["script", "style", "head", "template", "noscript", "ix:header", "svg", "iframe", "object"]
+#: Not shown, or not content: site navigation repeats on every page of a site and answers nothing.
+_HIDDEN_TAGS = ["script", "style", "head", "template", "noscript", "ix:header", "svg", "iframe", "object", "nav"]
 _BLOCK_TAGS = frozenset((
     "address", "article", "aside", "blockquote", "caption", "center", "dd", "details", "dialog", "div", "dl",
     "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
@@ -173,7 +186,8 @@ def _html_text(node: object, out: list[str]) -> None:
     for child in getattr(node, "children", ()):
         if isinstance(child, NavigableString):
             if type(child) is NavigableString or isinstance(child, CData):  # not comments, doctype...
-                out.append(str(child).replace("\n", " "))
+                in_pre = child.find_parent("pre") is not None
+                out.append(str(child) if in_pre else str(child).replace("\n", " "))
         elif not isinstance(child, Tag):
             continue
         elif child.name == "br":
@@ -188,7 +202,8 @@ def _html_text(node: object, out: list[str]) -> None:
                         cell_parts: list[str] = []
                         _html_text(cell, cell_parts)
                         cells.append(re.sub(r"\s+", " ", "".join(cell_parts)).strip())
-                    out.append(" | ".join(c for c in cells if c) + "\n")
+                    if any(cells):  # an empty cell stays, so the others keep their columns
+                        out.append(" | ".join(cells) + "\n")
         elif child.name in _BLOCK_TAGS:
             out.append("\n")
             _html_text(child, out)

@@ -61,7 +61,7 @@ def sources_html(sources: Sequence[SourceChunk], notice: str = "") -> str:
         parts.append('<div class="kbqa-empty">In retrieval order (keywords and meaning combined); the score is '
                      'the cosine similarity of the passage to the question.</div>')
     for n, src in enumerate(sources, 1):
-        page = f" · page {src.page}" if src.page is not None else ""
+        page = f" · {src.location}" if src.location else ""
         parts.append(
             f'<div class="kbqa-source"><div class="kbqa-source-head"><b>[{n}] {html.escape(src.source)}</b>'
             f'{page} · chunk {src.chunk} · score <span class="kbqa-score">{src.score:.3f}</span></div>'
