@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kbqa.embeddings import Embedder, LazyEmbedder, build_embedder, embedder_name
-from kbqa.errors import ModelUnavailable
+from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.ingest import Ingestor
 from kbqa.knowledge import KnowledgeRoot
 from kbqa.language import is_chinese
@@ -68,7 +68,22 @@ def resolve_gguf(spec: str, cache_dir: Path, progress: Progress | None = None) -
 
 
 def build_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None = None) -> LLM:
-    """Load the configured LLM backend."""
+    """Load the configured LLM backend.
+
+    Raises:
+        ConfigError: settings this machine cannot honour, or a cache folder that cannot be written.
+        ModelUnavailable: the model cannot be found or read.
+    """
+    try:
+        return _load_llm(settings, cache_dir, progress)
+    except OSError as exc:  # what the backends' own checks did not catch: the file system said no
+        if exc.filename and Path(str(exc.filename)).resolve().is_relative_to(Path(cache_dir).resolve()):
+            raise ConfigError(f"kbqa cannot write its model cache {cache_dir} ({exc.strerror}): set paths.cache_dir "
+                              "(KBQA_PATHS__CACHE_DIR) to a folder you can write.") from exc
+        raise ModelUnavailable(f"Cannot read llm.model (KBQA_LLM__MODEL) = '{settings.model}': {exc}") from exc
+
+
+def _load_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None) -> LLM:
     match settings.backend:
         case "llamacpp":
             from kbqa.llm.llamacpp import LlamaCppLLM

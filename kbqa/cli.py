@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_docs)
 
     p = sub.add_parser("serve", help="run the web app")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--host", default=None, help="address to listen on (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="TCP port, 1-65535 (default: server.port, 7860)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="measure retrieval and answer quality on a QA dataset")
@@ -333,12 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KBQAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (Terminated, KeyboardInterrupt) as exc:
+        word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        kept = (f" (files added before it stay indexed: kbqa docs list --kb {args.kb}; add the rest again)"
+                if args.func is cmd_ingest else "")
+        print(word + kept, file=sys.stderr)
+        return code
     finally:
         if handle:
             signal.signal(signal.SIGTERM, previous)

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from kbqa.errors import ModelUnavailable
+from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.models import Progress, embedded_name, is_embedded, package_dir, resolve_local_or_hub
 from kbqa.settings import EmbeddingSettings
 
@@ -241,7 +241,18 @@ def embedder_name(cfg: EmbeddingSettings) -> str:
 
 
 def build_embedder(cfg: EmbeddingSettings, cache_dir: Path, progress: Progress | None = None) -> Text2VecEmbedder:
-    """Resolve an embedding setting and load it; explicit settings override the model's profile."""
+    """Resolve an embedding setting and load it; explicit settings override the model's profile.
+
+    Raises:
+        ConfigError: ``embedding.device`` names a device this machine does not have.
+        ModelUnavailable: the model cannot be found or read.
+    """
+    import torch
+
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available() or \
+            cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"embedding.device = '{cfg.device}', but torch has no such device here; set "
+                          "embedding.device (KBQA_EMBEDDING__DEVICE) to 'cpu'.")
     folder, profile = resolve_embedding_model(cfg.model, cache_dir, progress)
     profile = replace(
         profile,

@@ -97,6 +97,8 @@ class Ingestor:
         """Ingest ``(path, display name)`` pairs; one bad file never stops the others."""
         start = time.perf_counter()
         kb.check_embedding(self.embedder.name, adding=True)
+        if files:  # a model that cannot load is one error for the batch, not one per file
+            getattr(self.embedder, "model", None)
         results: list[FileResult | None] = [None] * len(files)
         group: list[_Prepared] = []
         seen: dict[str, tuple[str, int]] = {}  # sha256 -> (name, position) of the batch's file with those bytes

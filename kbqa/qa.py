@@ -90,6 +90,16 @@ class KBQAChatModel(BaseChatModel):
             pieces.close()  # the backends stop generating when their stream is closed
 
 
+class _LoadedOnUse:
+    """Stands for the LLM and loads it (``get``) at the first attribute used."""
+
+    def __init__(self, get: Callable[[], LLM]) -> None:
+        self._get = get
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
 def empty_knowledge_base(name: str) -> EmptyKnowledgeBase:
     """The error for a question to a knowledge base without documents."""
     return EmptyKnowledgeBase(f"Knowledge base '{name}' has no documents yet: add files to it first.")
@@ -195,7 +205,7 @@ class QAEngine:
 
     def _chain(self, kb: KnowledgeBase, params: GenerationParams, usage: Usage | None,
                cancel: threading.Event) -> Any:
-        llm = self.get_llm()
+        llm: Any = _LoadedOnUse(self.get_llm)  # a refusal answers without the model: do not load it for one
         chat = KBQAChatModel(llm=llm, params=params, usage=usage, cancel=cancel)
 
         def retrieve(x: dict[str, Any]) -> list[SourceChunk]:

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from kbqa.errors import KnowledgeRootInUse
+from kbqa.errors import ConfigError, KnowledgeRootInUse
 
 try:
     import fcntl
@@ -29,6 +29,7 @@ def hold_root(root: Path) -> None:
 
     Raises:
         KnowledgeRootInUse: another process holds it.
+        ConfigError: the root cannot be written.
     """
     if fcntl is None:
         return
@@ -36,7 +37,12 @@ def hold_root(root: Path) -> None:
         if root in _HELD:
             _HELD[root][1] += 1
             return
-        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"The knowledge root {root} cannot be written ({exc.strerror}); set "
+                              "paths.knowledge_root (KBQA_PATHS__KNOWLEDGE_ROOT) to a folder you can write, or "
+                              "fix its permissions.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -11,12 +11,13 @@ or a hub id such as ``shibing624/text2vec-base-chinese`` (needs a reachable mode
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,12 +35,17 @@ class _Section(BaseModel):
 
 
 class PathSettings(_Section):
-    """Where kbqa keeps its data."""
+    """Where kbqa keeps its data (``~`` is expanded)."""
 
     knowledge_root: Path = Field(Path("knowledge"), description="Folder holding one sub-folder per knowledge base.")
     cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
                             / "kbqa", description="Assembled and converted models are cached here.")
     prompts_dir: Path = Field(Path("prompts"), description="Folder of prompt templates (*.toml).")
+
+    @field_validator("knowledge_root", "cache_dir", "prompts_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 class EmbeddingSettings(_Section):
@@ -50,7 +56,8 @@ class EmbeddingSettings(_Section):
     batch_size: int = Field(
         8, ge=1, description="Chunks encoded per forward pass (8 beat 32 by about 1.2x on a 2-core CPU; see "
         "benchmarks/RESULTS.md). On a GPU, larger batches pay.")
-    device: str = Field("cpu", description="torch device for the embedding model: cpu, cuda, mps.")
+    device: str = Field("cpu", pattern=r"^(cpu|mps|cuda(:\d+)?)$",
+                        description="torch device for the embedding model: cpu, cuda (or cuda:N), mps.")
     max_seq_length: int | None = Field(None, ge=8, description="Token limit per text; None = the model's own.")
     query_prefix: str | None = Field(
         None, description="Text put before queries; None = the model's own (e5: 'query: ').")
@@ -186,14 +193,52 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     """
     path = Path(config or os.environ.get("KBQA_CONFIG") or "kbqa.toml")
     if (config or os.environ.get("KBQA_CONFIG")) and not path.is_file():
-        raise ConfigError(f"Settings file {path} does not exist (set by --config or KBQA_CONFIG).")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"Settings file {path} {what} (set by --config or KBQA_CONFIG).")
+    _check_variables()
+    if path.exists():
+        try:
+            path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"Settings file {path} cannot be read ({exc.strerror}); fix its permissions.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"Settings file {path} is not UTF-8 text; save it as UTF-8.") from None
     # A subclass per file: pydantic-settings reads the TOML path from the class's model_config.
     bound = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     try:
         return bound(**overrides)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Settings file {path} is not valid TOML ({exc}); fix it.") from None
+        bom = " (it starts with a byte-order mark: save it as UTF-8 without one)" if \
+            path.read_bytes().startswith(b"\xef\xbb\xbf") else ""
+        raise ConfigError(f"Settings file {path} is not valid TOML ({exc}){bom}; fix it.") from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"Invalid settings ({problems}). Fix kbqa.toml or the KBQA_* variable.") from exc
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors())
+        source = f"{path}" if path.is_file() else "the settings"
+        raise ConfigError(f"Invalid settings ({problems}). Fix {source} or the KBQA_* variable named.") from exc
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """``retrieval.top_k``, and the environment variable that sets it when one is set."""
+    dotted = ".".join(str(p) for p in loc)
+    variable = "KBQA_" + "__".join(str(p) for p in loc).upper()
+    return f"{dotted} ({variable})" if variable in {k.upper() for k in os.environ} else dotted
+
+
+def _check_variables() -> None:
+    """Refuse a ``KBQA_*`` variable that names no setting: a typo must not pass silently.
+
+    Raises:
+        ConfigError: naming the variable and, when one is close, the setting meant.
+    """
+    sections = set(Settings.model_fields)
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith("KBQA_") or upper == "KBQA_CONFIG":
+            continue
+        section = upper[len("KBQA_"):].split("__", 1)[0].lower()
+        if section not in sections:
+            known = [f"KBQA_{s.upper()}__..." for s in sorted(sections)]
+            close = difflib.get_close_matches(section, sections, n=1)
+            hint = f" Did you mean KBQA_{close[0].upper()}__...?" if close else ""
+            raise ConfigError(f"{name} names no kbqa setting (settings variables: {', '.join(known)}, "
+                              f"KBQA_CONFIG).{hint}")

@@ -143,7 +143,8 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(service: KBQAService, folder: Pa
     monkeypatch.setattr(service, "add_files", killed)
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["ingest", "--kb", "space", str(folder)]) == 143
-    assert capsys.readouterr().err.strip().endswith("terminated")
+    assert capsys.readouterr().err.strip().endswith(
+        "terminated (files added before it stay indexed: kbqa docs list --kb space; add the rest again)")
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -160,3 +161,30 @@ def test_the_progress_bar_comes_back_for_models_prepared_after_the_service_is_bu
     bar.bytes(1, 4)  # the next step opens a new one
     assert bar.bar is not None and bar.bar.n == 25
     bar.close()
+
+
+@pytest.mark.parametrize(("host", "port", "message"), [
+    ("127.0.0.1", 99999, "not a TCP port"),
+    ("127.0.0.1", 0, "not a TCP port"),
+    ("999.1.1.1", 7860, "Cannot listen on 999.1.1.1:7860"),
+])
+def test_an_address_the_server_cannot_listen_on_is_refused_before_starting(host: str, port: int,
+                                                                            message: str) -> None:
+    from kbqa.errors import ConfigError
+    from kbqa.ui.app import check_listen
+
+    with pytest.raises(ConfigError, match=message):
+        check_listen(host, port)
+
+
+def test_a_port_in_use_is_refused_before_starting() -> None:
+    import socket
+
+    from kbqa.errors import ConfigError
+    from kbqa.ui.app import check_listen
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match=r"Cannot listen on 127\.0\.0\.1:\d+ .*server.port"):
+            check_listen("127.0.0.1", taken.getsockname()[1])

@@ -322,6 +322,16 @@ def test_no_relevant_chunk_gives_the_refusal_without_calling_the_model(make: Cal
     assert llm.prompts == []
 
 
+def test_a_refusal_does_not_even_load_the_model(tmp_path: Path, docs: Path) -> None:
+    def load() -> FakeLLM:
+        raise AssertionError("the model was loaded")
+
+    service = build_service(make_settings(tmp_path, score_threshold=0.99, score_threshold_zh=0.99),
+                            embedder=FakeEmbedder(), llm=load)
+    service.add_files("kb", files_in(docs))
+    assert service.ask("kb", "Who won the football world cup?").refused
+
+
 def test_model_refusal_is_flagged(make: Callable[..., KBQAService], docs: Path, llm: FakeLLM) -> None:
     service = make()
     service.add_files("kb", files_in(docs))

@@ -80,3 +80,44 @@ def test_a_settings_file_that_is_not_toml_is_a_config_error(tmp_path: Path) -> N
     bad.write_text("[llm\nmodel = ", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad)
+
+
+@pytest.mark.parametrize(("variable", "message"), [
+    ("KBQA_PATH__KNOWLEDGE_ROOT", "KBQA_PATH__KNOWLEDGE_ROOT names no kbqa setting.*Did you mean KBQA_PATHS__"),
+    ("KBQA_RETRIEVAL_TOP_K", "KBQA_RETRIEVAL_TOP_K names no kbqa setting"),
+])
+def test_a_misspelt_settings_variable_is_an_error(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                                  message: str) -> None:
+    monkeypatch.setenv(variable, "5")
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
+
+
+def test_a_bad_environment_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_RETRIEVAL__TOP_K", "five")
+    with pytest.raises(ConfigError, match=r"retrieval.top_k \(KBQA_RETRIEVAL__TOP_K\)"):
+        load_settings()
+
+
+def test_paths_expand_the_home_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KBQA_PATHS__KNOWLEDGE_ROOT", "~/kb")
+    assert load_settings().paths.knowledge_root == tmp_path / "home" / "kb"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'a = "\xff"\n', "not UTF-8"),
+    (b"\xef\xbb\xbf[retrieval]\ntop_k = 4\n", "byte-order mark"),
+])
+def test_an_unreadable_settings_file_is_one_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "kbqa.toml").write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
+
+
+def test_the_embedding_device_must_be_a_torch_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_EMBEDDING__DEVICE", "gpu")
+    with pytest.raises(ConfigError, match="embedding.device"):
+        load_settings()
+    monkeypatch.setenv("KBQA_EMBEDDING__DEVICE", "cuda:1")
+    assert load_settings().embedding.device == "cuda:1"

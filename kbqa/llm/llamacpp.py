@@ -60,7 +60,8 @@ class LlamaCppLLM:
         try:
             self._server = xlc.Server(params)
         except Exception as exc:
-            raise ModelUnavailable(f"llama.cpp could not load {model_path}: {exc}. Is it a GGUF chat model?") from exc
+            raise ModelUnavailable(f"llama.cpp could not load {model_path} ({str(exc).rstrip('.')}): is it a GGUF chat "
+                                   "model? Check llm.model (KBQA_LLM__MODEL).") from exc
         self.name = name
         self.context_window = context_window
         self.model_path = Path(model_path)

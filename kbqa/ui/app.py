@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kbqa.errors import KBQAError
+from kbqa.errors import ConfigError, KBQAError
 from kbqa.service import KBQAService
 from kbqa.settings import Settings
 from kbqa.ui import handlers
@@ -195,8 +195,34 @@ def build_server(service: KBQAService, settings: Settings) -> Any:
                                footer_links=["settings"], show_error=True)
 
 
+def check_listen(host: str, port: int) -> None:
+    """Refuse, before anything is announced, an address the server could not listen on.
+
+    Raises:
+        ConfigError: a port out of range, a port another program uses, or a host that is no address here.
+    """
+    import socket
+
+    where = "--host / --port, or server.host / server.port (KBQA_SERVER__HOST / KBQA_SERVER__PORT)"
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"Port {port} is not a TCP port (1-65535): set {where}.")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"Cannot listen on {host}:{port} ({reason}): another program may use the port, or the "
+                          f"host is not an address of this machine. Set {where}.") from None
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Build the service and run the web app and API until interrupted."""
+    """Build the service and run the web app and API until interrupted.
+
+    Raises:
+        ConfigError: the address cannot be listened on, or settings this machine cannot honour.
+    """
     import sys
 
     import uvicorn
@@ -206,7 +232,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     quiet_environment()
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, desc="preparing models", file=sys.stderr, leave=False)
+    host, port = host or settings.server.host, settings.server.port if port is None else port
+    check_listen(host, port)
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc="preparing models", file=sys.stderr, leave=False,
+               disable=None)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -214,7 +243,6 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
     service = build_service(settings, progress=progress)
     app = build_server(service, settings)
-    host, port = host or settings.server.host, port or settings.server.port
     service.root.announce(f"http://{host}:{port}/")
     # This is the server's own skin, not library code: tell the user where to go and what is loading.
     print(f"kbqa: web app on http://{host}:{port}/ , OpenAI-compatible API on http://{host}:{port}/v1 "
