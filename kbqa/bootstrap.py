@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -77,7 +78,9 @@ def build_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None 
     try:
         return _load_llm(settings, cache_dir, progress)
     except OSError as exc:  # what the backends' own checks did not catch: the file system said no
-        if exc.filename and Path(str(exc.filename)).resolve().is_relative_to(Path(cache_dir).resolve()):
+        cannot_write = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+        if exc.errno in cannot_write and exc.filename and \
+                Path(str(exc.filename)).resolve().is_relative_to(Path(cache_dir).resolve()):
             raise ConfigError(f"kbqa cannot write its model cache {cache_dir} ({exc.strerror}): set paths.cache_dir "
                               "(KBQA_PATHS__CACHE_DIR) to a folder you can write.") from exc
         raise ModelUnavailable(f"Cannot read llm.model (KBQA_LLM__MODEL) = '{settings.model}': {exc}") from exc

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -185,7 +186,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
             pages = f"{doc.pages} pages\t" if doc.pages else ""
             print(f"{doc.name}\t{pages}{doc.chunks} chunks\t{doc.size} bytes\t{doc.added_at}")
         if not documents:
-            print(f"{args.kb} holds no files yet: kbqa ingest --kb {args.kb} PATH...", file=sys.stderr)
+            print(f"{args.kb} holds no files yet: kbqa ingest --kb {shlex.quote(args.kb)} PATH...", file=sys.stderr)
     elif args.docs_command == "delete":
         service.delete_document(args.kb, args.file)
         print(f"deleted {args.file} from {args.kb}")
@@ -338,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (Terminated, KeyboardInterrupt) as exc:
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        kept = (f" (files added before it stay indexed: kbqa docs list --kb {args.kb}; add the rest again)"
-                if args.func is cmd_ingest else "")
+        kept = (f" (files already added stay indexed: kbqa docs list --kb {shlex.quote(args.kb)}; add the rest "
+                "again)" if args.func is cmd_ingest else "")
         print(word + kept, file=sys.stderr)
         return code
     finally:

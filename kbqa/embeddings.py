@@ -277,13 +277,19 @@ class LazyEmbedder:
         self._load = load
         self._model: Embedder | None = None
         self._lock = threading.Lock()
+        #: Why the model could not load, when it could not (an ingest stops the batch on it).
+        self.error: Exception | None = None
 
     @property
     def model(self) -> Embedder:
         """The loaded embedder."""
         with self._lock:
             if self._model is None:
-                self._model = self._load()
+                try:
+                    self._model = self._load()
+                except Exception as exc:
+                    self.error = exc
+                    raise
             return self._model
 
     @property

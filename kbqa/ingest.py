@@ -97,8 +97,6 @@ class Ingestor:
         """Ingest ``(path, display name)`` pairs; one bad file never stops the others."""
         start = time.perf_counter()
         kb.check_embedding(self.embedder.name, adding=True)
-        if files:  # a model that cannot load is one error for the batch, not one per file
-            getattr(self.embedder, "model", None)
         results: list[FileResult | None] = [None] * len(files)
         group: list[_Prepared] = []
         seen: dict[str, tuple[str, int]] = {}  # sha256 -> (name, position) of the batch's file with those bytes
@@ -114,6 +112,8 @@ class Ingestor:
             try:
                 prepared = self._prepare(kb, position, Path(path), given_name, seen, batch)
             except Exception as exc:  # a loader bug must not abort the batch either
+                if exc is getattr(self.embedder, "error", None):  # the model cannot load: one error, not one per file
+                    raise
                 results[position] = _failed(str(given_name), Path(path), exc)
                 continue
             if isinstance(prepared, FileResult):

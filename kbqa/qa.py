@@ -97,6 +97,8 @@ class _LoadedOnUse:
         self._get = get
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy, pickle and pydantic probe these: not the model's business
+            raise AttributeError(name)
         return getattr(self._get(), name)
 
 
@@ -214,7 +216,10 @@ class QAEngine:
             x["timings"]["retrieve"] = time.perf_counter() - start
             x["found"] = found
             x["threshold"] = self.threshold(x["query"])
-            return [c for c in found if c.score >= x["threshold"]]
+            passed = [c for c in found if c.score >= x["threshold"]]
+            if passed:  # the model will answer: load it now, so a model that cannot load fails before any event
+                self.get_llm()
+            return passed
 
         def prompt(x: dict[str, Any]) -> list[BaseMessage]:
             template: PromptTemplate = x["template"]

@@ -12,7 +12,7 @@ class Section:
 
     text: str
     page: int | None = None
-    #: Extra metadata kept with every chunk cut from this section (e.g. ``{"row": 3}``).
+    #: Extra metadata kept with every chunk cut from this section (e.g. ``{"line": 3}`` for a CSV row).
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -45,7 +45,10 @@ class PathSettings(_Section):
     @field_validator("knowledge_root", "cache_dir", "prompts_dir")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
-        return value.expanduser()
+        try:
+            return value.expanduser()
+        except RuntimeError:  # ~someone who is no user here
+            raise ValueError(f"{value}: its ~ names no home folder here") from None
 
 
 class EmbeddingSettings(_Section):

@@ -55,7 +55,7 @@ def _metadata(chunk: Chunk) -> dict[str, Any]:
 
 
 def _source_chunk(chunk_id: str, text: str, meta: dict[str, Any], score: float) -> SourceChunk:
-    row = meta.get("x_row")
+    row = meta.get("x_line")  # CSV rows; knowledge bases built before it was recorded have none
     return SourceChunk(source=str(meta.get("source", "")), page=meta.get("page"), chunk=int(meta.get("chunk", 0)),
                        score=float(score), text=text, id=chunk_id, row=int(row) if row is not None else None)
 

@@ -144,7 +144,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(service: KBQAService, folder: Pa
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["ingest", "--kb", "space", str(folder)]) == 143
     assert capsys.readouterr().err.strip().endswith(
-        "terminated (files added before it stay indexed: kbqa docs list --kb space; add the rest again)")
+        "terminated (files already added stay indexed: kbqa docs list --kb space; add the rest again)")
     assert signal.getsignal(signal.SIGTERM) is before
 
 

@@ -86,7 +86,7 @@ def test_tidy_text_keeps_short_headings_and_table_rows_apart() -> None:
 def test_csv_rows_become_sections_of_header_value_lines() -> None:
     sections = load_document(CORPUS / "zh_langchain_chatglm_closed_issues.csv")
     assert len(sections) == 172
-    assert [s.extra["row"] for s in sections] == list(range(2, 174))  # lines in the file: the header is 1
+    assert [s.extra["line"] for s in sections] == list(range(2, 174))  # lines in the file: the header is 1
     first = sections[0].text.split("\n")
     assert first[0] == "title: 加油~以及一些建议"
     assert all(": " in line and not line.startswith(": ") for line in first)  # the index column is dropped
@@ -97,7 +97,7 @@ def test_csv_skips_empty_values_and_names_unnamed_columns(tmp_path: Path) -> Non
     path = write(tmp_path, "t.csv", 'name,,note\r\nAda,x,"two\r\nlines"\r\nBob,,\r\n\r\n,,\r\n')
     sections = load_document(path)
     assert [s.text for s in sections] == ["name: Ada\ncolumn 2: x\nnote: two\nlines", "name: Bob"]
-    assert [s.extra for s in sections] == [{"row": 2}, {"row": 4}]  # where each record starts in the file
+    assert [s.extra for s in sections] == [{"line": 2}, {"line": 4}]  # where each record starts in the file
 
 
 def test_csv_in_gbk_with_semicolons_is_decoded(tmp_path: Path) -> None:
@@ -353,3 +353,8 @@ def test_empty_table_cells_keep_the_other_cells_in_their_columns(tmp_path: Path)
 def test_html_drops_site_navigation_and_keeps_preformatted_lines(tmp_path: Path) -> None:
     page = write(tmp_path, "p.html", "<nav>Home | About</nav><p>Body text.</p><pre>line one\nline two</pre>")
     assert load_document(page)[0].text == "Body text.\nline one\nline two"
+
+
+def test_csv_delimiter_guess_survives_a_stray_inch_mark(tmp_path: Path) -> None:
+    path = write(tmp_path, "inch.csv", '5" screen;price;model\nyes;300;A1\n')
+    assert load_document(path)[0].text == '5" screen: yes\nprice: 300\nmodel: A1'

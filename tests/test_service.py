@@ -611,3 +611,24 @@ def test_a_csv_source_says_which_row_of_the_file_it_is(make: Callable[..., KBQAS
     [hit] = service.search("parts", "hinge squeaks when cold", 1)
     assert (hit.row, hit.page, hit.location) == (4, None, "row 4")  # the bolt's record spans lines 2-3
     assert hit.to_dict()["row"] == 4 and "row" not in replace(hit, row=None).to_dict()
+
+
+def test_an_embedding_model_that_cannot_load_is_one_error_for_the_batch(tmp_path: Path, docs: Path,
+                                                                         llm: FakeLLM) -> None:
+    settings = make_settings(tmp_path)
+    settings.embedding.model = "embedded:no-such-model"
+    service = build_service(settings, llm=lambda: llm)
+    with pytest.raises(KBQAError, match="no-such-model"):
+        service.add_files("kb", files_in(docs))
+    assert service.list_kbs() == []  # nothing half-made
+
+
+def test_a_model_that_cannot_load_fails_before_the_answer_starts(tmp_path: Path, docs: Path) -> None:
+    def load() -> FakeLLM:
+        raise KBQAError("llm.model cannot load")
+
+    service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=load)
+    service.add_files("kb", files_in(docs))
+    events = service.ask_stream("kb", "What is the capital of France?")
+    with pytest.raises(KBQAError, match="cannot load"):
+        next(events)  # not a sources event followed by an error

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kbqa.errors import ConfigError, ModelUnavailable
+from kbqa.errors import ConfigError, KBQAError, ModelUnavailable
 from kbqa.fileio import remove_abandoned, staged_folder
 from kbqa.llm import chatglm
 from kbqa.models import EMBEDDED_LLMS, assemble_gguf, embedded_name, is_embedded, resolve_local_or_hub
@@ -119,8 +119,13 @@ def convert_chatglm_cached(src: Path, cache_dir: Path, progress: Progress | None
                             "(KBQA_PATHS__CACHE_DIR) to a disk with room, or convert it elsewhere with "
                             "`kbqa convert-chatglm` and set llm.model to the result")
     for old in dst.parent.glob(f"{stem}*"):
-        if old != dst and chatglm.is_converted_chatglm(old) and \
-                chatglm.read_marker(old).get("source") == str(src.resolve()):
+        if old == dst or not chatglm.is_converted_chatglm(old):
+            continue
+        try:
+            recorded = chatglm.read_marker(old).get("source")
+        except KBQAError:  # not ours to judge (another user's, damaged): leave it
+            continue
+        if recorded == str(src.resolve()):
             log.info("removing %s, the conversion of an earlier version of %s", old, src)
             shutil.rmtree(old, ignore_errors=True)
     remove_abandoned(dst.parent / f"{stem}*")  # conversions of earlier versions that were killed

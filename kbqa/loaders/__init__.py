@@ -60,7 +60,7 @@ def load_document(path: Path, *, ocr: bool = True, name: str | None = None) -> l
             suffix picks the loader and it names the file in error messages. Defaults to ``path.name``.
 
     Returns:
-        Non-empty sections: one per PDF page (1-based ``page``), one per CSV row (``extra["row"]``),
+        Non-empty sections: one per PDF page (1-based ``page``), one per CSV row (``extra["line"]``, its line),
         otherwise one for the whole document.
 
     Raises:

@@ -120,12 +120,13 @@ def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
 def load_csv(path: Path, name: str, ocr: bool) -> list[Section]:
     """A CSV file as one section per non-empty data row, in ``header: value`` lines.
 
-    ``extra["row"]`` is the row's line in the file (the header's is 1), as a spreadsheet numbers it.
+    ``extra["line"]`` is the row's line in the file (the header's is 1), as a spreadsheet numbers it.
     """
     text = read_text(path.read_bytes(), name)
     first_line = text.lstrip("\n").split("\n", 1)[0]
-    unquoted = re.sub(r'"[^"]*"?', "", first_line)  # a delimiter inside a quoted header name does not count
-    delimiter = max(",;\t|", key=unquoted.count)
+    # A delimiter inside a quoted header name does not count (a quote opens a field only at its start).
+    unquoted = re.sub(r'(^|(?<=[,;\t|]))"[^"]*"', "", first_line)
+    delimiter = max(",;\t|", key=lambda d: (unquoted.count(d), first_line.count(d)))
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     rows: list[list[str]] = []
     lines: list[int] = []
@@ -148,7 +149,7 @@ def load_csv(path: Path, name: str, ocr: bool) -> list[Section]:
         fields = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {cell.strip()}"
                   for i, cell in enumerate(row) if cell.strip() and i not in skip]
         if fields:
-            sections.append(Section("\n".join(fields), extra={"row": line}))
+            sections.append(Section("\n".join(fields), extra={"line": line}))
     return sections
 
 

@@ -207,6 +207,7 @@ def check_listen(host: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise ConfigError(f"Port {port} is not a TCP port (1-65535): set {where}.")
     try:
+        host = host or "0.0.0.0"  # noqa: S104 - uvicorn reads "" as every interface; so does this check
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
@@ -243,9 +244,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
     service = build_service(settings, progress=progress)
     app = build_server(service, settings)
-    service.root.announce(f"http://{host}:{port}/")
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    service.root.announce(url)
     # This is the server's own skin, not library code: tell the user where to go and what is loading.
-    print(f"kbqa: web app on http://{host}:{port}/ , OpenAI-compatible API on http://{host}:{port}/v1 "
+    print(f"kbqa: web app on {url} , OpenAI-compatible API on {url}v1 "
           "(loading the models in the background; the first answer waits for them)", file=sys.stderr, flush=True)
     threading.Thread(target=_warm_up, args=(service, bar), name="kbqa-warm-up", daemon=True).start()
     uvicorn.run(app, host=host, port=port, log_config=log_config())

@@ -188,4 +188,5 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
 
 def _only_prefix_encoder(files: list[Path]) -> bool:
     """True when the weights are a P-tuning prefix encoder's alone (stops at the first other weight)."""
-    return all(key.startswith("transformer.prefix_encoder.") for path in files for key, _ in iter_tensors(path))
+    return bool(files) and all(key.startswith("transformer.prefix_encoder.")
+                               for path in files for key, _ in iter_tensors(path))
