@@ -14,10 +14,19 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +41,22 @@ class _Section(BaseModel):
     """A settings section; unknown keys are errors, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``top_k = true`` is a slip, not 1: a TOML boolean only fills a boolean setting."""
+        if isinstance(value, bool) and info.field_name:
+            annotation = cls.model_fields[info.field_name].annotation
+            if bool not in (typing.get_args(annotation) or (annotation,)):
+                raise ValueError(f"expected a {_kind(annotation)}, got the boolean {str(value).lower()}")
+        return value
+
+
+def _kind(annotation: Any) -> str:
+    """'number' for int/float settings, else 'value'."""
+    names = {getattr(a, "__name__", "") for a in (typing.get_args(annotation) or (annotation,))}
+    return "number" if names & {"int", "float"} else "value"
 
 
 class PathSettings(_Section):

@@ -82,6 +82,15 @@ def test_a_settings_file_that_is_not_toml_is_a_config_error(tmp_path: Path) -> N
         load_settings(bad)
 
 
+def test_a_toml_boolean_fills_only_a_boolean_setting(tmp_path: Path) -> None:
+    cfg = tmp_path / "kbqa.toml"
+    cfg.write_text("[retrieval]\ntop_k = true\n[ingest]\nocr = false\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="retrieval.top_k: .*expected a number, got the boolean true"):
+        load_settings(cfg)
+    cfg.write_text("[ingest]\nocr = false\n", encoding="utf-8")
+    assert load_settings(cfg).ingest.ocr is False
+
+
 @pytest.mark.parametrize(("variable", "message"), [
     ("KBQA_PATH__KNOWLEDGE_ROOT", "KBQA_PATH__KNOWLEDGE_ROOT names no kbqa setting.*Did you mean KBQA_PATHS__"),
     ("KBQA_RETRIEVAL_TOP_K", "KBQA_RETRIEVAL_TOP_K names no kbqa setting"),
