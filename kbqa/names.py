@@ -37,6 +37,9 @@ def check_kb_name(name: str) -> str:
     if "/" in name or "\\" in name:
         raise InvalidName(f"'{name}' cannot be a knowledge-base name: leave out / and \\ (they cannot appear "
                           "in a web address).")
+    if not name.strip("."):
+        raise InvalidName(f"'{name}' cannot be a knowledge-base name: it needs a character other than a dot "
+                          "(web addresses read . and .. as folders).")
     return name
 
 

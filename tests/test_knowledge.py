@@ -77,6 +77,13 @@ def test_names_with_slashes_are_refused(tmp_path: Path, name: str) -> None:
         KnowledgeRoot(tmp_path).create(name)
 
 
+@pytest.mark.parametrize("name", [".", "..", " ... "])
+def test_names_of_only_dots_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidName, match="other than a dot"):
+        KnowledgeRoot(tmp_path).create(name)
+    assert KnowledgeRoot(tmp_path).create("v1.2").name == "v1.2"
+
+
 def test_a_second_process_is_refused_the_knowledge_root_this_one_holds(tmp_path: Path) -> None:
     import os
     import subprocess
