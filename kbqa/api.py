@@ -112,6 +112,8 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             last = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=None)
             if last is None:
                 raise Unsupported("messages", "messages has no user message: put the question in a 'user' message.")
+            if not req.messages[last].text().strip():
+                raise Unsupported("messages", "The last user message is empty: put the question in it.")
             history = [ChatMessage(m.role, m.text()) for m in req.messages[:last] if m.role in ("user", "assistant")]
             return service.ask_stream(req.model[len(KB_PREFIX):], req.messages[last].text(), history,
                                       req.params(service.answer_params), usage)

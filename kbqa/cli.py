@@ -26,16 +26,22 @@ log = logging.getLogger(__name__)
 _JUNK = {"thumbs.db", "desktop.ini"}
 
 
-def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult]]:
+def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], int]:
     """Files as given, and the files under folders (recursively, sorted, skipping hidden ones).
 
-    Returns the files, and a ``failed`` result for each thing under a folder that cannot be added (an
-    unreadable folder, a broken link, a link to a folder, a pipe or device), so nothing is left out silently.
+    Returns the files; a ``failed`` result for each path that does not exist and each thing under a folder
+    that cannot be added (an unreadable folder, a broken link, a link to a folder, a pipe or device), so
+    nothing is left out silently; and how many hidden or system files (``.name``, Thumbs.db) were skipped.
     """
     files: list[Path] = []
     problems: list[FileResult] = []
+    skipped = 0
     for raw in paths:
         path = Path(raw)
+        if not path.exists():
+            what = "a broken link: its target is missing" if path.is_symlink() else "no such file or folder"
+            problems.append(FileResult(str(raw), "failed", reason=f"{what} (check the path)"))
+            continue
         if not path.is_dir():
             files.append(path)
             continue
@@ -54,6 +60,7 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult]]:
             for name in names:
                 sub = Path(folder) / name
                 if name.startswith(".") or name.lower() in _JUNK:
+                    skipped += 1
                     continue
                 if sub.is_file():
                     found.append(sub)
@@ -63,7 +70,7 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult]]:
                     problems.append(FileResult(str(sub), "failed", reason="not a regular file (a pipe, socket or "
                                                "device)"))
         files += sorted(found)
-    return files, problems
+    return files, problems, skipped
 
 
 class _Bar:
@@ -115,11 +122,12 @@ def _service(args: argparse.Namespace) -> Any:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    files, problems = expand_paths(args.paths)
+    files, problems, skipped = expand_paths(args.paths)
     for problem in problems:
         print(problem.line())
+    hidden = f"; {skipped} hidden or system file{'s' * (skipped != 1)} (.name, Thumbs.db) skipped" if skipped else ""
     if not files:
-        raise KBQAError("No files found under the given paths.")
+        raise KBQAError(f"No files to add under the given paths{hidden}.")
     service = _service(args)
     bar = _Bar(f"ingest {args.kb}")
     try:
@@ -130,8 +138,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(result.line())
     failed = sum(f.status == "failed" for f in report.files)
     print(f"{len(report.files) - failed} of {len(report.files)} files indexed, {report.chunks_added} chunks added "
-          f"in {report.seconds:.1f}s" + (f"; {len(problems)} things under the folders could not be added"
-                                         if problems else ""), file=sys.stderr)
+          f"in {report.seconds:.1f}s" + (f"; {len(problems)} more could not be added (listed above)"
+                                         if problems else "")
+          + hidden, file=sys.stderr)
     return 0 if report.ok and not problems else 1
 
 

@@ -106,6 +106,10 @@ def resolve_embedding_model(spec: str, cache_dir: Path,
         known = ", ".join(f"embedded:{n}" for n in EMBEDDED_PROFILES)
         raise ModelUnavailable(f"Unknown embedded embedding model '{spec}' in {SETTING}; choose one of {known}.")
     folder = resolve_local_or_hub(spec, SETTING)
+    if not (folder / "config.json").is_file():
+        what = "is a file, not a model folder" if folder.is_file() else "holds no model (no config.json)"
+        raise ModelUnavailable(f"{folder} {what}; set {SETTING} to a sentence-transformers or BERT-like "
+                               "model folder (config.json, weights, tokenizer files), or use an embedded model.")
     return folder, profile_from_folder(folder, spec)
 
 
@@ -162,10 +166,10 @@ class Text2VecEmbedder:
     def quantize_int8(self) -> None:
         """Encode chunks with a dynamic int8 copy of the encoder (CPU): about 1.3x faster ingest.
 
-        Weights are quantized per output channel, activations per batch. Questions keep the float
-        encoder: one short text costs little to encode, and float questions retrieve better (see "Int8
-        chunk encoding" in benchmarks/RESULTS.md). The copy shares the word embeddings (most of the
-        model's memory) with the float encoder.
+        Weights are quantized per output channel, activations per forward pass (one text each, see
+        ``_encode``). Questions keep the float encoder: one short text costs little to encode, and float
+        questions retrieve better (see "Int8 chunk encoding" in benchmarks/RESULTS.md). The copy shares the
+        word embeddings (most of the model's memory) with the float encoder.
         """
         import copy
         import warnings
@@ -194,7 +198,11 @@ class Text2VecEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self._passages if passages else self._model
-        vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True)
+        # The int8 copy quantizes activations per forward pass, so batch-mates would move a text's vector
+        # (cosine ~0.99): one text per pass keeps every vector the same whatever it is encoded with, and on
+        # a CPU costs nothing (no padding; measured as fast as passes of 8, benchmarks/RESULTS.md).
+        batch = 1 if model is not self._model else self.batch_size
+        vectors = model.encode(list(texts), batch_size=batch, normalize_embeddings=True)
         return np.asarray(vectors, dtype=np.float32)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:

@@ -102,7 +102,7 @@ class Ingestor:
         seen: dict[str, tuple[str, int]] = {}  # sha256 -> (name, position) of the batch's file with those bytes
         twins: list[_Twin] = []
         batch: dict[str, tuple[str, str]] = {}  # name -> (sha256, the path it came from) in this batch
-        report = (lambda done, msg: progress(done / max(len(files), 1), msg)) if progress else None
+        report = _monotone(progress, len(files)) if progress else None
         for position, (path, given_name) in enumerate(files):
             if report:
                 report(position, f"reading {given_name}")
@@ -325,6 +325,22 @@ class Ingestor:
             except BaseException:
                 recover(kb, self.store)
                 raise
+
+
+def _monotone(progress: ProgressFn, files: int) -> Callable[[float, str], None]:
+    """``progress`` given files done (a float), never moving back.
+
+    Files are read ahead of being embedded, so the embedding of a group restarts at its first file's mark,
+    below the last file read: the bar holds there rather than drop back.
+    """
+    high = 0.0
+
+    def report(done: float, message: str) -> None:
+        nonlocal high
+        high = max(high, done / max(files, 1))
+        progress(high, message)
+
+    return report
 
 
 def _failed(name: str, path: Path, exc: Exception) -> FileResult:

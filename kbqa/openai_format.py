@@ -83,6 +83,7 @@ class ChatRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         """Raise ``Unsupported`` for a parameter kbqa would otherwise have to ignore."""
@@ -104,7 +105,11 @@ class ChatRequest(BaseModel):
         if self.logit_bias:
             raise Unsupported("logit_bias", "logit_bias is not supported by kbqa: leave it unset.")
         if self.audio or set(self.modalities or ()) - {"text"}:
-            raise Unsupported("modalities", "kbqa's local model writes text only: leave out audio output.")
+            raise Unsupported("audio" if self.audio else "modalities",
+                              "kbqa's local model writes text only: leave out audio output.")
+        if self.web_search_options is not None:
+            raise Unsupported("web_search_options", "kbqa never leaves this machine: it has no web search "
+                                                    "(ask a knowledge base, kb:<name>, instead).")
         for m in self.messages:
             if m.role in ("tool", "function"):
                 raise Unsupported("messages", f"'{m.role}' messages are not supported: kbqa has no tool calling.")
@@ -138,8 +143,8 @@ def completion_id() -> str:
 
 
 def error_code(exc: Exception) -> str:
-    """``KnowledgeBaseNotFound`` -> ``knowledge_base_not_found``."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+    """``KnowledgeBaseNotFound`` -> ``knowledge_base_not_found``, ``KBQAError`` -> ``kbqa_error``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", type(exc).__name__).lower()
 
 
 def error_body(message: str, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:

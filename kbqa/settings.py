@@ -240,7 +240,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             path.read_bytes().startswith(b"\xef\xbb\xbf") else ""
         raise ConfigError(f"Settings file {path} is not valid TOML ({exc}){bom}; fix it.") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}{_suggestion(err)}" for err in exc.errors())
         source = f"{path}" if path.is_file() else "the settings"
         raise ConfigError(f"Invalid settings ({problems}). Fix {source} or the KBQA_* variable named.") from exc
 
@@ -270,3 +270,23 @@ def _check_variables() -> None:
             hint = f" Did you mean KBQA_{close[0].upper()}__...?" if close else ""
             raise ConfigError(f"{name} names no kbqa setting (settings variables: {', '.join(known)}, "
                               f"KBQA_CONFIG).{hint}")
+        if "__" not in upper:  # pydantic-settings would parse it as JSON for the whole section
+            fields = ", ".join(f"KBQA_{section.upper()}__{f.upper()}" for f in _section_fields(section))
+            raise ConfigError(f"{name} names a whole settings section; set one setting at a time instead "
+                              f"({fields}).")
+
+
+def _suggestion(err: Any) -> str:
+    """' (did you mean retrieval?)' for a misspelt section or setting name, else ''."""
+    loc = err["loc"]
+    if err["type"] != "extra_forbidden" or len(loc) not in (1, 2):
+        return ""
+    known = list(Settings.model_fields) if len(loc) == 1 else _section_fields(str(loc[0]))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
+
+
+def _section_fields(section: str) -> list[str]:
+    annotation = Settings.model_fields[section].annotation
+    return list(annotation.model_fields) if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+        else []

@@ -205,6 +205,9 @@ def test_knowledge_base_answers_take_the_client_generation_settings(  # type: ig
     ({"frequency_penalty": -1}, "frequency_penalty"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"web_search_options": {}}, "web_search_options"),
+    ({"model": "kb:rivers", "messages": [{"role": "user", "content": " "}]}, "messages"),
 ])
 def test_parameters_kbqa_cannot_honour_are_refused_not_ignored(base_url: str, extra: dict, param: str) -> None:  # type: ignore[type-arg]
     body = {"model": "kbqa", "messages": [{"role": "user", "content": "hi"}], **extra}
@@ -217,8 +220,18 @@ def test_defaults_of_parameters_kbqa_does_not_apply_are_accepted(client, llm: Fa
     llm.replies = ["Fine."]
     out = client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": [
         {"type": "text", "text": "How are you?"}]}], presence_penalty=0, frequency_penalty=0, logit_bias={},
-        tool_choice="none", parallel_tool_calls=False, top_logprobs=0, modalities=["text"])
+        tool_choice="none", parallel_tool_calls=False, top_logprobs=0, modalities=["text"],
+        # hints for a hosted service, and keys of other servers: no effect here, as README says
+        user="u1", metadata={"app": "x"}, store=False, reasoning_effort="low", extra_body={"top_k": 5})
     assert out.choices[0].message.content == "Fine."
+
+
+def test_error_codes_are_snake_case_of_the_error_names() -> None:
+    from kbqa.errors import KBQAError, KnowledgeBaseNotFound
+    from kbqa.openai_format import error_code
+
+    assert error_code(KBQAError("x")) == "kbqa_error"
+    assert error_code(KnowledgeBaseNotFound("x")) == "knowledge_base_not_found"
 
 
 def test_unknown_models_are_404_like_openai(client) -> None:  # type: ignore[no-untyped-def]

@@ -60,6 +60,19 @@ def test_ingest_names_what_it_cannot_add_under_a_folder(service: KBQAService, fo
     assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
 
 
+def test_ingest_names_a_missing_path_as_given_and_counts_skipped_hidden_files(
+        service: KBQAService, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "sub" / "broken.pdf").unlink()
+    (folder / ".notes.txt").write_text("hidden", encoding="utf-8")
+    (folder / "Thumbs.db").write_bytes(b"\0")
+    missing = tmp_path / "nowhere" / "file.txt"
+    assert cli.main(["ingest", "--kb", "space", str(missing), str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert f"{missing}: failed (no such file or folder (check the path))" in captured.out
+    assert "; 1 more could not be added (listed above); 3 hidden or system files" in captured.err  # + .hidden.txt
+    assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
+
+
 def test_ingest_of_good_unchanged_files_exits_zero(service: KBQAService, folder: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     (folder / "sub" / "broken.pdf").unlink()

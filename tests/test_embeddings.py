@@ -70,6 +70,15 @@ def test_int8_encodes_chunks_with_a_quantized_copy_and_questions_with_the_float_
     assert type(float_bert.encoder.layer[0].output.dense) is torch.nn.Linear
 
 
+def test_an_int8_chunk_vector_does_not_depend_on_what_it_is_encoded_with(tiny_bert: Path) -> None:
+    emb = Text2VecEmbedder(tiny_bert, "tiny", ModelProfile(max_seq_length=32), batch_size=8)
+    emb.quantize_int8()
+    alone = emb.embed_documents(["a b c"])[0]
+    mates = ["hello world a " * 3, "z y x w v u t", "b"]
+    assert np.array_equal(emb.embed_documents(["a b c", *mates])[0], alone)
+    assert np.array_equal(emb.embed_documents([*mates, "a b c"])[-1], alone)
+
+
 def test_int8_that_torch_cannot_run_names_the_setting_to_change(tiny_bert: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:

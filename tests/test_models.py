@@ -22,6 +22,15 @@ def test_missing_local_folder_names_the_setting(tmp_path: Path) -> None:
         resolve_gguf(str(tmp_path / "no-such.gguf"), tmp_path)
 
 
+def test_an_embedding_folder_without_a_model_says_so(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelUnavailable, match=r"empty holds no model \(no config\.json\); set embedding\.model"):
+        resolve_embedding_model(str(tmp_path / "empty"), tmp_path)
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(ModelUnavailable, match=r"model\.bin is a file, not a model folder"):
+        resolve_embedding_model(str(tmp_path / "model.bin"), tmp_path)
+
+
 def test_unreachable_hub_id_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailable, match=r"hub is unreachable.*embedding\.model"):

@@ -603,6 +603,16 @@ def test_a_big_file_moves_the_progress_bar_while_it_is_embedded(make: Callable[.
         assert hit.text == text and hit.score > 0.999
 
 
+def test_the_progress_bar_never_moves_back_over_a_batch(make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    files = []
+    for n in range(4):  # read ahead of being embedded, in one group
+        files.append(tmp_path / f"f{n}.txt")
+        files[-1].write_text(f"File {n} says the river is {n} miles long.", encoding="utf-8")
+    seen: list[float] = []
+    make().add_files("kb", files, progress=lambda f, m: seen.append(f))
+    assert seen == sorted(seen) and seen[-1] == 1.0 and 0.75 in seen
+
+
 def test_a_csv_source_says_which_row_of_the_file_it_is(make: Callable[..., KBQAService], tmp_path: Path) -> None:
     doc = tmp_path / "parts.csv"
     doc.write_text('part,note\nbolt,"fits the\nleft door"\nhinge,squeaks when cold\n', encoding="utf-8")

@@ -102,6 +102,23 @@ def test_a_misspelt_settings_variable_is_an_error(monkeypatch: pytest.MonkeyPatc
         load_settings()
 
 
+def test_a_variable_for_a_whole_section_names_the_settings_to_set_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_LLM", "foo")
+    with pytest.raises(ConfigError, match="KBQA_LLM names a whole settings section.*KBQA_LLM__MODEL"):
+        load_settings()
+
+
+def test_a_misspelt_name_in_the_settings_file_gets_a_suggestion(tmp_path: Path) -> None:
+    cfg = tmp_path / "kbqa.toml"
+    cfg.write_text('[retreival]\ntop_k = 2\n[llm]\nmodle = "x"\nzzz = 1\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cfg)
+    message = str(caught.value)
+    assert "retreival: Extra inputs are not permitted (did you mean retrieval?)" in message
+    assert "llm.modle: Extra inputs are not permitted (did you mean llm.model?)" in message
+    assert "llm.zzz: Extra inputs are not permitted;" in message
+
+
 def test_a_bad_environment_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KBQA_RETRIEVAL__TOP_K", "five")
     with pytest.raises(ConfigError, match=r"retrieval.top_k \(KBQA_RETRIEVAL__TOP_K\)"):

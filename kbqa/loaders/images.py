@@ -17,7 +17,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 def load_image(path: Path, name: str, ocr: bool) -> list[Section]:
     """An image file OCRed as one section, or one per frame (1-based ``page``) for multi-frame images."""
     if not ocr:
-        raise UnsupportedFile(f"{name} is an image and OCR is off; turn OCR on to read text from images.")
+        raise UnsupportedFile(f"{name} is an image and OCR is off; turn OCR on (ingest.ocr = true, "
+                              "KBQA_INGEST__OCR=true) to read text from images.")
     from PIL import Image, ImageSequence
 
     from kbqa.ocr import ocr_image

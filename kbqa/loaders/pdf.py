@@ -65,7 +65,8 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
             raise CorruptDocument(f"{name}: no page could be read, the PDF is damaged; re-save it and upload "
                                   "again.")
         raise EmptyDocument(f"{name} has no text layer (it is probably scanned) and " + (
-            "OCR found no text in it." if ocr else "OCR is off; turn OCR on and upload it again."))
+            "OCR found no text in it." if ocr else "OCR is off; turn OCR on (ingest.ocr = true, "
+                                                 "KBQA_INGEST__OCR=true) and upload it again."))
     return sections
 
 
