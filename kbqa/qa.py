@@ -115,7 +115,8 @@ def chat_turns(history: Sequence[ChatMessage]) -> list[tuple[str, str]]:
         if message.role == "user":
             pending = message.content
         elif message.role == "assistant" and pending is not None:
-            turns.append((pending, message.content))
+            if message.content.strip():  # an empty reply answered nothing
+                turns.append((pending, message.content))
             pending = None
     return [(q, a) for q, a in turns if q.strip()]
 

@@ -192,3 +192,47 @@ def test_clear_chat_stops_a_streaming_answer(page: Any, llm: FakeLLM) -> None:
         assert "word" not in page.locator("#chatbot").inner_text()
     finally:
         llm.delay = 0.0
+
+
+def slow_answer_streaming(page: Any, llm: FakeLLM, kb: str, folder: Path) -> None:
+    """Add a file to ``kb``, ask in it and return once a long, slow answer is streaming."""
+    doc = folder / "first.txt"
+    doc.write_text("Alpha is first.", encoding="utf-8")
+    add_files(page, kb, [doc])
+    wait_text(page.locator("#docs"), "first.txt", 30)
+    llm.replies, llm.delay = ["word " * 60], 0.1
+    ask(page, "What is first?")
+    wait_text(page.locator("#chatbot"), "word word", 15)
+
+
+@pytest.mark.parametrize("how", ["chat box clear icon", "another knowledge base"])
+def test_a_new_chat_mid_answer_stops_it_and_stays_empty(page: Any, llm: FakeLLM, tmp_path: Path, how: str) -> None:
+    try:
+        slow_answer_streaming(page, llm, "丁", tmp_path)
+        if how == "chat box clear icon":
+            page.locator('#chatbot button[aria-label="Clear"]').click()
+        else:
+            doc = tmp_path / "other.txt"
+            doc.write_text("Gamma is third.", encoding="utf-8")
+            add_files(page, "丙", [doc])  # typing another name is a switch
+            wait_text(page.locator("#docs"), "other.txt", 30)
+            page.get_by_role("tab", name="Chat").click()
+        page.wait_for_timeout(3000)  # the old answer would have come back by now
+        assert "word" not in page.locator("#chatbot").inner_text()
+        assert "Alpha is first." not in page.locator("#sources").inner_text()
+    finally:
+        llm.delay = 0.0
+
+
+def test_deleting_the_knowledge_base_mid_answer_stops_it(page: Any, llm: FakeLLM, tmp_path: Path) -> None:
+    try:
+        slow_answer_streaming(page, llm, "卫星", tmp_path)
+        page.get_by_role("tab", name="Documents").click()
+        page.locator("#delete-kb").click()
+        wait_text(page.locator("#confirm-delete-kb"), "Delete knowledge base 卫星", 10)
+        page.locator("#confirm-delete-yes").click()
+        wait_text(page.locator("body"), "Deleted knowledge base 卫星", 15)
+        page.wait_for_timeout(3000)
+        assert "word" not in page.locator("#chatbot").inner_text()
+    finally:
+        llm.delay = 0.0

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from kbqa.bootstrap import build_service
-from kbqa.errors import KBQAError
+from kbqa.errors import ConfigError, KBQAError
+from kbqa.qa import chat_turns
+from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
 from kbqa.ui import handlers
 from kbqa.ui.render import sources_html
@@ -110,3 +112,28 @@ def test_question_shows_at_once_but_an_empty_knowledge_base_leaves_the_chat_alon
     history, panel = next(handlers.ask(service, "kb", "Which planet is red?", []))
     assert history[-2:] == [{"role": "user", "content": "Which planet is red?"}, {"role": "assistant", "content": ""}]
     assert "Searching" in panel
+
+
+class FakeOverflowingLLM(FakeLLM):
+    """A model whose context every question after the first overflows (as a very long question does)."""
+
+    def stream(self, messages, params=None, usage=None):  # type: ignore[no-untyped-def, override]
+        if self.prompts:
+            raise ConfigError("The prompt does not fit the model's context; send less text.")
+        return super().stream(messages, params, usage)
+
+
+def test_a_question_that_fails_leaves_the_chat_and_is_not_read_with_the_next(tmp_path: Path) -> None:
+    llm = FakeOverflowingLLM(replies=["Mars [1]."])
+    service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm)
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    before, _ = list(handlers.ask(service, "kb", "Which planet is red?", []))[-1]
+    steps = []
+    with pytest.raises(ConfigError, match="does not fit"):
+        for step in handlers.ask(service, "kb", "Which planet is red? " * 50, before):
+            steps.append(step)
+    history, panel = steps[-1]
+    assert history == before and "Not answered: The prompt does not fit" in panel
+    # a reply left empty (a client's, or one cut off) is no earlier turn either
+    assert chat_turns([ChatMessage("user", "a?"), ChatMessage("assistant", " "), ChatMessage("user", "b?"),
+                       ChatMessage("assistant", "B.")]) == [("b?", "B.")]

@@ -87,7 +87,10 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             first = True
             for chat, panel in handlers.ask(service, kb, question, history):
                 if conversations.get(key, 0) != number:
-                    return  # closing the answer's stream stops its generation
+                    # Closing the answer's stream stops its generation. Gradio shows an event's last output
+                    # again when it ends: skips, so the new chat is not overwritten with the old one.
+                    yield gr.skip(), gr.skip(), gr.skip()
+                    return
                 # The box is emptied once: what the user types meanwhile is the next question, kept.
                 yield chat, panel, "" if first else gr.skip()
                 first = False
@@ -106,12 +109,18 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         question = handlers.confirm_delete_kb(service, kb)
         return gr.update(visible=True), question, kb  # the one named in the question is the one deleted
 
-    @guard
-    def on_delete_kb(kb: str | None) -> tuple[Any, ...]:
-        message = handlers.delete_kb(service, kb)
+    def on_delete_kb(kb: str | None, request: Any) -> tuple[Any, ...]:
+        try:
+            message = handlers.delete_kb(service, kb)
+        except KBQAError as exc:
+            return warn(exc)  # type: ignore[no-any-return]
         # A new conversation: follow-up questions must not be read against the deleted knowledge base's chat.
+        key, number = conversation(request)
+        conversations[key] = number + 1
         return (kb_dropdown(None, keep_typed=False), [], message, gr.update(visible=False),
                 [], sources_html([]), [], "")
+
+    on_delete_kb.__annotations__["request"] = gr.Request
 
     names = handlers.kb_names(service)
     with gr.Blocks(title="kbqa") as app:
@@ -166,19 +175,21 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
 
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
-        # Another knowledge base, another conversation: a follow-up must not be read against the old chat.
-        kb.input(new_chat, None, [chatbot, sources]).then(hide_confirm, None, confirm_row)
         app.load(on_load, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice])
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
         asking = [trigger(on_ask, [kb, question, chatbot], [chatbot, sources, question], trigger_mode="always_last")
                   for trigger in (ask.click, question.submit)]
-        clear.click(new_chat, None, [chatbot, sources], cancels=asking)  # stops a streaming answer too
+        # A new chat stops a streaming answer: Clear chat, the chat box's own clear icon, and another
+        # knowledge base (a follow-up must not be read against the old chat).
+        clear.click(new_chat, None, [chatbot, sources], cancels=asking)
+        chatbot.clear(new_chat, None, [chatbot, sources], cancels=asking)
+        kb.input(new_chat, None, [chatbot, sources], cancels=asking).then(hide_confirm, None, confirm_row)
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(hide_confirm, None, confirm_row)
         confirm_yes.click(on_delete_kb, pending_delete,
-                          [kb, docs, message, confirm_row, chatbot, sources, results, summary])
+                          [kb, docs, message, confirm_row, chatbot, sources, results, summary], cancels=asking)
     return app
 
 

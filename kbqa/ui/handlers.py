@@ -89,17 +89,22 @@ def ask(service: KBQAService, kb: str | None, question: str,
     yield history, sources_html([], "Reading the question with the earlier turns and searching…" if earlier
                                 else "Searching…")
     panel = sources_html([])
-    for event in service.ask_stream(kb, question, earlier):
-        if event.kind == "sources":
-            panel = sources_html(event.sources or [])
-        elif event.kind == "token":
-            text += event.text
-            history[-1] = {"role": "assistant", "content": text}
-        elif event.kind == "done" and event.answer is not None:
-            answer = event.answer
-            history[-1] = {"role": "assistant", "content": answer.answer}
-            panel = sources_html(answer.sources, answer.notice)
-        yield history, panel
+    try:
+        for event in service.ask_stream(kb, question, earlier):
+            if event.kind == "sources":
+                panel = sources_html(event.sources or [])
+            elif event.kind == "token":
+                text += event.text
+                history[-1] = {"role": "assistant", "content": text}
+            elif event.kind == "done" and event.answer is not None:
+                answer = event.answer
+                history[-1] = {"role": "assistant", "content": answer.answer}
+                panel = sources_html(answer.sources, answer.notice)
+            yield history, panel
+    except KBQAError as exc:
+        # Unanswered, the question leaves the chat: a later follow-up must not be read with it.
+        yield history[:-2], sources_html([], f"Not answered: {exc}")
+        raise
 
 
 def delete_document(service: KBQAService, kb: str | None, name: str | None) -> tuple[list[list[object]], str]:
