@@ -93,8 +93,12 @@ class Ingestor:
         self.max_bytes = max_bytes
 
     def ingest(self, kb: KnowledgeBase, files: Sequence[tuple[Path, str]],
-               progress: ProgressFn | None = None) -> IngestReport:
-        """Ingest ``(path, display name)`` pairs; one bad file never stops the others."""
+               progress: ProgressFn | None = None, local: Sequence[bool] | None = None) -> IngestReport:
+        """Ingest ``(path, display name)`` pairs; one bad file never stops the others.
+
+        ``local[i]``: file ``i`` was added from a path on this machine (recorded as its origin, so a later
+        file of that name from elsewhere is noted); uploads (False) come from temporary folders. None: all local.
+        """
         start = time.perf_counter()
         kb.check_embedding(self.embedder.name, adding=True)
         results: list[FileResult | None] = [None] * len(files)
@@ -111,6 +115,8 @@ class Ingestor:
                 continue
             try:
                 prepared = self._prepare(kb, position, Path(path), given_name, seen, batch)
+                if isinstance(prepared, _Prepared) and local is not None and not local[position]:
+                    prepared.origin = None
             except Exception as exc:  # a loader bug must not abort the batch either
                 if exc is getattr(self.embedder, "error", None):  # the model cannot load: one error, not one per file
                     raise

@@ -111,14 +111,14 @@ class KBQAService:
 
         Args:
             kb_name: Knowledge base (display name or slug).
-            files: Paths, or ``(path, display name)`` pairs for uploads whose temp name differs.
+            files: Paths of local files, or ``(temporary path, file name)`` pairs for uploads.
             progress: ``progress(fraction, message)`` for a progress bar.
         """
         new = self.root.folder_for(kb_name) is None
         kb = self.root.create(kb_name, first_batch=True) if new else self._kb(kb_name)
         pairs = [(Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name) for f in files]
         try:
-            return self.ingestor.ingest(kb, pairs, progress)
+            return self.ingestor.ingest(kb, pairs, progress, local=[not isinstance(f, tuple) for f in files])
         finally:
             if new and not kb.deleted:
                 self._settle_first_batch(kb)

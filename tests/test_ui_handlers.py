@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,3 +138,30 @@ def test_a_question_that_fails_leaves_the_chat_and_is_not_read_with_the_next(tmp
     # a reply left empty (a client's, or one cut off) is no earlier turn either
     assert chat_turns([ChatMessage("user", "a?"), ChatMessage("assistant", " "), ChatMessage("user", "b?"),
                        ChatMessage("assistant", "B.")]) == [("b?", "B.")]
+
+
+def test_a_changed_upload_is_updated_without_naming_the_servers_temporary_folder(service: KBQAService,
+                                                                                  tmp_path: Path) -> None:
+    results = []
+    for n, text in enumerate(("Mars is red.", "Mars is the red planet.")):
+        temp = tmp_path / f"gradio-{n}" / "notes.txt"  # Gradio keeps the file's name in a new folder each time
+        temp.parent.mkdir()
+        temp.write_text(text, encoding="utf-8")
+        results, _, _ = handlers.ingest(service, "kb", [SimpleNamespace(name=str(temp), orig_name="notes.txt")])
+    assert "updated" in str(results[0][1])
+    assert "gradio-" not in str(results[0]) and "replaces" not in str(results[0])
+    assert service.list_documents("kb")[0].name == "notes.txt"
+
+
+def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_files(service: KBQAService,
+                                                                                     tmp_path: Path) -> None:
+    from kbqa.ui.render import time_text
+
+    assert time_text("2026-11-26T15:27:48+00:00") == "2026-11-26 15:27 UTC"
+    assert time_text("2026-11-26T23:27:48+08:00") == "2026-11-26 15:27 UTC"
+    assert time_text("not a time") == "not a time"
+    first = upload(tmp_path, "planets.md", "Mars is the red planet.")
+    handlers.ingest(service, "kb", [first])
+    _, docs, summary = handlers.ingest(service, "kb", [first, upload(tmp_path, "moons.md", "Io is a moon.")])
+    assert "2 of 2 files** indexed into **kb** (1 of them unchanged: already there), 1 chunks added" in summary
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", docs[0][4])

@@ -184,7 +184,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # knowledge base (a follow-up must not be read against the old chat).
         clear.click(new_chat, None, [chatbot, sources], cancels=asking)
         chatbot.clear(new_chat, None, [chatbot, sources], cancels=asking)
-        kb.input(new_chat, None, [chatbot, sources], cancels=asking).then(hide_confirm, None, confirm_row)
+        kb.input(new_chat, None, [chatbot, sources], cancels=asking).then(
+            lambda: (gr.update(visible=False), [], ""), None, [confirm_row, results, summary])  # another's upload
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(hide_confirm, None, confirm_row)

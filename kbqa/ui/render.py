@@ -22,7 +22,19 @@ def result_rows(report: IngestReport) -> list[list[object]]:
 
 def doc_rows(docs: Sequence[DocumentInfo]) -> list[list[object]]:
     """One row per file of a knowledge base."""
-    return [[d.name, d.pages if d.pages is not None else "", d.chunks, size_text(d.size), d.added_at] for d in docs]
+    return [[d.name, d.pages if d.pages is not None else "", d.chunks, size_text(d.size), time_text(d.added_at)]
+            for d in docs]
+
+
+def time_text(stamp: str) -> str:
+    """``2026-11-26T15:27:48+00:00`` -> ``2026-11-26 15:27 UTC`` (anything unparsable as it is)."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return str(stamp)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if when.tzinfo else when.strftime("%Y-%m-%d %H:%M")
 
 
 def size_text(size: int) -> str:
@@ -43,8 +55,10 @@ def ingest_summary(report: IngestReport) -> str:
     if failed == len(report.files):
         return (f"**No file was indexed** into **{literal(report.kb)}**: see the reason column"
                 + (" (a new knowledge base is created only when a file gets in)." if report.files else "."))
-    text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**, "
-            f"{report.chunks_added} chunks added in {report.seconds:.1f}s.")
+    unchanged = sum(f.status == "unchanged" for f in report.files)
+    text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**"
+            + (f" ({unchanged} of them unchanged: already there)" if unchanged else "")
+            + f", {report.chunks_added} chunks added in {report.seconds:.1f}s.")
     if failed:
         text += f" {failed} failed: see the reason column; the other files were indexed."
     return text
