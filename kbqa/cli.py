@@ -31,7 +31,8 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
 
     Returns the files; a ``failed`` result for each path that does not exist and each thing under a folder
     that cannot be added (an unreadable folder, a broken link, a link to a folder, a pipe or device), so
-    nothing is left out silently; and how many hidden or system files (``.name``, Thumbs.db) were skipped.
+    nothing is left out silently; and how many hidden or system files and folders (``.name``, Thumbs.db)
+    were skipped.
     """
     files: list[Path] = []
     problems: list[FileResult] = []
@@ -52,6 +53,7 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
 
         found = []
         for folder, subfolders, names in os.walk(path, onerror=unreadable):
+            skipped += sum(d.startswith(".") for d in subfolders)  # .git, .venv: counted, not walked
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             for d in subfolders:
                 if os.path.islink(os.path.join(folder, d)):
@@ -125,7 +127,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     files, problems, skipped = expand_paths(args.paths)
     for problem in problems:
         print(problem.line())
-    hidden = f"; {skipped} hidden or system file{'s' * (skipped != 1)} (.name, Thumbs.db) skipped" if skipped else ""
+    hidden = f"; {skipped} hidden or system file{'s' * (skipped != 1)} or folder{'s' * (skipped != 1)} " \
+        "(.name, Thumbs.db) skipped" if skipped else ""
     if not files:
         raise KBQAError(f"No files to add under the given paths{hidden}.")
     service = _service(args)

@@ -108,15 +108,14 @@ class Ingestor:
         batch: dict[str, tuple[str, str]] = {}  # name -> (sha256, the path it came from) in this batch
         report = _monotone(progress, len(files)) if progress else None
         for position, (path, given_name) in enumerate(files):
-            if report:
-                report(position, f"reading {given_name}")
+            if report:  # files read but not yet embedded are not done: the bar stays at the first of them
+                report(group[0].position if group else position, f"reading {given_name}")
             if kb.deleted:
                 results[position] = FileResult(str(given_name), "failed", reason=_DELETED.format(kb=kb.name))
                 continue
             try:
-                prepared = self._prepare(kb, position, Path(path), given_name, seen, batch)
-                if isinstance(prepared, _Prepared) and local is not None and not local[position]:
-                    prepared.origin = None
+                prepared = self._prepare(kb, position, Path(path), given_name, seen, batch,
+                                         local=local is None or local[position])
             except Exception as exc:  # a loader bug must not abort the batch either
                 if exc is getattr(self.embedder, "error", None):  # the model cannot load: one error, not one per file
                     raise
@@ -147,7 +146,7 @@ class Ingestor:
 
     def _prepare(self, kb: KnowledgeBase, position: int, path: Path, given_name: str,
                  seen: dict[str, tuple[str, int]],
-                 batch: dict[str, tuple[str, str]]) -> _Prepared | _Twin | FileResult:
+                 batch: dict[str, tuple[str, str]], local: bool = True) -> _Prepared | _Twin | FileResult:
         name = safe_file_name(given_name)
         if not path.is_file():
             raise KBQAError(f"{given_name}: no such file (check the path).")
@@ -164,7 +163,9 @@ class Ingestor:
                 return FileResult(name, "unchanged", reason="listed twice in this batch")
             raise KBQAError(f"another file named {name} ({batch[name][1]}) is in this batch, and a knowledge base "
                             f"holds one file per name: rename one of them and add it again.")
-        batch[name] = (sha, str(given_name) if str(given_name) != name else str(path))
+        # Where it came from, for a later same-named file's message: the path of a local file, the name given
+        # to an upload (never the server's temporary folder).
+        batch[name] = (sha, str(path) if local and str(given_name) == name else str(given_name))
         existing = kb.manifest.files.get(name)
         if existing and existing["sha256"] == sha:
             return FileResult(name, "unchanged")
@@ -175,7 +176,7 @@ class Ingestor:
             return _Twin(position, path, name, sha, size)
         seen[sha] = (name, position)
         prepared = self._load(position, path, name, sha, size, existing)
-        prepared.origin = str(path.resolve()) if path.name == str(given_name) else None
+        prepared.origin = str(path.resolve()) if local and path.name == str(given_name) else None
         return prepared
 
     def _same_as(self, kb: KnowledgeBase, name: str, sha: str, same: str) -> FileResult:
@@ -334,11 +335,8 @@ class Ingestor:
 
 
 def _monotone(progress: ProgressFn, files: int) -> Callable[[float, str], None]:
-    """``progress`` given files done (a float), never moving back.
-
-    Files are read ahead of being embedded, so the embedding of a group restarts at its first file's mark,
-    below the last file read: the bar holds there rather than drop back.
-    """
+    """``progress`` given files done (a float), never moving back (a guard: a twin of a failed file is
+    settled after the files that follow it)."""
     high = 0.0
 
     def report(done: float, message: str) -> None:

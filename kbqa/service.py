@@ -116,9 +116,12 @@ class KBQAService:
         """
         new = self.root.folder_for(kb_name) is None
         kb = self.root.create(kb_name, first_batch=True) if new else self._kb(kb_name)
-        pairs = [(Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name) for f in files]
+        pairs, local = [], []
+        for f in files:
+            pairs.append((Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name))
+            local.append(not isinstance(f, tuple))
         try:
-            return self.ingestor.ingest(kb, pairs, progress, local=[not isinstance(f, tuple) for f in files])
+            return self.ingestor.ingest(kb, pairs, progress, local=local)
         finally:
             if new and not kb.deleted:
                 self._settle_first_batch(kb)

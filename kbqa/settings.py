@@ -82,8 +82,8 @@ class EmbeddingSettings(_Section):
     model: str = Field("embedded:multilingual-e5-small",
                        description="embedded:<name>, a local folder, or a hub id (text2vec SentenceModel).")
     batch_size: int = Field(
-        8, ge=1, description="Chunks encoded per forward pass (8 beat 32 by about 1.2x on a 2-core CPU; see "
-        "benchmarks/RESULTS.md). On a GPU, larger batches pay.")
+        8, ge=1, description="Texts the float model encodes per forward pass (8 beat 32 by about 1.2x on a 2-core "
+        "CPU; see benchmarks/RESULTS.md); the int8 chunk encoder takes one per pass. On a GPU, larger batches pay.")
     device: str = Field("cpu", pattern=r"^(cpu|mps|cuda(:\d+)?)$",
                         description="torch device for the embedding model: cpu, cuda (or cuda:N), mps.")
     max_seq_length: int | None = Field(None, ge=8, description="Token limit per text; None = the model's own.")

@@ -65,11 +65,13 @@ def test_ingest_names_a_missing_path_as_given_and_counts_skipped_hidden_files(
     (folder / "sub" / "broken.pdf").unlink()
     (folder / ".notes.txt").write_text("hidden", encoding="utf-8")
     (folder / "Thumbs.db").write_bytes(b"\0")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main", encoding="utf-8")
     missing = tmp_path / "nowhere" / "file.txt"
     assert cli.main(["ingest", "--kb", "space", str(missing), str(folder)]) == 1
     captured = capsys.readouterr()
     assert f"{missing}: failed (no such file or folder (check the path))" in captured.out
-    assert "; 1 more could not be added (listed above); 3 hidden or system files" in captured.err  # + .hidden.txt
+    assert "; 1 more could not be added (listed above); 4 hidden or system files or folders" in captured.err
     assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
 
 

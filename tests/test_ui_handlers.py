@@ -135,6 +135,7 @@ def test_a_question_that_fails_leaves_the_chat_and_is_not_read_with_the_next(tmp
             steps.append(step)
     history, panel = steps[-1]
     assert history == before and "Not answered: The prompt does not fit" in panel
+    assert "The question was: Which planet is red? Which" in panel and panel.count("Which planet") < 50
     # a reply left empty (a client's, or one cut off) is no earlier turn either
     assert chat_turns([ChatMessage("user", "a?"), ChatMessage("assistant", " "), ChatMessage("user", "b?"),
                        ChatMessage("assistant", "B.")]) == [("b?", "B.")]
@@ -151,6 +152,15 @@ def test_a_changed_upload_is_updated_without_naming_the_servers_temporary_folder
     assert "updated" in str(results[0][1])
     assert "gradio-" not in str(results[0]) and "replaces" not in str(results[0])
     assert service.list_documents("kb")[0].name == "notes.txt"
+    twins = []
+    for n, text in enumerate(("Venus is hot.", "Venus is bright.")):  # two different notes.txt in one batch
+        temp = tmp_path / f"gradio-twin-{n}" / "notes.txt"
+        temp.parent.mkdir()
+        temp.write_text(text, encoding="utf-8")
+        twins.append(SimpleNamespace(name=str(temp), orig_name="notes.txt"))
+    results, _, _ = handlers.ingest(service, "kb", twins)
+    assert "another file named notes.txt (notes.txt) is in this batch" in str(results[1][3])
+    assert "gradio-" not in str(results)
 
 
 def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_files(service: KBQAService,
@@ -163,5 +173,5 @@ def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_fi
     first = upload(tmp_path, "planets.md", "Mars is the red planet.")
     handlers.ingest(service, "kb", [first])
     _, docs, summary = handlers.ingest(service, "kb", [first, upload(tmp_path, "moons.md", "Io is a moon.")])
-    assert "2 of 2 files** indexed into **kb** (1 of them unchanged: already there), 1 chunks added" in summary
+    assert "2 of 2 files** indexed into **kb** (1 of them unchanged), 1 chunks added" in summary
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", docs[0][4])

@@ -87,15 +87,15 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             first = True
             for chat, panel in handlers.ask(service, kb, question, history):
                 if conversations.get(key, 0) != number:
-                    # Closing the answer's stream stops its generation. Gradio shows an event's last output
-                    # again when it ends: skips, so the new chat is not overwritten with the old one.
-                    yield gr.skip(), gr.skip(), gr.skip()
-                    return
+                    break  # closing the answer's stream stops its generation
                 # The box is emptied once: what the user types meanwhile is the next question, kept.
                 yield chat, panel, "" if first else gr.skip()
                 first = False
         except KBQAError as exc:
             yield warn(exc)
+        # Gradio shows an event's last output again when it ends: skips, so a chat started meanwhile (Clear
+        # chat, another knowledge base) is never overwritten with this one.
+        yield gr.skip(), gr.skip(), gr.skip()
 
     on_ask.__annotations__["request"] = gr.Request  # how Gradio knows to pass the request (gradio is lazy here)
 
@@ -110,13 +110,16 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         return gr.update(visible=True), question, kb  # the one named in the question is the one deleted
 
     def on_delete_kb(kb: str | None, request: Any) -> tuple[Any, ...]:
+        # A new conversation either way: the answer streaming was stopped (cancels=), and follow-up questions
+        # must not be read against the deleted knowledge base's chat or a cut-off answer.
+        key, number = conversation(request)
+        conversations[key] = number + 1
         try:
             message = handlers.delete_kb(service, kb)
         except KBQAError as exc:
-            return warn(exc)  # type: ignore[no-any-return]
-        # A new conversation: follow-up questions must not be read against the deleted knowledge base's chat.
-        key, number = conversation(request)
-        conversations[key] = number + 1
+            warn(exc)
+            return (gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False), [], sources_html([]),
+                    gr.skip(), gr.skip())
         return (kb_dropdown(None, keep_typed=False), [], message, gr.update(visible=False),
                 [], sources_html([]), [], "")
 
@@ -178,8 +181,9 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         app.load(on_load, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice])
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
-        asking = [trigger(on_ask, [kb, question, chatbot], [chatbot, sources, question], trigger_mode="always_last")
-                  for trigger in (ask.click, question.submit)]
+        # One listener for the button and Enter: the browser holds back repeats of the same listener only.
+        asking = [gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question],
+                        trigger_mode="always_last")]
         # A new chat stops a streaming answer: Clear chat, the chat box's own clear icon, and another
         # knowledge base (a follow-up must not be read against the old chat).
         clear.click(new_chat, None, [chatbot, sources], cancels=asking)

@@ -103,7 +103,8 @@ def ask(service: KBQAService, kb: str | None, question: str,
             yield history, panel
     except KBQAError as exc:
         # Unanswered, the question leaves the chat: a later follow-up must not be read with it.
-        yield history[:-2], sources_html([], f"Not answered: {exc}")
+        shown = question if len(question) <= 300 else question[:300] + "…"
+        yield history[:-2], sources_html([], f"Not answered: {exc} The question was: {shown}")
         raise
 
 

@@ -57,7 +57,7 @@ def ingest_summary(report: IngestReport) -> str:
                 + (" (a new knowledge base is created only when a file gets in)." if report.files else "."))
     unchanged = sum(f.status == "unchanged" for f in report.files)
     text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**"
-            + (f" ({unchanged} of them unchanged: already there)" if unchanged else "")
+            + (f" ({unchanged} of them unchanged)" if unchanged else "")
             + f", {report.chunks_added} chunks added in {report.seconds:.1f}s.")
     if failed:
         text += f" {failed} failed: see the reason column; the other files were indexed."
