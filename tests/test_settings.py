@@ -97,7 +97,7 @@ def test_a_toml_boolean_fills_only_a_boolean_setting(tmp_path: Path) -> None:
     ("KBQA_LLM", "KBQA_LLM names a whole settings section; set one setting at a time instead.*KBQA_LLM__MODEL"),
 ])
 def test_a_variable_that_names_no_one_setting_is_an_error(monkeypatch: pytest.MonkeyPatch, variable: str,
-                                                  message: str) -> None:
+                                                          message: str) -> None:
     monkeypatch.setenv(variable, "5")
     with pytest.raises(ConfigError, match=message):
         load_settings()
