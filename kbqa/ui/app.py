@@ -80,6 +80,11 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         key = getattr(request, "session_hash", None) or ""
         return key, conversations.get(key, 0)
 
+    def start_conversation(request: Any) -> None:
+        """A new conversation for this browser session: the answer still streaming lands in none."""
+        key, number = conversation(request)
+        conversations[key] = number + 1
+
     def on_ask(kb: str | None, question: str, history: list[dict[str, str]],
                request: Any) -> Iterator[tuple[Any, ...]]:
         key, number = conversation(request)
@@ -112,8 +117,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     def on_delete_kb(kb: str | None, request: Any) -> tuple[Any, ...]:
         # A new conversation either way: the answer streaming was stopped (cancels=), and follow-up questions
         # must not be read against the deleted knowledge base's chat or a cut-off answer.
-        key, number = conversation(request)
-        conversations[key] = number + 1
+        start_conversation(request)
         try:
             message = handlers.delete_kb(service, kb)
         except KBQAError as exc:
@@ -167,8 +171,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 pending_delete = gr.State(None)
 
         def new_chat(request: Any) -> tuple[Any, ...]:
-            key, number = conversation(request)
-            conversations[key] = number + 1
+            start_conversation(request)
             return [], sources_html([])
 
         new_chat.__annotations__["request"] = gr.Request
