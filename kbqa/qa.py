@@ -286,7 +286,9 @@ class QAEngine:
             parts.close()
         text = "".join(pieces).strip()
         timings = {**state["timings"], "total": time.perf_counter() - start}
-        read_as = f"Follow-up question read as: “{query}”. " if rewritten else ""
+        # "…?”." reads badly: a query that ends a sentence itself takes no full stop after the quote.
+        read_as = (f"Follow-up question read as: “{query}”{'' if query.rstrip()[-1:] in '?？!！.。' else '.'} "
+                   if rewritten else "")
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
             notice = (read_as + f"No passage reached the relevance threshold {state['threshold']:.2f}"

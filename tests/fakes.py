@@ -63,6 +63,8 @@ class FakeLLM:
         #: Seconds to wait before each piece (a slow model), and how many streams are open now.
         self.delay = 0.0
         self.streaming = 0
+        #: Raised by ``stream`` when set (e.g. the context overflow a real backend reports).
+        self.error: Exception | None = None
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 2)
@@ -74,6 +76,8 @@ class FakeLLM:
                usage: Usage | None = None) -> Iterator[str]:
         """One word per piece (and per token); ``max_tokens`` counts words; ``delay`` seconds before each."""
         params = params or GenerationParams()
+        if self.error is not None:
+            raise self.error
         self.prompts.append(list(messages))
         self.params.append(params)
         reply = self.replies.pop(0) if self.replies else "fake answer"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kbqa.bootstrap import build_service
+from kbqa.errors import ConfigError
 from kbqa.settings import load_settings
 from kbqa.ui.app import build_server
 from tests.fakes import FakeEmbedder, FakeLLM
@@ -179,6 +180,20 @@ def test_a_mistake_leaves_the_chat_as_it_was(page: Any, tmp_path: Path) -> None:
     page.wait_for_timeout(500)
     assert "What is first?" in page.locator("#chatbot").inner_text()
     assert "Alpha is first." in page.locator("#sources").inner_text()
+
+
+def test_a_question_not_answered_goes_back_into_the_box(page: Any, llm: FakeLLM) -> None:
+    choose_kb(page, "甲")
+    question = "What is first? " * 40
+    llm.error = ConfigError("The prompt does not fit the model's context; send less text.")
+    try:
+        ask(page, question.strip())
+        wait_text(page.locator("#sources"), "Not answered: The prompt does not fit", 15)
+        page.wait_for_timeout(500)
+        assert page.locator("#question textarea").input_value() == question.strip()  # to shorten and resend
+        assert "What is first? What is first?" not in page.locator("#chatbot").inner_text()
+    finally:
+        llm.error = None
 
 
 def test_clear_chat_stops_a_streaming_answer(page: Any, llm: FakeLLM) -> None:

@@ -43,6 +43,7 @@ def test_follow_up_is_rewritten_searched_for_and_answered_as_a_standalone_questi
     assert answer.sources[0].source == "rivers.txt" and "Nile flows north" in answer.sources[0].text
     assert "Question: Which way does the Nile flow?" in answer_prompt[-1].content
     assert "read as: “Which way does the Nile flow?”" in answer.notice
+    assert "?”." not in answer.notice  # no full stop after the question's own mark
     assert answer.to_dict()["query"] == "Which way does the Nile flow?"
 
 

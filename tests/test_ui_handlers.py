@@ -44,6 +44,15 @@ def test_upload_keeps_original_names_and_reports_each_file(service: KBQAService,
     assert handlers.kb_names(service) == ["太空"]
 
 
+def test_a_batch_where_every_file_fails_says_whether_a_knowledge_base_was_left_uncreated(
+        service: KBQAService, tmp_path: Path) -> None:
+    *_, summary = handlers.ingest(service, "新库", [upload(tmp_path, "empty.txt", "")])
+    assert "No file was indexed" in summary and "a new knowledge base is created only when" in summary
+    handlers.ingest(service, "新库", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    *_, summary = handlers.ingest(service, "新库", [upload(tmp_path, "empty.txt", "")])
+    assert "No file was indexed" in summary and "created" not in summary  # it exists: nothing to explain
+
+
 def test_ingest_without_a_knowledge_base_name_is_explained(service: KBQAService, tmp_path: Path) -> None:
     with pytest.raises(KBQAError, match="knowledge base"):
         handlers.ingest(service, "", [upload(tmp_path, "a.txt", "x")])

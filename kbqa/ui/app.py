@@ -97,7 +97,10 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 yield chat, panel, "" if first else gr.skip()
                 first = False
         except KBQAError as exc:
-            yield warn(exc)
+            # Not answered after the box was emptied (e.g. too long for the model's context): the question
+            # goes back into the box, so it can be shortened and sent again.
+            shown = warn(exc)
+            yield shown if first else (gr.skip(), gr.skip(), question)
         # Gradio shows an event's last output again when it ends: skips, so a chat started meanwhile (Clear
         # chat, another knowledge base) is never overwritten with this one.
         yield gr.skip(), gr.skip(), gr.skip()
@@ -192,7 +195,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         clear.click(new_chat, None, [chatbot, sources], cancels=asking)
         chatbot.clear(new_chat, None, [chatbot, sources], cancels=asking)
         kb.input(new_chat, None, [chatbot, sources], cancels=asking).then(
-            lambda: (gr.update(visible=False), [], ""), None, [confirm_row, results, summary])  # another's upload
+            lambda: (gr.update(visible=False), [], "", ""), None,
+            [confirm_row, results, summary, message])  # another knowledge base's upload and deletions
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(hide_confirm, None, confirm_row)

@@ -63,8 +63,9 @@ def ingest(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
     pairs = upload_names(files)
     if not pairs:
         raise KBQAError("Drop or choose at least one file to add.")
+    new_kb = kb.strip() not in kb_names(service)
     report = service.add_files(kb.strip(), pairs, progress=progress)
-    return result_rows(report), documents(service, kb.strip()), ingest_summary(report)
+    return result_rows(report), documents(service, kb.strip()), ingest_summary(report, new_kb)
 
 
 def ask(service: KBQAService, kb: str | None, question: str,

@@ -49,12 +49,13 @@ def literal(text: str) -> str:
     return re.sub(r"([\\`*_\[\]#|~])", r"\\\1", html.escape(text))
 
 
-def ingest_summary(report: IngestReport) -> str:
-    """A one-line Markdown summary of an ingest batch."""
+def ingest_summary(report: IngestReport, new_kb: bool = False) -> str:
+    """A one-line Markdown summary of an ingest batch (``new_kb``: the name was not a knowledge base before)."""
     failed = sum(f.status == "failed" for f in report.files)
     if failed == len(report.files):
         return (f"**No file was indexed** into **{literal(report.kb)}**: see the reason column"
-                + (" (a new knowledge base is created only when a file gets in)." if report.files else "."))
+                + (" (a new knowledge base is created only when a file gets in)." if new_kb and report.files
+                   else "."))
     unchanged = sum(f.status == "unchanged" for f in report.files)
     text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**"
             + (f" ({unchanged} of them unchanged)" if unchanged else "")
