@@ -14,6 +14,9 @@ class Section:
     page: int | None = None
     #: Extra metadata kept with every chunk cut from this section (e.g. ``{"line": 3}`` for a CSV row).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The start of ``text`` that every chunk repeats when the section is cut into several (a CSV row's short
+    #: fields), so each piece still says what it belongs to.
+    lead: str = ""
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,21 @@ class Splitter:
         re-ingesting the same file yields the same ids. Debris (``_is_debris``) is left out, unless it is all
         the document holds.
         """
-        pieces = [(section, text) for section in sections for text in self.split_text(section.text)]
+        pieces = [(section, text) for section in sections for text in self._split_section(section)]
         kept = [(section, text) for section, text in pieces if not _is_debris(text)] or pieces
         return [Chunk(id=f"{sha256}:{index}", text=text, source=source, sha256=sha256, index=index,
                       page=section.page, extra=dict(section.extra)) for index, (section, text) in enumerate(kept)]
+
+    def _split_section(self, section: Section) -> list[str]:
+        """``split_text``, except that a section with a ``lead`` cut into several chunks repeats it in each."""
+        lead = section.lead
+        if not lead or len(section.text) <= self.chunk_size or len(lead) > self.chunk_size // 2:
+            return self.split_text(section.text)
+        room = self.chunk_size - len(lead) - 1
+        too_long = self.too_long
+        body = Splitter(room, min(self.chunk_overlap, room // 4),
+                        None if too_long is None else lambda texts: too_long([f"{lead}\n{t}" for t in texts]))
+        return [f"{lead}\n{piece}" for piece in body.split_text(section.text[len(lead):])]
 
 
 #: Pieces this short without a single letter are debris: a printed page number, a closing code fence.

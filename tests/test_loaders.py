@@ -358,3 +358,20 @@ def test_html_drops_site_navigation_and_keeps_preformatted_lines(tmp_path: Path)
 def test_csv_delimiter_guess_survives_a_stray_inch_mark(tmp_path: Path) -> None:
     path = write(tmp_path, "inch.csv", '5" screen;price;model\nyes;300;A1\n')
     assert load_document(path)[0].text == '5" screen: yes\nprice: 300\nmodel: A1'
+
+
+def test_every_chunk_of_a_csv_row_too_long_for_one_names_the_row(tmp_path: Path) -> None:
+    from kbqa.splitter import Splitter
+
+    desc = " ".join(f"Orchard fact {i}: apples come in many varieties, red and green." for i in range(20))
+    path = tmp_path / "fruit.csv"
+    path.write_text(f'name,desc,price\napple,"{desc}",3\npear,short,2\n', encoding="utf-8")
+    sections = load_document(path)
+    assert sections[0].lead == "name: apple\nprice: 3" and sections[1].lead == ""
+    assert sections[1].text == "name: pear\ndesc: short\nprice: 2"  # a row that fits keeps its column order
+    # also when a piece must be cut again to fit the model's token limit (here: 300 characters)
+    for too_long in (None, lambda texts: [len(t) > 300 for t in texts]):
+        chunks = Splitter(500, 50, too_long).split(sections[:1], "fruit.csv", "h")
+        assert len(chunks) > 2 and all(len(c.text) <= (300 if too_long else 500) for c in chunks)
+        assert all(c.text.startswith("name: apple\nprice: 3\n") and c.extra == {"line": 2} for c in chunks)
+        assert all(f"Orchard fact {i}:" in "".join(c.text for c in chunks) for i in range(20))

@@ -149,8 +149,25 @@ def load_csv(path: Path, name: str, ocr: bool) -> list[Section]:
         fields = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {cell.strip()}"
                   for i, cell in enumerate(row) if cell.strip() and i not in skip]
         if fields:
-            sections.append(Section("\n".join(fields), extra={"line": line}))
+            sections.append(_row_section(fields, line))
     return sections
+
+
+#: A CSV field up to this long is short (a name, a price, a date); a row's short fields, up to
+#: ``_LEAD_CHARS`` together, lead every chunk cut from a row too long for one.
+_SHORT_FIELD, _LEAD_CHARS = 100, 200
+
+
+def _row_section(fields: list[str], line: int) -> Section:
+    """One CSV row; with a long cell, its short fields come first and lead each chunk of the row."""
+    lead: list[str] = []
+    for f in fields:
+        if len(f) <= _SHORT_FIELD and sum(len(x) + 1 for x in lead) + len(f) <= _LEAD_CHARS:
+            lead.append(f)
+    if not lead or len(lead) == len(fields):
+        return Section("\n".join(fields), extra={"line": line})
+    rest = [f for f in fields if f not in lead]
+    return Section("\n".join(lead + rest), extra={"line": line}, lead="\n".join(lead))
 
 
 # ---------------------------------------------------------------- html
