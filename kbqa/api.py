@@ -132,9 +132,20 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
         usage = Usage()
 
         def start() -> Iterator[AnswerEvent]:
+            # Up to the first token (or the answer, when the model is not asked): errors such as an unknown
+            # knowledge base or a prompt too long for the model's context are an error status, not a stream
+            # that breaks off after its first chunk.
             events = answer_events(req, usage)
-            first = next(events, None)  # surface errors (unknown knowledge base...) before answering starts
-            return _chain(first, events)
+            head: list[AnswerEvent] = []
+            try:
+                while (event := next(events, None)) is not None:
+                    head.append(event)
+                    if event.kind in ("token", "done"):
+                        break
+            except BaseException:
+                getattr(events, "close", lambda: None)()
+                raise
+            return _chain(head, events)
 
         stream = await anyio.to_thread.run_sync(start)  # blocking work runs in worker threads
         cid, created = completion_id(), int(time.time())
@@ -254,13 +265,12 @@ def _next(events: Iterator[AnswerEvent]) -> AnswerEvent | None:
     return next(events, None)
 
 
-def _chain(first: AnswerEvent | None, rest: Iterator[AnswerEvent]) -> Iterator[AnswerEvent]:
+def _chain(head: list[AnswerEvent], rest: Iterator[AnswerEvent]) -> Iterator[AnswerEvent]:
     try:
-        if first is not None:
-            yield first
+        yield from head
         yield from rest
     finally:
-        getattr(rest, "close", lambda: None)()  # ``rest`` never started when ``first`` was the last event
+        getattr(rest, "close", lambda: None)()  # also when the reader stops within ``head``
 
 
 class _ClosingStream(StreamingResponse):

@@ -229,10 +229,14 @@ class Text2VecEmbedder:
 
     def too_long(self, texts: Sequence[str]) -> list[bool]:
         """True for texts over the model's token limit (prefix and special tokens included)."""
-        return [n > self.profile.max_seq_length for n in self.token_counts(texts)]
+        return [n > self.profile.max_seq_length for n in self._lengths(texts)]
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """See ``Embedder``."""
+        """See ``Embedder``: a text over the token limit is read up to the limit only."""
+        return [min(n, self.profile.max_seq_length) for n in self._lengths(texts)]
+
+    def _lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as a passage, untruncated (prefix and special tokens included)."""
         enc = self._tokenizer([self.profile.passage_prefix + t for t in texts], add_special_tokens=True,
                               truncation=False)["input_ids"]
         return [len(ids) for ids in enc]
