@@ -375,3 +375,34 @@ def test_every_chunk_of_a_csv_row_too_long_for_one_names_the_row(tmp_path: Path)
         assert len(chunks) > 2 and all(len(c.text) <= (300 if too_long else 500) for c in chunks)
         assert all(c.text.startswith("name: apple\nprice: 3\n") and c.extra == {"line": 2} for c in chunks)
         assert all(f"Orchard fact {i}:" in "".join(c.text for c in chunks) for i in range(20))
+
+
+def test_docx_reads_nested_tables_content_controls_text_boxes_and_insertions(tmp_path: Path) -> None:
+    import docx
+    from docx.oxml import parse_xml
+
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    mc = 'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006"'
+    document = docx.Document()
+    document.add_paragraph("Intro.")
+    outer = document.add_table(rows=1, cols=2)
+    outer.cell(0, 0).text = "left"
+    inner = outer.cell(0, 1).add_table(rows=1, cols=2)
+    inner.cell(0, 0).text, inner.cell(0, 1).text = "inner a", "inner b"
+    body = document.element.body
+    extra = [
+        f'<w:sdt {w}><w:sdtContent><w:p><w:r><w:t>Cover title</w:t></w:r></w:p></w:sdtContent></w:sdt>',
+        f'<w:p {w}><w:r><w:t xml:space="preserve">Kept </w:t></w:r><w:ins w:id="1" w:author="a">'
+        '<w:r><w:t>inserted</w:t></w:r></w:ins><w:del w:id="2" w:author="a"><w:r><w:delText>deleted</w:delText>'
+        '</w:r></w:del></w:p>',
+        # a text box as Word writes it: the drawing, and a fallback copy of the same text for old readers
+        f'<w:p {w} {mc}><w:r><mc:AlternateContent><mc:Choice Requires="wps"><w:drawing><w:txbxContent><w:p><w:r>'
+        '<w:t>Boxed text</w:t></w:r></w:p></w:txbxContent></w:drawing></mc:Choice><mc:Fallback><w:pict>'
+        '<w:txbxContent><w:p><w:r><w:t>Boxed text</w:t></w:r></w:p></w:txbxContent></w:pict></mc:Fallback>'
+        '</mc:AlternateContent></w:r></w:p>',
+    ]
+    for xml in extra:
+        body.insert(len(body) - 1, parse_xml(xml))  # before the section properties
+    document.save(str(tmp_path / "rich.docx"))
+    [section] = load_document(tmp_path / "rich.docx")
+    assert section.text == "Intro.\nleft | inner a | inner b\nCover title\nKept inserted\nBoxed text"

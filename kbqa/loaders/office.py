@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kbqa.errors import CorruptDocument
 from kbqa.loaders.images import ocr_quietly
@@ -11,37 +13,85 @@ from kbqa.schema import Section
 
 
 def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
-    """A .docx file as one section: paragraphs, table rows and (with OCR) the text of its pictures."""
+    """A .docx file as one section: paragraphs, table rows and (with OCR) the text of its pictures.
+
+    The body is read in order, including what python-docx's own reading skips: content controls (a cover
+    page's fields), tables inside table cells, text boxes and tracked insertions. Page headers and footers
+    (repeated on every page) are not read.
+    """
     import docx
-    from docx.oxml.ns import qn
-    from docx.table import Table
 
     try:
         document = docx.Document(str(path))
     except Exception as exc:
         raise CorruptDocument(f"{name} is not a readable Word .docx file ({exc}); open it in Word, save it "
                               "as .docx and upload it again.") from exc
-    blip, embed = qn("a:blip"), qn("r:embed")
-    vml_image, vml_id = "{urn:schemas-microsoft-com:vml}imagedata", qn("r:id")
-    lines: list[str] = []
-    for block in document.iter_inner_content():
-        if isinstance(block, Table):
-            for row in block.rows:
-                cells, seen = [], set()
-                for cell in row.cells:  # a merged cell is repeated once per grid column
-                    if id(cell._tc) not in seen:
-                        seen.add(id(cell._tc))
-                        cells.append(" ".join(cell.text.split()))
-                if any(cells):  # an empty cell stays, so the others keep their columns
-                    lines.append(" | ".join(cells))
-            continue
-        if block.text.strip():
-            lines.append(block.text.strip())
-        if ocr:
-            for element in block._p.iter(blip, vml_image):
-                rel_id = element.get(embed if element.tag == blip else vml_id)
-                part = document.part.related_parts.get(rel_id) if rel_id else None
-                if part is not None:
-                    text = tidy_text(ocr_quietly(part.blob, f"an image in {name}"))
-                    lines.extend([text] if text else [])
+
+    def picture_text(blob: bytes) -> str:
+        return tidy_text(ocr_quietly(blob, f"an image in {name}"))
+
+    lines = _DocxReader(document.part, picture_text if ocr else None).blocks(document.element.body)
     return [Section("\n".join(lines))]
+
+
+class _DocxReader:
+    """Lines of WordprocessingML blocks: a paragraph per line, a table row as ``a | b | c``."""
+
+    def __init__(self, part: Any, picture_text: Callable[[bytes], str] | None) -> None:
+        from docx.oxml.ns import qn
+
+        self.part, self.picture_text = part, picture_text
+        self.p, self.tbl, self.tr, self.tc = qn("w:p"), qn("w:tbl"), qn("w:tr"), qn("w:tc")
+        self.sdt, self.sdt_content, self.textbox = qn("w:sdt"), qn("w:sdtContent"), qn("w:txbxContent")
+        self.text_tags = {qn("w:t"): None, qn("w:tab"): "\t", qn("w:br"): "\n", qn("w:cr"): "\n"}
+        self.fallback = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+        self.blip, self.embed = qn("a:blip"), qn("r:embed")
+        self.vml_image, self.vml_id = "{urn:schemas-microsoft-com:vml}imagedata", qn("r:id")
+
+    def blocks(self, parent: Any) -> list[str]:
+        lines: list[str] = []
+        for child in parent:
+            if child.tag == self.p:
+                lines.extend(self.paragraph(child))
+            elif child.tag == self.tbl:
+                lines.extend(self.table(child))
+            elif child.tag == self.sdt:  # a content control: its blocks are inside w:sdtContent
+                for content in child.iterchildren(self.sdt_content):
+                    lines.extend(self.blocks(content))
+        return lines
+
+    def _own(self, element: Any, p: Any) -> bool:
+        """Whether ``element`` belongs to paragraph ``p`` itself: not to a text box in it, nor to a fallback
+        copy of a drawing (which repeats the drawing's text)."""
+        for ancestor in element.iterancestors():
+            if ancestor is p:
+                return True
+            if ancestor.tag in (self.textbox, self.fallback):
+                return False
+        return True
+
+    def paragraph(self, p: Any) -> list[str]:
+        parts = [self.text_tags[e.tag] or (e.text or "") for e in p.iter(*self.text_tags) if self._own(e, p)]
+        text = "".join(parts).strip()
+        lines = [text] if text else []
+        for box in p.iter(self.textbox):
+            if self._own(box, p):
+                lines.extend(self.blocks(box))
+        if self.picture_text is not None:
+            for element in p.iter(self.blip, self.vml_image):
+                rel_id = element.get(self.embed if element.tag == self.blip else self.vml_id)
+                related = self.part.related_parts.get(rel_id) if rel_id else None
+                if related is not None and self._own(element, p):
+                    text = self.picture_text(related.blob)
+                    lines.extend([text] if text else [])
+        return lines
+
+    def table(self, tbl: Any) -> list[str]:
+        lines = []
+        for row in tbl.iterchildren(self.tr):
+            # One entry per cell as written (a merged cell once); an empty cell stays, so the others keep
+            # their columns. A table inside a cell is read into the cell's text.
+            cells = [" ".join(" ".join(self.blocks(tc)).split()) for tc in row.iterchildren(self.tc)]
+            if any(cells):
+                lines.append(" | ".join(cells))
+        return lines
