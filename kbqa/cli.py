@@ -44,7 +44,10 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
             problems.append(FileResult(str(raw), "failed", reason=f"{what} (check the path)"))
             continue
         if not path.is_dir():
-            files.append(path)
+            if path.is_file():
+                files.append(path)
+            else:  # a pipe, socket or device: reading it could block or never end
+                problems.append(FileResult(str(raw), "failed", reason=_NOT_A_FILE))
             continue
 
         def unreadable(exc: OSError) -> None:
@@ -69,10 +72,12 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
                 elif not sub.exists():
                     problems.append(FileResult(str(sub), "failed", reason="a broken link: its target is missing"))
                 else:
-                    problems.append(FileResult(str(sub), "failed", reason="not a regular file (a pipe, socket or "
-                                               "device)"))
+                    problems.append(FileResult(str(sub), "failed", reason=_NOT_A_FILE))
         files += sorted(found)
     return files, problems, skipped
+
+
+_NOT_A_FILE = "not a regular file (a pipe, socket or device)"
 
 
 class _Bar:

@@ -58,6 +58,9 @@ def test_ingest_names_what_it_cannot_add_under_a_folder(service: KBQAService, fo
     for name, why in [("gone.txt", "broken link"), ("elsewhere", "link to a folder"), ("pipe.txt", "not a regular")]:
         assert f"{folder / name}: failed (" in out and why in out
     assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
+    # given by itself, a pipe is named as one too (as typed), not as a missing file
+    assert cli.main(["ingest", "--kb", "space", str(folder / "pipe.txt")]) == 1
+    assert f"{folder / 'pipe.txt'}: failed (not a regular file (a pipe, socket or device))" in capsys.readouterr().out
 
 
 def test_ingest_names_a_missing_path_as_given_and_counts_skipped_hidden_files(
