@@ -291,8 +291,9 @@ class QAEngine:
                    if rewritten else "")
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
-            notice = (read_as + f"No passage reached the relevance threshold {state['threshold']:.2f}"
-                      + (f" (best score {best:.2f})" if best is not None else "")
+            # Three decimals: a best score of 0.796 under a threshold of 0.80 must not read "0.80 (best 0.80)".
+            notice = (read_as + f"No passage reached the relevance threshold {state['threshold']:.3f}"
+                      + (f" (best score {best:.3f})" if best is not None else "")
                       + "; answered with the refusal sentence without asking the model.")
             answer = Answer(question, text, [], refused=True, language=lang, notice=notice, timings=timings,
                             query=query)
