@@ -99,6 +99,10 @@ def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> 
     wait_text(page.locator("#ingest-summary"), "1 of 2 files", 30)  # the progress names files: wait for the end
     assert "rivers.txt" in results.inner_text() and "added" in results.inner_text()
     assert "failed" in results.inner_text() and "notes.xyz" in results.inner_text()
+    # the whole reason is on screen (it lists the formats to convert to), none of it clipped in its cell
+    overflow = results.evaluate("t => [...t.querySelectorAll('.virtual-table-viewport')]"
+                                ".map(v => v.scrollWidth - v.clientWidth)")
+    assert overflow and max(overflow) <= 1, overflow
     wait_text(page.locator("#docs"), "rivers.txt", 10)
 
     page.get_by_role("tab", name="Chat").click()

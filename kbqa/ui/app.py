@@ -159,7 +159,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 ingest = gr.Button("Add to knowledge base", variant="primary", elem_id="ingest-button")
                 summary = gr.Markdown(elem_id="ingest-summary")
                 results = gr.Dataframe(headers=RESULT_HEADERS, label="This upload", interactive=False,
-                                       elem_id="ingest-results", wrap=True)
+                                       elem_id="ingest-results", wrap=True, column_widths=["18%", "10%", "8%", "64%"])
                 docs = gr.Dataframe(headers=DOC_HEADERS, label="Files in this knowledge base",
                                     interactive=False, elem_id="docs")
                 with gr.Row():
