@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from kbqa.errors import KBQAError
 from kbqa.llm.base import GenerationParams, Usage
@@ -63,7 +63,7 @@ class ChatRequest(BaseModel):
 
     model: str = CHAT_MODEL
     messages: list[Message]
-    stream: bool = False
+    stream: StrictBool = False  # "yes" or 1 is a mistake, not a request to stream
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
@@ -87,6 +87,8 @@ class ChatRequest(BaseModel):
 
     def check_supported(self) -> None:
         """Raise ``Unsupported`` for a parameter kbqa would otherwise have to ignore."""
+        if self.stream_options is not None and not self.stream:
+            raise Unsupported("stream_options", "stream_options is only allowed with stream: true.")
         if self.n not in (None, 1):
             raise Unsupported("n", "n > 1 is not supported: kbqa writes one answer per request.")
         if self.tools or self.functions:

@@ -222,6 +222,7 @@ def test_knowledge_base_answers_take_the_client_generation_settings(  # type: ig
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ({"web_search_options": {}}, "web_search_options"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"model": "kb:rivers", "messages": [{"role": "user", "content": " "}]}, "messages"),
 ])
 def test_parameters_kbqa_cannot_honour_are_refused_not_ignored(base_url: str, extra: dict, param: str) -> None:  # type: ignore[type-arg]
@@ -388,3 +389,9 @@ def test_langchain_openai_clients_use_the_local_model_and_knowledge_bases(base_u
     vectors = embeddings.embed_documents(["The Nile flows north.", "长江"])
     assert len(vectors) == 2 and len(vectors[0]) == 256
     assert embeddings.embed_query("The Nile flows north.") == pytest.approx(vectors[0], abs=1e-6)
+
+
+def test_stream_must_be_a_boolean(base_url: str) -> None:
+    body = {"model": "kbqa", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}
+    out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
+    assert out.status_code == 422 and out.json()["error"]["param"] == "stream"
