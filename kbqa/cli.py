@@ -353,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KBQAError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # a program reading stdout gets JSON too, not empty input
+            print(json.dumps({"error": str(exc)}, ensure_ascii=False))
         return 1
     except (Terminated, KeyboardInterrupt) as exc:
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)

@@ -98,6 +98,10 @@ def test_ask_json_prints_answer_and_numbered_sources(service: KBQAService, folde
     assert cli.main(["ask", "--kb", "space", "Which planet is largest?"]) == 0
     out = capsys.readouterr().out
     assert "Jupiter [1]." in out and "[1] planets.md, chunk 0, score" in out
+    # a failure is JSON on stdout too (and the usual error line on stderr)
+    assert cli.main(["ask", "--kb", "nowhere", "--json", "Which planet is largest?"]) == 1
+    captured = capsys.readouterr()
+    assert "nowhere" in json.loads(captured.out)["error"] and captured.err.startswith("error: ")
 
 
 def test_kb_and_docs_commands(service: KBQAService, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
