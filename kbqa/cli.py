@@ -140,6 +140,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     bar = _Bar(f"ingest {args.kb}")
     try:
         report = service.add_files(args.kb, files, progress=bar)
+    except (Terminated, KeyboardInterrupt):
+        # For the message: a new knowledge base that no file got into is removed, and has nothing to list.
+        args.kb_kept = any(kb.name == args.kb for kb in service.list_kbs())
+        raise
     finally:
         bar.close()
     for result in report.files:
@@ -358,8 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (Terminated, KeyboardInterrupt) as exc:
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        kept = (f" (files already added stay indexed: kbqa docs list --kb {shlex.quote(args.kb)}; add the rest "
-                "again)" if args.func is cmd_ingest else "")
+        kept = ""
+        if args.func is cmd_ingest and getattr(args, "kb_kept", True):
+            kept = (f" (files already added stay indexed: kbqa docs list --kb {shlex.quote(args.kb)}; add the rest "
+                    "again)")
+        elif args.func is cmd_ingest:
+            kept = f" (no file got in, so knowledge base {args.kb} was not created)"
         print(word + kept, file=sys.stderr)
         return code
     finally:

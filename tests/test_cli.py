@@ -166,7 +166,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(service: KBQAService, folder: Pa
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["ingest", "--kb", "space", str(folder)]) == 143
     assert capsys.readouterr().err.strip().endswith(
-        "terminated (files already added stay indexed: kbqa docs list --kb space; add the rest again)")
+        "terminated (no file got in, so knowledge base space was not created)")
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -210,3 +210,24 @@ def test_a_port_in_use_is_refused_before_starting() -> None:
         taken.listen()
         with pytest.raises(ConfigError, match=r"Cannot listen on 127\.0\.0\.1:\d+ .*server.port"):
             check_listen("127.0.0.1", taken.getsockname()[1])
+
+
+def test_an_interrupted_ingest_says_what_stays(service: KBQAService, folder: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    other = tmp_path / "other.txt"
+    other.write_text("Saturn has rings.", encoding="utf-8")
+    with monkeypatch.context() as patch:
+        patch.setattr(service.qa.retriever.embedder, "embed_documents", interrupt)
+        assert cli.main(["ingest", "--kb", "new one", str(other)]) == 130
+    assert "no file got in, so knowledge base new one was not created" in capsys.readouterr().err
+    assert "new one" not in [kb.name for kb in service.list_kbs()]
+    cli.main(["ingest", "--kb", "space", str(folder / "planets.md")])
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(service.qa.retriever.embedder, "embed_documents", interrupt)
+        assert cli.main(["ingest", "--kb", "space", str(other)]) == 130
+    assert "files already added stay indexed: kbqa docs list --kb space" in capsys.readouterr().err
