@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -78,7 +79,9 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     @api.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         def where(e: dict[str, Any]) -> str:
-            return ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+            # pydantic names the branch of a union it tried (``content.str``, ``stop.list[str]``): not a parameter
+            return ".".join(str(p) for p in e.get("loc", ()) if p != "body" and not _UNION_BRANCH.match(str(p))) \
+                or "body"
 
         errors = list(exc.errors())
         if errors and errors[0].get("type") == "json_invalid":
@@ -263,6 +266,9 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
 
 def _next(events: Iterator[AnswerEvent]) -> AnswerEvent | None:
     return next(events, None)
+
+
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|list|dict|tuple)(\[.*\])?$")
 
 
 def _chain(head: list[AnswerEvent], rest: Iterator[AnswerEvent]) -> Iterator[AnswerEvent]:

@@ -395,3 +395,9 @@ def test_stream_must_be_a_boolean(base_url: str) -> None:
     body = {"model": "kbqa", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}
     out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
     assert out.status_code == 422 and out.json()["error"]["param"] == "stream"
+
+
+def test_a_malformed_field_is_named_as_the_client_wrote_it(base_url: str) -> None:
+    body = {"model": "kbqa", "messages": [{"role": "user", "content": 5}]}
+    out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
+    assert out.status_code == 422 and out.json()["error"]["param"] == "messages.0.content"  # not "...content.str"
