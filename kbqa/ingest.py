@@ -228,10 +228,13 @@ class Ingestor:
             return
         texts = [c.text for p in group for c in p.chunks]
         first, last = group[0].position, group[-1].position + 1
+        # The counts are this group's, the bar the whole batch's: say whose chunks they are.
+        whose = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more files"
 
         def embedded(done: int) -> None:
             if report:  # the bar moves while a big file is embedded, not once per file
-                report(first + (last - first) * 0.95 * done / len(texts), f"embedding chunks: {done} of {len(texts)}")
+                report(first + (last - first) * 0.95 * done / len(texts),
+                       f"embedding chunks of {whose}: {done} of {len(texts)}")
 
         try:
             vectors = self._embed(texts, embedded)

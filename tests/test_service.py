@@ -593,7 +593,7 @@ def test_a_big_file_moves_the_progress_bar_while_it_is_embedded(make: Callable[.
     report = service.add_files("kb", [big], progress=lambda f, m: seen.append((f, m)))
     chunks = report.files[0].chunks
     assert chunks > 64
-    steps = [f for f, m in seen if m.startswith("embedding chunks")]
+    steps = [f for f, m in seen if m.startswith("embedding chunks of big.txt: ")]
     assert len(steps) >= chunks // 32 and steps == sorted(steps) and steps[-1] < 1.0
     slug = service.root.open("kb").slug
     for n in (0, 57, 119):  # each chunk got its own vector back after the shortest-first slices
