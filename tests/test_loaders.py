@@ -406,3 +406,11 @@ def test_docx_reads_nested_tables_content_controls_text_boxes_and_insertions(tmp
     document.save(str(tmp_path / "rich.docx"))
     [section] = load_document(tmp_path / "rich.docx")
     assert section.text == "Intro.\nleft | inner a | inner b\nCover title\nKept inserted\nBoxed text"
+
+
+def test_a_long_csv_row_keeps_a_repeated_field_that_did_not_fit_its_lead(tmp_path: Path) -> None:
+    short = "v" * 95
+    path = tmp_path / "same.csv"
+    path.write_text(f'k,k,d,k\n{short},{short},"{"x" * 600}",{short}\n', encoding="utf-8")
+    [section] = load_document(path)
+    assert section.lead == f"k: {short}\nk: {short}" and section.text.count(f"k: {short}") == 3

@@ -161,12 +161,16 @@ _SHORT_FIELD, _LEAD_CHARS = 100, 200
 def _row_section(fields: list[str], line: int) -> Section:
     """One CSV row; with a long cell, its short fields come first and lead each chunk of the row."""
     lead: list[str] = []
+    rest: list[str] = []
+    size = 0
     for f in fields:
-        if len(f) <= _SHORT_FIELD and sum(len(x) + 1 for x in lead) + len(f) <= _LEAD_CHARS:
+        if len(f) <= _SHORT_FIELD and size + len(f) <= _LEAD_CHARS:
             lead.append(f)
-    if not lead or len(lead) == len(fields):
+            size += len(f) + 1
+        else:
+            rest.append(f)
+    if not lead or not rest:
         return Section("\n".join(fields), extra={"line": line})
-    rest = [f for f in fields if f not in lead]
     return Section("\n".join(lead + rest), extra={"line": line}, lead="\n".join(lead))
 
 
