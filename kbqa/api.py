@@ -140,14 +140,10 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             # that breaks off after its first chunk.
             events = answer_events(req, usage)
             head: list[AnswerEvent] = []
-            try:
-                while (event := next(events, None)) is not None:
-                    head.append(event)
-                    if event.kind in ("token", "done"):
-                        break
-            except BaseException:
-                getattr(events, "close", lambda: None)()
-                raise
+            while (event := next(events, None)) is not None:  # a generator that raised is finished: no close
+                head.append(event)
+                if event.kind in ("token", "done"):
+                    break
             return _chain(head, events)
 
         stream = await anyio.to_thread.run_sync(start)  # blocking work runs in worker threads
