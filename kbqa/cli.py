@@ -29,10 +29,11 @@ _JUNK = {"thumbs.db", "desktop.ini"}
 def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], int]:
     """Files as given, and the files under folders (recursively, sorted, skipping hidden ones).
 
-    Returns the files; a ``failed`` result for each path that does not exist and each thing under a folder
-    that cannot be added (an unreadable folder, a broken link, a link to a folder, a pipe or device), so
-    nothing is left out silently; and how many hidden or system files and folders (``.name``, Thumbs.db)
-    were skipped.
+    A file reached twice (a folder given twice, or a file given and also under a given folder) is listed
+    once, where it is first reached. Returns the files; a ``failed`` result for each path that does not
+    exist and each thing under a folder that cannot be added (an unreadable folder, a broken link, a link
+    to a folder, a pipe or device), so nothing is left out silently; and how many hidden or system files and
+    folders (``.name``, Thumbs.db) were skipped.
     """
     files: list[Path] = []
     problems: list[FileResult] = []
@@ -74,7 +75,19 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
                 else:
                     problems.append(FileResult(str(sub), "failed", reason=_NOT_A_FILE))
         files += sorted(found)
-    return files, problems, skipped
+    return _once(files), problems, skipped
+
+
+def _once(files: list[Path]) -> list[Path]:
+    """The files without repeats of the same path (spelt ``d/a.txt``, ``./d/a.txt`` or absolute)."""
+    seen: set[str] = set()
+    kept = []
+    for file in files:
+        key = os.path.normpath(os.path.abspath(file))
+        if key not in seen:
+            seen.add(key)
+            kept.append(file)
+    return kept
 
 
 _NOT_A_FILE = "not a regular file (a pipe, socket or device)"

@@ -86,6 +86,18 @@ def test_ingest_of_good_unchanged_files_exits_zero(service: KBQAService, folder:
     assert capsys.readouterr().out.splitlines()[-2:] == ["planets.md: unchanged", "moons.txt: unchanged"]
 
 
+def test_a_file_reached_twice_is_ingested_and_counted_once(service: KBQAService, folder: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "sub" / "broken.pdf").unlink()
+    monkeypatch.chdir(folder.parent)
+    given = [folder.name, str(folder), f"./{folder.name}/planets.md"]
+    assert cli.main(["ingest", "--kb", "space", *given]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["planets.md: added (1 chunks)", "moons.txt: added (1 chunks)"]
+    assert "2 of 2 files indexed" in captured.err
+
+
 def test_ask_json_prints_answer_and_numbered_sources(service: KBQAService, folder: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     cli.main(["ingest", "--kb", "space", str(folder / "planets.md")])
