@@ -135,7 +135,22 @@ def test_html_keeps_visible_text_only(tmp_path: Path) -> None:
       <table><tr><th>Key</th><th>Value</th></tr><tr><td>a</td><td>1</td></tr></table>
       line one<br>line two</body></html>"""
     [section] = load_document(write(tmp_path, "page.html", html))
-    assert section.text == "Title\nVisible bold text\nKey | Value\na | 1\nline one\nline two"
+    assert section.text == "T\nTitle\nVisible bold text\nKey | Value\na | 1\nline one\nline two"
+
+
+def test_html_title_leads_unless_the_page_starts_with_it(tmp_path: Path) -> None:
+    page = write(tmp_path, "a.html", "<title>Refund policy - Acme</title><p>Returns within 7 days.</p>")
+    assert load_document(page)[0].text == "Refund policy - Acme\nReturns within 7 days."
+    page = write(tmp_path, "b.html", "<title> Refund\n policy </title><h1>refund policy</h1><p>Within 7 days.</p>")
+    assert load_document(page)[0].text == "refund policy\nWithin 7 days."
+
+
+def test_html_in_another_charset_than_it_declares_is_read_as_its_bytes_are(tmp_path: Path) -> None:
+    html = '<meta charset="utf-8"><title>退款政策</title><p>商品在七天内可以无理由退货，运费由买家承担。</p>'
+    (tmp_path / "gbk.html").write_bytes(html.encode("gbk"))
+    assert load_document(tmp_path / "gbk.html")[0].text == "退款政策\n商品在七天内可以无理由退货，运费由买家承担。"
+    (tmp_path / "utf8.html").write_bytes(html.encode("utf-8"))  # as declared: unchanged
+    assert load_document(tmp_path / "utf8.html")[0].text == "退款政策\n商品在七天内可以无理由退货，运费由买家承担。"
 
 
 def test_inline_xbrl_cover_page_yields_its_facts_and_no_css() -> None:

@@ -186,20 +186,36 @@ _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 
 
 def load_html(path: Path, name: str, ocr: bool) -> list[Section]:
-    """An HTML page as one section of its visible text; table rows become ``a | b`` lines."""
+    """An HTML page as one section: its title (as the browser's tab shows it) and its visible text.
+
+    Table rows become ``a | b`` lines. A page whose declared charset does not match its bytes (a GBK
+    page saying ``charset=utf-8``) is read in the encoding its bytes are in, as a text file is.
+    """
     from bs4 import BeautifulSoup
 
     # Inline XBRL files start with an XML declaration, which only makes BeautifulSoup warn.
     raw = re.sub(rb"^\s*<\?xml[^>]*\?>", b"", path.read_bytes())
     soup = BeautifulSoup(raw, "lxml")
+    bad = soup.get_text().count("\ufffd")
+    if bad > max(3, len(raw) // 1000):
+        declared = soup.original_encoding
+        try:
+            soup = BeautifulSoup(read_text(raw, name), "lxml")
+            logger.warning("%s: its bytes are not in its declared charset (%s); read in the one detected",
+                           name, declared)
+        except CorruptDocument:
+            pass  # no better reading: keep the declared one
+    title = re.sub(r"\s+", " ", soup.title.get_text()).strip() if soup.title else ""
     for tag in [*soup.find_all(_HIDDEN_TAGS), *soup.find_all(hidden=True),
                 *soup.find_all(style=_HIDDEN_STYLE)]:
         if not tag.decomposed:
             tag.decompose()
     parts: list[str] = []
     _html_text(soup, parts)
-    lines = (re.sub(r"\s+", " ", line).strip() for line in "".join(parts).split("\n"))
-    return [Section("\n".join(line for line in lines if line))]
+    lines = [line for line in (re.sub(r"\s+", " ", line).strip() for line in "".join(parts).split("\n")) if line]
+    if title and (not lines or lines[0].casefold() != title.casefold()):
+        lines.insert(0, title)
+    return [Section("\n".join(lines))]
 
 
 def _html_text(node: object, out: list[str]) -> None:
