@@ -181,6 +181,12 @@ def test_utf16_without_bom_is_detected() -> None:
     assert read_text("Hello 你好\n".encode("utf-16-le"), "t.txt") == "Hello 你好\n"
 
 
+@pytest.mark.parametrize("text", ["退款", "价格：100元", "你好", "第一章 总则"])
+def test_short_gbk_text_is_not_mistaken_for_damaged_utf8(text: str) -> None:
+    # "退款" in GBK is c3 cb bf ee: UTF-8 reads it as one good character (U+02FF) between two bad ones
+    assert read_text(text.encode("gbk"), "t.txt") == text
+
+
 def test_latin1_text_is_not_mistaken_for_gbk() -> None:
     text = "Le café de la gare est fermé le dimanche. Résumé: très bien, à bientôt, naïve élève."
     assert read_text(text.encode("cp1252"), "t.txt") == text
@@ -191,6 +197,7 @@ def test_latin1_text_is_not_mistaken_for_gbk() -> None:
     ("第一条 为了保障公民合法权益，制定本规则。".encode()[:-2], "第一条 为了保障公民合法权益，制定本规则\ufffd"),
     ("Russia’s war: it’s over.".encode() + b" \x92 " + "Ukraine’s people.".encode(),
      "Russia’s war: it’s over. \ufffd Ukraine’s people."),  # one stray cp1252 byte in UTF-8 text
+    ("café".encode()[:3] + b"\xff" + "é au lait".encode(), "caf\ufffdé au lait"),
 ])
 def test_utf8_with_a_damaged_byte_is_still_utf8(data: bytes, expected: str) -> None:
     assert read_text(data, "t.txt") == expected

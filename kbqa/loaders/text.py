@@ -57,19 +57,17 @@ def _decode(data: bytes, name: str) -> str:
     # spots, rather than refuse it or read the whole file in another encoding. It must hold valid UTF-8
     # beyond ASCII too (a cp1252 file with three curly quotes does not); text in another encoding has a
     # bad sequence in almost every non-ASCII character, far above the bar.
+    # Short GBK text can pass that bar too (``退款`` reads as UTF-8 ``�˿�``): where the bytes are also
+    # GBK, the damage must be rare among the characters that decoded.
+    gbk = _gbk(data)
     text = data.decode("utf-8", errors="replace")
     bad = text.count("\ufffd")
-    if bad <= max(3, len(text) // 1000) and sum(ord(c) > 0x7F for c in text) > bad:
+    good = sum(ord(c) > 0x7F for c in text) - bad
+    if bad <= max(3, len(text) // 1000) and good > (0 if gbk is None else 4 * bad):
         logger.warning("%s is UTF-8 with %d damaged byte sequence(s), shown as \ufffd", name, bad)
         return text
-    try:
-        text = data.decode("gb18030")
-        # GBK text is almost all GB2312 characters; Latin-1 bytes that happen to decode are not.
-        wide = [c for c in text if ord(c) > 0x7F]
-        if sum(_in_gb2312(c) for c in wide) >= 0.8 * len(wide):
-            return text
-    except UnicodeDecodeError:
-        pass
+    if gbk is not None:
+        return gbk
     western = _western(data)
     if western is not None:
         return western
@@ -99,6 +97,19 @@ def _western(data: bytes) -> str | None:
         return None
     wide = [c for c in text if ord(c) > 0x7F]
     return text if wide and all(c in _WESTERN for c in wide) else None
+
+
+def _gbk(data: bytes) -> str | None:
+    """The bytes as GBK/GB18030 text, when they decode and read like it.
+
+    GBK text is almost all GB2312 characters; Latin-1 bytes that happen to decode are not.
+    """
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        return None
+    wide = [c for c in text if ord(c) > 0x7F]
+    return text if sum(_in_gb2312(c) for c in wide) >= 0.8 * len(wide) else None
 
 
 def _in_gb2312(char: str) -> bool:
