@@ -37,9 +37,10 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.routing import Match
 
-from kbqa.errors import FileTooLarge, KBQAError
+from kbqa.errors import FileTooLarge, InvalidName, KBQAError
 from kbqa.ingest import file_too_large
 from kbqa.llm.base import Usage
+from kbqa.names import safe_file_name
 from kbqa.openai_format import (
     CHAT_MODEL,
     KB_PREFIX,
@@ -214,6 +215,8 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             for n, f in enumerate(files):
                 shown = f.filename or f"upload-{n}"
                 if f.size is not None and f.size > limit:  # not copied: refused by its size alone
+                    with contextlib.suppress(InvalidName):  # named as the ingest names a file
+                        shown = safe_file_name(shown)
                     too_large[n] = FileResult(shown, "failed", reason=str(file_too_large(shown, f.size, limit)))
                     continue
                 path = Path(tmp) / f"upload-{n}"

@@ -157,12 +157,13 @@ def test_upload_over_the_size_limit_is_refused_without_being_copied(service: KBQ
     from kbqa.api import build_api
 
     client = TestClient(build_api(service, max_file_mb=0.001))  # about 1 kB
-    big = ("files", ("big.txt", b"x" * 5000, "text/plain"))
+    big = ("files", ("../../big.txt", b"x" * 5000, "text/plain"))
     refused = client.post("/kb/rivers/files", files=[big])
     assert refused.status_code == 413 and "ingest.max_file_mb" in refused.json()["error"]["message"]
     mixed = client.post("/kb/rivers/files", files=[big, ("files", ("ok.txt", b"The Nile is long.", "text/plain"))])
     assert [f["status"] for f in mixed.json()["files"]] == ["failed", "added"]
     assert "over the" in mixed.json()["files"][0]["reason"]
+    assert mixed.json()["files"][0]["name"] == "big.txt"  # named as it would be stored, not as sent
     client.delete("/kb/rivers/files/ok.txt")
 
 
