@@ -63,7 +63,7 @@ class DocumentNotFound(KBQAError):
 class EmptyKnowledgeBase(KBQAError):
     """A question was asked of a knowledge base that has no documents."""
 
-    status_code = 409
+    status_code = 400  # not 409: OpenAI clients retry a 409 (as a lock timeout), and asking again cannot help
 
 
 class KnowledgeRootInUse(KBQAError):
@@ -81,7 +81,7 @@ class ModelUnavailable(KBQAError):
 class IncompatibleIndex(KBQAError):
     """A knowledge base was built with another embedding model than the one configured."""
 
-    status_code = 409
+    status_code = 400  # not 409, which OpenAI clients retry
 
 
 class ConfigError(KBQAError):

@@ -179,6 +179,9 @@ class ServerSettings(_Section):
 
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(7860, ge=1, le=65535)
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names the server answers to besides localhost, 127.0.0.1 and ::1 "
+        "(a loopback bind). Empty with any other bind = any name; '*' = any name.")
 
 
 class Settings(BaseSettings):

@@ -353,7 +353,55 @@ def test_any_upload_limit_the_settings_accept_serves(service: KBQAService, max_f
     from fastapi.testclient import TestClient
 
     app = build_server(service, load_settings(ingest={"max_file_mb": max_file_mb}))
-    assert TestClient(app).get("/v1/models").status_code == 200
+    assert TestClient(app, base_url="http://127.0.0.1:7860").get("/v1/models").status_code == 200
+
+
+def test_a_question_to_an_empty_knowledge_base_is_a_400_that_clients_do_not_retry(base_url: str) -> None:
+    httpx.post(f"{base_url}/kb/emptied/files", files=[("files", ("a.txt", b"Short lived text.", "text/plain"))])
+    httpx.delete(f"{base_url}/kb/emptied/files/a.txt")
+    asked = httpx.post(f"{base_url}/v1/chat/completions",
+                       json={"model": "kb:emptied", "messages": [{"role": "user", "content": "What lived?"}]})
+    assert asked.status_code == 400  # a 409 would be retried by the openai client
+    assert asked.json()["error"]["code"] == "empty_knowledge_base" and "emptied" in asked.json()["error"]["message"]
+    httpx.delete(f"{base_url}/kb/emptied")
+
+
+def test_requests_for_another_host_name_are_refused(base_url: str) -> None:
+    """DNS rebinding: a page of attacker.example re-pointed at 127.0.0.1 must not read the knowledge bases."""
+    port = base_url.rsplit(":", 1)[1]
+    for path in ("/kb", "/v1/models", "/"):
+        refused = httpx.get(base_url + path, headers={"Host": f"attacker.example:{port}"})
+        assert refused.status_code == 403, path
+        error = refused.json()["error"]
+        assert error["code"] == "forbidden_host" and "server.allowed_hosts" in error["message"]
+        assert "rivers" not in refused.text
+    for name in ("localhost", "127.0.0.1", "[::1]"):
+        assert httpx.get(base_url + "/kb", headers={"Host": f"{name}:{port}"}).status_code == 200, name
+
+
+def test_changes_from_another_site_are_refused_and_change_nothing(base_url: str, service: KBQAService) -> None:
+    """CSRF: a form on evil.example posting a file needs no CORS preflight, so the server must refuse it."""
+    planted = ("files", ("planted.txt", b"The castle password is banana-99.", "text/plain"))
+    for origin in ("http://evil.example", "null", base_url.replace("127.0.0.1", "localhost")):
+        refused = httpx.post(f"{base_url}/kb/rivers/files", files=[planted], headers={"Origin": origin})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden_origin", origin
+        assert httpx.delete(f"{base_url}/kb/rivers", headers={"Origin": origin}).status_code == 403
+    assert "planted.txt" not in {d.name for d in service.list_documents("rivers")}
+    assert "rivers" in [kb.name for kb in service.list_kbs()]
+    # the server's own pages (same origin), and programs that send no Origin, are served
+    search = httpx.post(f"{base_url}/kb/rivers/search", json={"query": "Nile", "k": 1}, headers={"Origin": base_url})
+    assert search.status_code == 200 and "Nile" in search.text
+    assert httpx.get(f"{base_url}/kb", headers={"Origin": "http://evil.example"}).status_code == 200  # a read: CORS
+
+
+def test_which_host_names_a_server_answers_to() -> None:
+    from kbqa.hostguard import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", []) == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_hosts("::1", ["kb.lan "]) == {"localhost", "127.0.0.1", "::1", "kb.lan"}
+    assert allowed_hosts("0.0.0.0", []) is None  # noqa: S104 - a LAN bind: any name, unless listed
+    assert allowed_hosts("0.0.0.0", ["kb.lan"]) == {"kb.lan"}  # noqa: S104
+    assert allowed_hosts("127.0.0.1", ["*"]) is None
 
 
 def test_the_server_logs_api_requests_not_the_web_page_traffic() -> None:

@@ -205,17 +205,24 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     return app
 
 
-def build_server(service: KBQAService, settings: Settings) -> Any:
-    """The whole server: the OpenAI-compatible API (``/v1``, ``/kb``) with the web app mounted at ``/``."""
+def build_server(service: KBQAService, settings: Settings, host: str | None = None) -> Any:
+    """The whole server: the OpenAI-compatible API (``/v1``, ``/kb``) with the web app mounted at ``/``.
+
+    ``host`` is the address it listens on (default ``server.host``): with a loopback one, requests for
+    other host names are refused (see ``kbqa.hostguard``).
+    """
     gr = _gradio()
     from kbqa.api import build_api
+    from kbqa.hostguard import HostGuard, allowed_hosts
 
     api = build_api(service, settings.ingest.max_file_mb)
     blocks = build_app(service, settings.ingest.max_file_mb)
     blocks.queue(default_concurrency_limit=1)
     max_bytes = int(settings.ingest.max_file_mb * 2**20)  # in bytes: gradio reads "0.5mb" as an error
-    return gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, css=CSS, theme=gr.themes.Soft(),
-                               footer_links=["settings"], show_error=True)
+    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, css=CSS, theme=gr.themes.Soft(),
+                              footer_links=["settings"], show_error=True)
+    app.add_middleware(HostGuard, hosts=allowed_hosts(host or settings.server.host, settings.server.allowed_hosts))
+    return app
 
 
 def check_listen(host: str, port: int) -> None:
@@ -266,7 +273,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         bar.update(done - bar.n)
 
     service = build_service(settings, progress=progress)
-    app = build_server(service, settings)
+    app = build_server(service, settings, host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     service.root.announce(url)
     # This is the server's own skin, not library code: tell the user where to go and what is loading.
