@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -121,13 +122,19 @@ class ChatRequest(BaseModel):
                                               "kbqa's local model reads text only.")
 
     def params(self, base: GenerationParams) -> GenerationParams:
-        """``base`` with the client's generation settings applied."""
+        """``base`` with the client's generation settings applied.
+
+        As OpenAI does, sampling without a ``seed`` draws a new one per request (the same request may get
+        another reply), and a ``seed`` asks for reproducible replies, so it also turns off llama.cpp's
+        prompt cache (whose reuse makes a reply depend, in its last bits, on the request before).
+        """
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        temperature = base.temperature if self.temperature is None else self.temperature
+        seed = self.seed if self.seed is not None else secrets.randbelow(2**31) if temperature > 0 else base.seed
         return replace(
             base, max_tokens=self.max_completion_tokens or self.max_tokens or base.max_tokens,
-            temperature=base.temperature if self.temperature is None else self.temperature,
-            top_p=base.top_p if self.top_p is None else max(self.top_p, 1e-6),
-            stop=tuple(stop), seed=base.seed if self.seed is None else self.seed)
+            temperature=temperature, top_p=base.top_p if self.top_p is None else max(self.top_p, 1e-6),
+            stop=tuple(stop), seed=seed, reuse_prompt_cache=base.reuse_prompt_cache and self.seed is None)
 
 
 class EmbeddingRequest(BaseModel):

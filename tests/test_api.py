@@ -450,3 +450,17 @@ def test_a_malformed_field_is_named_as_the_client_wrote_it(base_url: str) -> Non
     body = {"model": "kbqa", "messages": [{"role": "user", "content": 5}]}
     out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
     assert out.status_code == 422 and out.json()["error"]["param"] == "messages.0.content"  # not "...content.str"
+
+
+def test_sampling_without_a_seed_draws_one_and_a_seed_asks_for_reproducible_replies() -> None:
+    from kbqa.llm.base import GenerationParams
+    from kbqa.openai_format import ChatRequest
+
+    base = GenerationParams(seed=42, reuse_prompt_cache=True)
+    ask = {"messages": [{"role": "user", "content": "Hi"}]}
+    greedy = ChatRequest(**ask).params(base)
+    assert (greedy.seed, greedy.reuse_prompt_cache) == (42, True)
+    sampled = {ChatRequest(**ask, temperature=1.2).params(base).seed for _ in range(5)}
+    assert len(sampled) > 1  # as OpenAI: n calls give n draws, not one reply n times
+    seeded = ChatRequest(**ask, temperature=1.2, seed=7).params(base)
+    assert (seeded.seed, seeded.reuse_prompt_cache) == (7, False)  # the reply must not depend on the request before
