@@ -86,3 +86,7 @@ class IncompatibleIndex(KBQAError):
 
 class ConfigError(KBQAError):
     """The settings are invalid or ask for something this machine cannot do."""
+
+
+class ContextLengthExceeded(ConfigError):
+    """The prompt does not fit the model's context (OpenAI's code for it: ``context_length_exceeded``)."""

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from kbqa.bootstrap import build_service
-from kbqa.errors import ConfigError
+from kbqa.errors import ContextLengthExceeded
 from kbqa.service import KBQAService
 from kbqa.settings import load_settings
 from kbqa.ui.app import build_server
@@ -88,7 +88,7 @@ def test_streamed_knowledge_base_answer_ends_with_sources(client, llm: FakeLLM) 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_question_too_long_for_the_model_is_an_error_status_streamed_or_not(
         base_url: str, llm: FakeLLM, stream: bool) -> None:
-    llm.error = ConfigError("The prompt does not fit the model's context; send less text.")
+    llm.error = ContextLengthExceeded("The prompt does not fit the model's context; send less text.")
     try:
         body = {"model": "kb:rivers", "stream": stream,
                 "messages": [{"role": "user", "content": "Which river flows north? " * 50}]}
@@ -97,6 +97,7 @@ def test_a_question_too_long_for_the_model_is_an_error_status_streamed_or_not(
         llm.error = None
     assert out.status_code == 400, out.text  # before any chunk, not a stream that breaks off
     assert "does not fit" in out.json()["error"]["message"]
+    assert out.json()["error"]["code"] == "context_length_exceeded"  # OpenAI's code, which apps test for
 
 
 def test_knowledge_base_model_reads_the_last_user_message_as_a_follow_up(  # type: ignore[no-untyped-def]

@@ -12,3 +12,14 @@ def test_requests_follow_the_prompt_cache_setting() -> None:
     msgs = [ChatMessage("user", "hi")]
     assert llm._request(msgs, GenerationParams(), stream=True)["cache_prompt"] is True
     assert llm._request(msgs, GenerationParams(reuse_prompt_cache=False), stream=True)["cache_prompt"] is False
+
+
+def test_a_prompt_over_the_context_is_openais_context_length_exceeded() -> None:
+    from kbqa.llm.llamacpp import _error
+    from kbqa.openai_format import error_code
+
+    # the error body llama.cpp's server code returns (xllamacpp) for an over-long prompt
+    over = _error({"error": {"type": "exceed_context_size_error", "message": "the request exceeds the available "
+                                                                              "context size (4096 tokens)"}})
+    assert error_code(over) == "context_length_exceeded" and "llm.context_window" in str(over)
+    assert error_code(_error({"error": {"type": "server_error", "message": "boom"}})) == "kbqa_error"

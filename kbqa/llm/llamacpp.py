@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kbqa.errors import ConfigError, KBQAError, ModelUnavailable
+from kbqa.errors import ContextLengthExceeded, KBQAError, ModelUnavailable
 from kbqa.llm.base import GenerationParams, Usage
 from kbqa.schema import ChatMessage
 
@@ -147,7 +147,7 @@ def _error(result: dict[str, Any]) -> KBQAError:
     err = result.get("error") or {}
     message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
     if isinstance(err, dict) and err.get("type") == "exceed_context_size_error":
-        return ConfigError(f"The prompt does not fit the model's context ({message}); "
+        return ContextLengthExceeded(f"The prompt does not fit the model's context ({message}); "
                            "raise llm.context_window, or send less text (a shorter message or history; for "
                            "answers from a knowledge base, lower retrieval.top_k or splitter.chunk_size).")
     return KBQAError(f"llama.cpp: {message}")
