@@ -27,9 +27,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -65,6 +66,12 @@ class SearchRequest(BaseModel):
 
     query: str = Field(..., min_length=1)
     k: int = Field(5, ge=1, le=50)
+
+
+#: OpenAI's limit on the texts of one embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
+#: Texts embedded between checks that the client is still there.
+_EMBED_SLICE = 64
 
 
 def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
@@ -171,27 +178,37 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             "usage": usage_body(usage)}
         return body | answer_fields(answer)
 
-    @api.post("/v1/embeddings")
-    def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
+    @api.post("/v1/embeddings", response_model=None)
+    async def embeddings(req: EmbeddingRequest, request: Request) -> Any:
         texts = [req.input] if isinstance(req.input, str) else req.input
         if not texts:
             raise Unsupported("input", "input is an empty list: there is nothing to embed.")
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise Unsupported("input", f"input has {len(texts)} texts; at most {MAX_EMBEDDING_INPUTS} go in one "
+                                       "request (as OpenAI's limit): send them in several.")
         if not all(isinstance(t, str) for t in texts):
             raise Unsupported("input", "input must be a string or a list of strings: token arrays are not supported "
                                        "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)).")
-        if not all(t.strip() for t in texts):  # type: ignore[union-attr]
+        strings = cast(list[str], texts)
+        if not all(t.strip() for t in strings):
             raise Unsupported("input", "input holds an empty string: there is nothing to embed.")
-        vectors = service.embed(texts)  # type: ignore[arg-type]
-        if req.dimensions is not None and req.dimensions != vectors.shape[1]:
-            raise Unsupported("dimensions", f"The embedding model gives {vectors.shape[1]} dimensions; "
+        dim = await anyio.to_thread.run_sync(lambda: service.embedding_dim)
+        if req.dimensions is not None and req.dimensions != dim:
+            raise Unsupported("dimensions", f"The embedding model gives {dim} dimensions; "
                                             f"{req.dimensions} is not available.")
+        parts = []
+        for start in range(0, len(texts), _EMBED_SLICE):  # a client that gives up stops the work for it
+            if await request.is_disconnected():
+                return Response(status_code=499)
+            parts.append(await anyio.to_thread.run_sync(service.embed, strings[start:start + _EMBED_SLICE]))
+        vectors = np.concatenate(parts)
 
         def encode(v: Any) -> Any:
             if req.encoding_format == "base64":
                 return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
             return v.tolist()
 
-        tokens = service.embedding_tokens(texts)  # type: ignore[arg-type]
+        tokens = await anyio.to_thread.run_sync(service.embedding_tokens, strings)
         return {"object": "list", "model": req.model,
                 "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

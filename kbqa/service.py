@@ -189,6 +189,11 @@ class KBQAService:
             raise KBQAError("No input to embed.")
         return self.qa.retriever.embedder.embed_documents(list(texts))
 
+    @property
+    def embedding_dim(self) -> int:
+        """Dimensions of the configured embedding model's vectors."""
+        return int(self.qa.retriever.embedder.dim)
+
     def embedding_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the embedding model reads of ``texts`` (the usage of an embeddings request)."""
         return sum(self.qa.retriever.embedder.token_counts(list(texts)))

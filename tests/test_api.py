@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from kbqa.bootstrap import build_service
@@ -304,8 +305,6 @@ def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client
 
 
 def test_embeddings_as_base64_and_bad_embedding_input(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
-    import numpy as np
-
     floats = client.embeddings.create(model="kbqa-embedding", input="Nile").data[0].embedding
     raw = httpx.post(f"{base_url}/v1/embeddings", timeout=30,
                      json={"input": "Nile", "encoding_format": "base64"}).json()["data"][0]["embedding"]
@@ -318,6 +317,40 @@ def test_embeddings_as_base64_and_bad_embedding_input(base_url: str, client) -> 
         out = httpx.post(f"{base_url}/v1/embeddings", json=body, timeout=30)
         assert out.status_code == 400 and out.json()["error"]["param"] == param
         assert says in out.json()["error"]["message"]
+
+
+def test_embeddings_refuse_what_they_cannot_give_before_embedding_and_keep_order_across_slices(
+        base_url: str, service: KBQAService) -> None:
+    embedder = service.qa.retriever.embedder
+    before = len(embedder.calls)
+    for body, says in [({"input": ["x"] * 2049}, "at most 2048"), ({"input": ["x"] * 100, "dimensions": 8}, "8")]:
+        out = httpx.post(f"{base_url}/v1/embeddings", json=body, timeout=30)
+        assert out.status_code == 400 and says in out.json()["error"]["message"]
+    assert len(embedder.calls) == before  # nothing was embedded for a request that is refused anyway
+    texts = [f"text number {i}" for i in range(130)]
+    data = httpx.post(f"{base_url}/v1/embeddings", json={"input": texts}, timeout=30).json()["data"]
+    assert embedder.calls[before:] == [64, 64, 2]
+    assert [d["index"] for d in data] == list(range(130))
+    assert np.allclose([d["embedding"] for d in data], embedder.embed_documents(texts), atol=1e-6)
+
+
+def test_an_embeddings_client_that_gives_up_stops_the_work(base_url: str, service: KBQAService,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = service.qa.retriever.embedder
+    real = embedder.embed_documents
+
+    def slow(texts: list[str]) -> np.ndarray:
+        time.sleep(0.2)
+        return real(texts)
+
+    monkeypatch.setattr(embedder, "embed_documents", slow)
+    before = len(embedder.calls)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{base_url}/v1/embeddings", json={"input": ["some text"] * 2000}, timeout=0.5)
+    time.sleep(1.5)
+    done = len(embedder.calls) - before
+    time.sleep(0.5)
+    assert len(embedder.calls) - before == done < 2000 // 64  # it stopped, well before the 32 slices
 
 
 def test_an_upload_where_every_file_fails_creates_no_knowledge_base(base_url: str) -> None:
