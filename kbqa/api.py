@@ -85,7 +85,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
                             content=error_body(str(exc), exc.status_code, error_code(exc), getattr(exc, "param", None)))
 
     @api.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         def where(e: dict[str, Any]) -> str:
             # pydantic names the branch of a union it tried (``content.str``, ``stop.list[str]``): not a parameter
             return ".".join(str(p) for p in e.get("loc", ()) if p != "body" and not _UNION_BRANCH.match(str(p))) \
@@ -96,6 +96,11 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             at = errors[0].get("loc", ("body", "?"))[-1]
             return JSONResponse(status_code=400, content=error_body(
                 f"The request body is not valid JSON (error at character {at}).", 400, "invalid_json"))
+        kind = request.headers.get("content-type", "")
+        if errors and tuple(errors[0].get("loc", ())) == ("body",) and "json" not in kind and "multipart" not in kind:
+            return JSONResponse(status_code=400, content=error_body(
+                f"The request body was sent as {kind or 'no content type'!r}: send JSON with the header "
+                "Content-Type: application/json.", 400, "invalid_content_type"))
         problems = "; ".join(f"{where(e)}: {e.get('msg')}" for e in errors)
         param = where(errors[0]) if errors else None
         return JSONResponse(status_code=422, content=error_body(f"Invalid request: {problems}.", 422,
@@ -261,9 +266,10 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
         return [s.to_dict() | {"rank": s.rank} for s in service.search(name, req.query, req.k)]
 
     # Anything else under the API's prefixes is an API error, not the web app's HTML page.
+    @api.api_route("/v1", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     @api.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     @api.api_route("/kb/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    def unknown(request: Request, rest: str) -> JSONResponse:
+    def unknown(request: Request, rest: str = "") -> JSONResponse:
         allowed: set[str] = set()
         for route in api.router.routes:  # a known path asked with another method
             if isinstance(route, APIRoute) and route.endpoint is not unknown \

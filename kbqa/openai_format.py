@@ -50,6 +50,8 @@ class Message(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
 
     def text(self) -> str:
         """The message's text, joining content parts."""
@@ -116,6 +118,9 @@ class ChatRequest(BaseModel):
         for m in self.messages:
             if m.role in ("tool", "function"):
                 raise Unsupported("messages", f"'{m.role}' messages are not supported: kbqa has no tool calling.")
+            if m.tool_calls or m.function_call:  # a history from another model's tool use: not read, so refused
+                raise Unsupported("messages", "An assistant message with tool_calls is not supported: kbqa has no "
+                                              "tool calling; leave those turns out of the history.")
             kinds = {str(p.get("type")) for p in m.content} - _TEXT_PARTS if isinstance(m.content, list) else set()
             if kinds:
                 raise Unsupported("messages", f"Content of type {', '.join(sorted(kinds))} is not supported: "
@@ -183,6 +188,8 @@ def sse_chunks(events: Iterator[AnswerEvent], cid: str, created: int, model: str
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        if include_usage:  # as OpenAI: every chunk but the last has "usage": null
+            body["usage"] = None
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     def end(**extra: Any) -> Iterator[str]:

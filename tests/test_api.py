@@ -193,6 +193,7 @@ def test_usage_and_finish_reason_say_what_the_reply_cost(client, llm: FakeLLM) -
                                                  stream=True, stream_options={"include_usage": True}))
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 2
+    assert all(c.usage is None for c in chunks[:-1]) and all("usage" in c.model_fields_set for c in chunks)
 
 
 def test_knowledge_base_answers_take_the_client_generation_settings(  # type: ignore[no-untyped-def]
@@ -216,6 +217,9 @@ def test_knowledge_base_answers_take_the_client_generation_settings(  # type: ig
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"logprobs": True}, "logprobs"),
     ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+                   {"role": "user", "content": "hi"}]}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                                 {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages"),
     ({"tool_choice": "required"}, "tool_choice"),
@@ -291,7 +295,8 @@ def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client
     missing = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
                          json={"model": "kb:nope", "messages": [{"role": "user", "content": "q"}]}).json()["error"]
     assert missing["type"] == "not_found_error" and missing["code"] == "knowledge_base_not_found"
-    for method, path in [("POST", "/v1/completions"), ("GET", "/v1/nothing"), ("GET", "/kb/rivers/nothing/x")]:
+    for method, path in [("POST", "/v1/completions"), ("GET", "/v1/nothing"), ("GET", "/v1"),
+                         ("GET", "/kb/rivers/nothing/x")]:
         out = httpx.request(method, base_url + path, timeout=30)
         assert out.status_code == 404 and out.json()["error"]["code"] == "unknown_url"
     assert client.models.retrieve("kb:rivers").id == "kb:rivers"
@@ -301,6 +306,11 @@ def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client
     garbled = httpx.post(f"{base_url}/v1/chat/completions", content=b'{"model": kbqa}', timeout=30,
                          headers={"content-type": "application/json"})
     assert garbled.status_code == 400 and "not valid JSON" in garbled.json()["error"]["message"]
+    as_text = httpx.post(f"{base_url}/v1/chat/completions", timeout=30, headers={"content-type": "text/plain"},
+                         content=b'{"model": "kbqa", "messages": [{"role": "user", "content": "hi"}]}')
+    assert as_text.status_code == 400 and "Content-Type: application/json" in as_text.json()["error"]["message"]
+    form = httpx.post(f"{base_url}/kb/rivers/search", data={"query": "Nile"}, timeout=30)  # a form, not JSON
+    assert form.status_code == 400 and "'application/x-www-form-urlencoded'" in form.json()["error"]["message"]
     assert httpx.get(f"{base_url}/v1/models/kb:nope").json()["error"]["code"] == "model_not_found"
 
 
