@@ -100,7 +100,7 @@ class Ingestor:
         file of that name from elsewhere is noted); uploads (False) come from temporary folders. None: all local.
         """
         start = time.perf_counter()
-        kb.check_embedding(self.embedder.name, adding=True)
+        kb.check_embedding(self.embedder.name, adding=True, load=lambda: self.embedder.dim)
         results: list[FileResult | None] = [None] * len(files)
         group: list[_Prepared] = []
         seen: dict[str, tuple[str, int]] = {}  # sha256 -> (name, position) of the batch's file with those bytes

@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -186,18 +186,23 @@ class KnowledgeBase:
                              size=f.get("size", 0), added_at=f.get("added_at", ""))
                 for n, f in sorted(self.manifest.files.items())]
 
-    def check_embedding(self, embedder: str, *, adding: bool) -> None:
+    def check_embedding(self, embedder: str, *, adding: bool, load: Callable[[], object] | None = None) -> None:
         """Refuse an embedding model whose vectors cannot be compared with the ones stored.
 
         ``embedder`` is a model spec, ``#int8`` marking chunks encoded by the int8 copy of the model. Questions
         are always encoded by the float model, so searching only needs the same model; adding chunks needs the
         same encoder too, so that one knowledge base does not mix two.
 
+        ``load`` loads the configured model: called before a mismatch is reported, so that a model that cannot
+        load (a mistyped path) is the error the user sees, not advice to re-create the knowledge base.
+
         Raises:
             IncompatibleIndex: the knowledge base was built with another model (or encoder, when adding).
         """
         if not self.embedding or self.embedding == embedder:
             return
+        if load is not None:
+            load()
         built, now = self.embedding.split("#")[0], embedder.split("#")[0]
         if built == now and not adding:
             return

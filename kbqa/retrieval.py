@@ -125,7 +125,7 @@ class Retriever:
         Raises:
             IncompatibleIndex: the knowledge base was built with another embedding model.
         """
-        kb.check_embedding(self.embedder.name, adding=False)
+        kb.check_embedding(self.embedder.name, adding=False, load=lambda: self.embedder.dim)
         cfg = self.config
         n = max(k, cfg.candidates)
         vector = self.embedder.embed_query(question)

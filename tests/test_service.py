@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kbqa.bootstrap import build_service
-from kbqa.errors import DocumentNotFound, EmptyKnowledgeBase, IncompatibleIndex, KBQAError
+from kbqa.errors import DocumentNotFound, EmptyKnowledgeBase, IncompatibleIndex, KBQAError, ModelUnavailable
 from kbqa.knowledge import UNFINISHED
 from kbqa.service import KBQAService
 from kbqa.settings import Settings, load_settings
@@ -386,6 +386,18 @@ def test_questions_to_a_knowledge_base_of_another_embedder_are_refused(tmp_path:
         other.ask("kb", "Which river flows north?")
     with pytest.raises(IncompatibleIndex):
         other.search("kb", "Nile", 3)
+
+
+def test_a_mistyped_embedding_model_is_named_not_blamed_on_the_knowledge_base(tmp_path: Path, docs: Path,
+                                                                            llm: FakeLLM) -> None:
+    build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm).add_files("kb", files_in(docs))
+    typo = make_settings(tmp_path).model_copy(update={"embedding": load_settings(
+        embedding={"model": str(tmp_path / "no-such-model")}).embedding})
+    other = build_service(typo, llm=lambda: llm)
+    for act in (lambda: other.ask("kb", "Which river flows north?"), lambda: other.add_files("kb", [docs / "x.txt"])):
+        with pytest.raises(ModelUnavailable, match="neither an existing path") as raised:
+            act()
+        assert "re-create" not in str(raised.value)
 
 
 def stored_chunks(service: KBQAService, kb: str) -> list[str]:
