@@ -253,8 +253,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
 
     @api.delete("/kb/{name}/files/{file_name}")
     def delete_file(name: str, file_name: str) -> dict[str, str]:
-        service.delete_document(name, file_name)
-        return {"deleted": file_name}
+        return {"deleted": service.delete_document(name, file_name)}
 
     @api.delete("/kb/{name}")
     def delete_kb(name: str) -> dict[str, str]:

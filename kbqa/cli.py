@@ -222,8 +222,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
         if not documents:
             print(f"{args.kb} holds no files yet: kbqa ingest --kb {shlex.quote(args.kb)} PATH...", file=sys.stderr)
     elif args.docs_command == "delete":
-        service.delete_document(args.kb, args.file)
-        print(f"deleted {args.file} from {args.kb}")
+        held = service.delete_document(args.kb, args.file)
+        print(f"deleted {held} from {args.kb}")
     return 0
 
 

@@ -133,9 +133,9 @@ class KBQAService:
         else:
             self._remove(kb)
 
-    def delete_document(self, kb_name: str, file_name: str) -> None:
-        """Remove one file and all its chunks."""
-        delete_document(self._kb(kb_name), self.store, self.keywords, file_name)
+    def delete_document(self, kb_name: str, file_name: str) -> str:
+        """Remove one file and all its chunks; returns its name as held (a path given is read as its base name)."""
+        return delete_document(self._kb(kb_name), self.store, self.keywords, file_name)
 
     # questions -------------------------------------------------------------------------------
     def ask_stream(self, kb_name: str, question: str, history: Sequence[ChatMessage] = (),

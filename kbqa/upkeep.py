@@ -15,8 +15,8 @@ from kbqa.store import ChromaStore
 log = logging.getLogger(__name__)
 
 
-def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes, name: str) -> None:
-    """Remove a file: out of the manifest first, then its chunks, then its copy."""
+def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes, name: str) -> str:
+    """Remove a file: out of the manifest first, then its chunks, then its copy. Returns its name as held."""
     with kb.lock:
         if name not in kb.manifest.files:  # a path, or a name as the file system spells it: as ingest stored it
             with contextlib.suppress(KBQAError):
@@ -33,6 +33,7 @@ def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordInde
             index.generation = kb.manifest.generation
             index.save()
             (kb.content_dir / name).unlink(missing_ok=True)
+    return name
 
 
 def recover(kb: KnowledgeBase, store: ChromaStore) -> None:

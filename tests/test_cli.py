@@ -123,7 +123,8 @@ def test_kb_and_docs_commands(service: KBQAService, folder: Path, capsys: pytest
     assert capsys.readouterr().out.startswith("太空\t1 files\t1 chunks")
     assert cli.main(["docs", "list", "--kb", "太空"]) == 0
     assert capsys.readouterr().out.startswith("planets.md\t1 chunks")
-    assert cli.main(["docs", "delete", "--kb", "太空", "planets.md"]) == 0
+    assert cli.main(["docs", "delete", "--kb", "太空", str(folder / "planets.md")]) == 0  # as it was added
+    assert capsys.readouterr().out == "deleted planets.md from 太空\n"  # the file it held, not the path typed
     assert cli.main(["kb", "delete", "太空"]) == 0
     assert service.list_kbs() == []
 
