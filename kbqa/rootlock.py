@@ -50,12 +50,16 @@ def hold_root(root: Path) -> None:
             os.close(fd)
             holder = lines[0].strip() if lines and lines[0].strip() else "another process"
             url = lines[1].strip() if len(lines) > 1 and lines[1].startswith("http") else ""
-            use = (f"the web app at {url}, or its HTTP API, e.g. `curl -F files=@report.pdf {url}kb/NAME/files`"
-                   if url else "its web app or HTTP API")
+            if url:  # a server: work through it
+                then = (f"Use that process instead (the web app at {url}, or its HTTP API, e.g. "
+                        f"`curl -F files=@report.pdf {url}kb/NAME/files`), stop it first")
+            elif " serve" in holder or "app.py" in holder:  # a server still loading its models
+                then = "Use that process instead (its web app or HTTP API), stop it first"
+            else:  # a command (an ingest, an eval): it ends by itself
+                then = "Wait for that command to finish (or stop it)"
             raise KnowledgeRootInUse(
                 f"The knowledge root {root} is in use by another kbqa process ({holder}), and its database works "
-                f"from one process at a time. Use that process instead ({use}), stop it first, or set "
-                "paths.knowledge_root to another folder.") from None
+                f"from one process at a time. {then}, or set paths.knowledge_root to another folder.") from None
         os.ftruncate(fd, 0)
         command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200] if sys.argv else "python"
         os.write(fd, f"pid {os.getpid()}: {command}".encode())

@@ -101,6 +101,31 @@ def test_a_second_process_is_refused_the_knowledge_root_this_one_holds(tmp_path:
     del root
 
 
+def test_a_root_held_by_a_command_says_to_wait_for_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from kbqa.errors import KnowledgeRootInUse
+
+    code = ("import sys, time; sys.argv = ['kbqa', 'ingest', '--kb', 'x', 'a.txt']; "
+            "from kbqa.knowledge import KnowledgeRoot; r = KnowledgeRoot(sys.stdin.readline().strip()); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write(f"{tmp_path}\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(KnowledgeRootInUse, match="kbqa ingest --kb x a.txt") as refused:
+            KnowledgeRoot(tmp_path)
+        assert "Wait for that command to finish" in str(refused.value) and "web app" not in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_knowledge_root_that_cannot_be_a_folder_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(ConfigError, match="paths.knowledge_root"):
