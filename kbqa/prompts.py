@@ -88,15 +88,18 @@ def _shorten(text: str) -> str:
     return text if len(text) <= _ANSWER_CHARS else text[:_ANSWER_CHARS].rstrip() + "…"
 
 
-def load_prompt(folder: Path, name: str) -> PromptTemplate:
-    """Load ``<folder>/<name>.toml`` and check its placeholders.
+def load_prompt(folder: Path, name: str, setting: str = "prompts.*") -> PromptTemplate:
+    """Load ``<folder>/<name>.toml`` and check its placeholders; ``setting`` names where ``name`` came from.
 
     Raises:
         ConfigError: the file is missing, not TOML, lacks a key, or uses a wrong placeholder.
     """
     path = Path(folder) / f"{name}.toml"
     if not path.is_file():
-        raise ConfigError(f"Prompt template {path} not found; check paths.prompts_dir and the prompts.* settings.")
+        there = sorted(p.stem for p in Path(folder).glob("*.toml")) if Path(folder).is_dir() else []
+        held = f"the templates there: {', '.join(there)}" if there else "paths.prompts_dir holds no templates"
+        raise ConfigError(f"Prompt template {path} not found ({held}); set {setting} to one of them, or "
+                          "paths.prompts_dir to the folder of yours.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -134,7 +137,7 @@ class PromptBook:
     @classmethod
     def load(cls, folder: Path, zh_name: str = "qa_zh", en_name: str = "qa_en") -> PromptBook:
         """Load both templates from ``folder``."""
-        return cls(load_prompt(folder, zh_name), load_prompt(folder, en_name))
+        return cls(load_prompt(folder, zh_name, "prompts.qa_zh"), load_prompt(folder, en_name, "prompts.qa_en"))
 
     def for_question(self, question: str) -> tuple[PromptTemplate, str]:
         """The template for this question and its language code (``zh`` or ``en``)."""

@@ -67,6 +67,14 @@ class PathSettings(_Section):
                             / "kbqa", description="Assembled and converted models are cached here.")
     prompts_dir: Path = Field(Path("prompts"), description="Folder of prompt templates (*.toml).")
 
+    @field_validator("knowledge_root", "cache_dir", "prompts_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        """An empty value (``KBQA_PATHS__KNOWLEDGE_ROOT=``) is a slip, not the working folder."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a folder (\".\" for the working folder)")
+        return value
+
     @field_validator("knowledge_root", "cache_dir", "prompts_dir")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -243,9 +251,12 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             path.read_bytes().startswith(b"\xef\xbb\xbf") else ""
         raise ConfigError(f"Settings file {path} is not valid TOML ({exc}){bom}; fix it.") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}{_suggestion(err)}" for err in exc.errors())
-        source = f"{path}" if path.is_file() else "the settings"
-        raise ConfigError(f"Invalid settings ({problems}). Fix {source} or the KBQA_* variable named.") from exc
+        errors = exc.errors()
+        wheres = [_where(err["loc"]) for err in errors]
+        problems = "; ".join(f"{w}: {err['msg']}{_suggestion(err)}" for w, err in zip(wheres, errors, strict=True))
+        fix = [str(path)] if path.is_file() else []
+        fix += ["the KBQA_* variable named"] if any("(KBQA_" in w for w in wheres) else []
+        raise ConfigError(f"Invalid settings ({problems}). Fix {' or '.join(fix) or 'the settings'}.") from exc
 
 
 def _where(loc: tuple[Any, ...]) -> str:

@@ -50,9 +50,11 @@ def test_unknown_placeholder_fails_at_load(tmp_path: Path) -> None:
         load_prompt(tmp_path, "bad")
 
 
-def test_missing_template_names_the_setting(tmp_path: Path) -> None:
+def test_missing_template_names_the_setting_and_the_templates_there(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="prompts"):
         load_prompt(tmp_path, "absent")
+    with pytest.raises(ConfigError, match=r"templates there: qa_en, qa_zh\); set prompts.qa_zh to one of them"):
+        PromptBook.load(PROMPTS, zh_name="nope")
 
 
 def test_context_lists_numbered_sources_with_pages() -> None:

@@ -59,8 +59,9 @@ def test_invalid_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_overlap_not_below_size_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "k.toml"
     cfg.write_text("[splitter]\nchunk_size = 100\nchunk_overlap = 100\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="chunk_overlap"):
+    with pytest.raises(ConfigError, match="chunk_overlap") as caught:
         load_settings(cfg)
+    assert str(caught.value).endswith(f"Fix {cfg}.")  # no variable was named, so none is blamed
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
@@ -116,7 +117,14 @@ def test_a_misspelt_name_in_the_settings_file_gets_a_suggestion(tmp_path: Path) 
 
 def test_a_bad_environment_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KBQA_RETRIEVAL__TOP_K", "five")
-    with pytest.raises(ConfigError, match=r"retrieval.top_k \(KBQA_RETRIEVAL__TOP_K\)"):
+    with pytest.raises(ConfigError, match=r"retrieval.top_k \(KBQA_RETRIEVAL__TOP_K\).*the KBQA_\* variable named"):
+        load_settings()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("KBQA_PATHS__KNOWLEDGE_ROOT", value)
+    with pytest.raises(ConfigError, match=r"paths.knowledge_root \(KBQA_PATHS__KNOWLEDGE_ROOT\).*is empty"):
         load_settings()
 
 
