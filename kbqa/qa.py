@@ -128,6 +128,23 @@ def clean_rewrite(text: str) -> str:
     return line.strip("\"'“”‘’「」`").strip()
 
 
+def _bare(text: str) -> str:
+    """Letters, digits and CJK characters only, case-folded: to compare texts regardless of spacing and marks."""
+    return "".join(c for c in text.casefold() if c.isalnum())
+
+
+def _grams(text: str) -> set[str]:
+    """Words of a text, case-folded; a run of Chinese characters gives its character pairs."""
+    grams: set[str] = set()
+    for word in re.findall(r"\w+", text.casefold()):
+        for run in re.split(r"([\u3400-\u9fff]+)", word):
+            if run and "\u3400" <= run[0] <= "\u9fff":
+                grams |= {run[i:i + 2] for i in range(max(1, len(run) - 1))}
+            elif run:
+                grams.add(run)
+    return grams
+
+
 def to_document(chunk: SourceChunk) -> Document:
     """A retrieved chunk as a LangChain document; provenance and score in its metadata."""
     return Document(page_content=chunk.text, id=chunk.id,
@@ -201,8 +218,13 @@ class QAEngine:
         messages = template.rewrite_messages(turns, question)
         reply = self.get_llm().generate(messages, replace(self.params, max_tokens=96, stop=()))
         rewritten = clean_rewrite(reply)
-        # A reply that is no question (empty, or an essay) is worth less than the plain concatenation.
-        if not rewritten or len(rewritten) > 2 * len(concat) + 40:
+        # A reply that is no question (empty, or an essay), or that copies the prompt's own example (a small
+        # model answers "那它有多高？" with the example's "埃菲尔铁塔有多高？"), is worth less than the plain
+        # concatenation.
+        said = _grams(" ".join([question, *(f"{q} {a}" for q, a in turns)]))
+        mine = _grams(rewritten)
+        copied = _bare(rewritten) in _bare(template.rewrite) and len(mine & said) < 0.5 * len(mine)
+        if not rewritten or len(rewritten) > 2 * len(concat) + 40 or copied:
             return concat, "concat"
         return rewritten, "rewritten"
 

@@ -107,6 +107,19 @@ def test_chinese_follow_up_gets_the_chinese_rewrite_prompt(service_for: Callable
     assert answer.query == "木星是最大的行星吗？"
 
 
+@pytest.mark.parametrize("copy", ["完整问题：埃菲尔铁塔有多高？", "埃菲尔铁塔是哪一年建成的"])
+def test_a_rewrite_that_copies_the_prompts_example_is_not_searched_for(service_for: Callable[..., KBQAService],
+                                                                         llm: FakeLLM, copy: str) -> None:
+    service = service_for(follow_up="rewrite")
+    llm.replies = [copy, "不知道。"]
+    history = [ChatMessage("user", "木星是什么？"), ChatMessage("assistant", "行星。")]
+    answer = service.ask("kb", "2022年预计营业总收入是多少？", history)
+    assert answer.query == "木星是什么？\n2022年预计营业总收入是多少？"  # the earlier questions, not the example
+    llm.replies = ["完整问题：埃菲尔铁塔有多高？", "324米。"]  # where the chat is about it, the same words are right
+    history = [ChatMessage("user", "埃菲尔铁塔是哪一年建成的？"), ChatMessage("assistant", "1889年。")]
+    assert service.ask("kb", "那它有多高？", history).query == "埃菲尔铁塔有多高？"
+
+
 @pytest.mark.parametrize(("reply", "question"), [
     ("Standalone question: How tall is it?", "How tall is it?"),
     ("**Standalone question:** \"How tall is it?\"\nIt is 330 m.", "How tall is it?"),
