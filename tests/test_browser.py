@@ -213,6 +213,27 @@ def test_clear_chat_stops_a_streaming_answer(page: Any, llm: FakeLLM) -> None:
         llm.delay = 0.0
 
 
+@pytest.mark.parametrize("when", ["streaming", "before the first word"])
+def test_a_question_asked_right_after_clear_chat_is_answered(page: Any, llm: FakeLLM, when: str) -> None:
+    choose_kb(page, "甲")
+    llm.replies, llm.delay = ["word " * 20, "Zebra answer."], (0.1 if when == "streaming" else 1.5)
+    try:
+        ask(page, "What is first?")
+        if when == "streaming":
+            wait_text(page.locator("#chatbot"), "word word", 15)
+        else:
+            wait_text(page.locator("#chatbot"), "What is first?", 15)
+        page.get_by_role("button", name="Clear chat").click()
+        page.wait_for_timeout(1000)
+        ask(page, "What is second?")
+        llm.delay = 0.1
+        wait_text(page.locator("#chatbot"), "Zebra answer.", 30)
+        assert "word" not in page.locator("#chatbot").inner_text()
+        assert page.locator("#question textarea").input_value() == ""
+    finally:
+        llm.delay = 0.0
+
+
 def slow_answer_streaming(page: Any, llm: FakeLLM, kb: str, folder: Path) -> None:
     """Add a file to ``kb``, ask in it and return once a long, slow answer is streaming."""
     doc = folder / "first.txt"

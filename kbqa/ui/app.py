@@ -118,7 +118,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         return gr.update(visible=True), question, kb  # the one named in the question is the one deleted
 
     def on_delete_kb(kb: str | None, request: Any) -> tuple[Any, ...]:
-        # A new conversation either way: the answer streaming was stopped (cancels=), and follow-up questions
+        # A new conversation either way: the answer streaming stops at its next word, and follow-up questions
         # must not be read against the deleted knowledge base's chat or a cut-off answer.
         start_conversation(request)
         try:
@@ -188,20 +188,22 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice])
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
         # One listener for the button and Enter: the browser holds back repeats of the same listener only.
-        asking = [gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question],
-                        trigger_mode="always_last")]
+        gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question],
+              trigger_mode="always_last")
         # A new chat stops a streaming answer: Clear chat, the chat box's own clear icon, and another
-        # knowledge base (a follow-up must not be read against the old chat).
-        clear.click(new_chat, None, [chatbot, sources], cancels=asking)
-        chatbot.clear(new_chat, None, [chatbot, sources], cancels=asking)
-        kb.input(new_chat, None, [chatbot, sources], cancels=asking).then(
+        # knowledge base (a follow-up must not be read against the old chat). Not by Gradio's cancels=: a
+        # question sent just after a cancel was dropped (the always_last trigger waited for an end that never
+        # came); a new conversation number (start_conversation) makes on_ask stop at its next word instead.
+        clear.click(new_chat, None, [chatbot, sources])
+        chatbot.clear(new_chat, None, [chatbot, sources])
+        kb.input(new_chat, None, [chatbot, sources]).then(
             lambda: (gr.update(visible=False), [], "", ""), None,
             [confirm_row, results, summary, message])  # another knowledge base's upload and deletions
         delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(hide_confirm, None, confirm_row)
         confirm_yes.click(on_delete_kb, pending_delete,
-                          [kb, docs, message, confirm_row, chatbot, sources, results, summary], cancels=asking)
+                          [kb, docs, message, confirm_row, chatbot, sources, results, summary])
     return app
 
 
