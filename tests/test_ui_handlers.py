@@ -62,12 +62,14 @@ def test_ingest_without_a_knowledge_base_name_is_explained(service: KBQAService,
 
 def test_ask_streams_into_the_chat_and_fills_the_sources_panel(service: KBQAService, tmp_path: Path) -> None:
     handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
-    steps = list(handlers.ask(service, "kb", "Which planet is red?", []))
+    steps = [([dict(m) for m in h], p) for h, p in handlers.ask(service, "kb", "Which planet is red?", [])]
     history, panel = steps[-1]
     assert history == [{"role": "user", "content": "Which planet is red?"},
                        {"role": "assistant", "content": "Mars [1]."}]
     assert "planets.md" in panel and "Mars is the red planet." in panel and "score" in panel
     assert len(steps) >= 3  # sources, tokens, done
+    # until the first word, the bubble says what is happening
+    assert [h[-1]["content"] for h, _ in steps[:2]] == ["_Searching the documents…_", "_Reading 1 passage…_"]
 
 
 def test_follow_up_in_the_chat_is_read_with_the_earlier_turns(tmp_path: Path) -> None:
@@ -120,7 +122,8 @@ def test_question_shows_at_once_but_an_empty_knowledge_base_leaves_the_chat_alon
         next(handlers.ask(service, "empty", "anything?", []))
     handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
     history, panel = next(handlers.ask(service, "kb", "Which planet is red?", []))
-    assert history[-2:] == [{"role": "user", "content": "Which planet is red?"}, {"role": "assistant", "content": ""}]
+    assert history[-2:] == [{"role": "user", "content": "Which planet is red?"},
+                            {"role": "assistant", "content": "_Searching the documents…_"}]  # not an empty bubble
     assert "Searching" in panel
 
 

@@ -164,7 +164,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                                     interactive=False, elem_id="docs")
                 with gr.Row():
                     doc_choice = gr.Dropdown(label="File", choices=[], elem_id="doc-choice", scale=3)
-                    delete_doc = gr.Button("Delete file", elem_id="delete-doc", scale=1)
+                    delete_doc = gr.Button("Delete file", variant="stop", elem_id="delete-doc", scale=1)
                     delete_kb = gr.Button("Delete knowledge base", variant="stop", elem_id="delete-kb", scale=1)
                 with gr.Row(visible=False, elem_id="confirm-delete-kb") as confirm_row:
                     confirm_text = gr.Markdown()
@@ -185,7 +185,9 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
         app.load(on_load, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
-        ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice])
+        # The bar shows once, over this upload's results, not copied onto every output.
+        ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice],
+                     show_progress_on=[results])
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
         # One listener for the button and Enter: the browser holds back repeats of the same listener only.
         gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question],

@@ -68,6 +68,15 @@ def ingest(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
     return result_rows(report), documents(service, kb.strip()), ingest_summary(report, new_kb)
 
 
+#: What the answer's bubble says until the first word comes (in italics; the answer replaces it).
+SEARCHING = "_Searching the documents…_"
+
+
+def reading(passages: int) -> str:
+    """The answer's bubble while the model reads the passages found."""
+    return f"_Reading {passages} passage{'s' * (passages != 1)}…_"
+
+
 def ask(service: KBQAService, kb: str | None, question: str,
         history: list[Message] | None) -> Iterator[tuple[list[Message], str]]:
     """Stream an answer into the chat; the sources panel fills as soon as retrieval is done.
@@ -82,7 +91,7 @@ def ask(service: KBQAService, kb: str | None, question: str,
     earlier = [ChatMessage(m["role"], _text(m.get("content"))) for m in history or []
                if m.get("role") in ("user", "assistant")]
     history = [*(history or []), {"role": "user", "content": question},
-               {"role": "assistant", "content": ""}]
+               {"role": "assistant", "content": SEARCHING}]
     if not service.list_documents(kb):  # errors before the chat changes (an unknown name raises here)
         raise empty_knowledge_base(kb)
     text = ""
@@ -94,6 +103,8 @@ def ask(service: KBQAService, kb: str | None, question: str,
         for event in service.ask_stream(kb, question, earlier):
             if event.kind == "sources":
                 panel = sources_html(event.sources or [])
+                if event.sources:  # the model reads them before its first word: seconds on a CPU
+                    history[-1] = {"role": "assistant", "content": reading(len(event.sources))}
             elif event.kind == "token":
                 text += event.text
                 history[-1] = {"role": "assistant", "content": text}
