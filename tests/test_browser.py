@@ -234,6 +234,27 @@ def test_a_question_asked_right_after_clear_chat_is_answered(page: Any, llm: Fak
         llm.delay = 0.0
 
 
+def test_a_reload_keeps_the_knowledge_base_chosen(page: Any, server: str, tmp_path: Path) -> None:
+    import httpx
+
+    for kb, name in [("书架", "shelf.txt"), ("书桌", "desk.txt")]:
+        doc = tmp_path / name
+        doc.write_text(f"The {name} text.", encoding="utf-8")
+        add_files(page, kb, [doc])
+        wait_text(page.locator("#docs"), name, 30)
+    names = [kb["name"] for kb in httpx.get(f"{server}/kb").json()]
+    last = names[-1]  # not the one a fresh page shows first
+    assert len(names) > 1 and last != names[0]
+    choose_kb(page, last)
+    page.reload()
+    deadline = time.time() + 20
+    while page.locator("#kb-select input").input_value() != last:
+        assert time.time() < deadline, page.locator("#kb-select input").input_value()
+        time.sleep(0.2)
+    page.wait_for_timeout(1000)  # and it stays so
+    assert page.locator("#kb-select input").input_value() == last
+
+
 def slow_answer_streaming(page: Any, llm: FakeLLM, kb: str, folder: Path) -> None:
     """Add a file to ``kb``, ask in it and return once a long, slow answer is streaming."""
     doc = folder / "first.txt"

@@ -52,10 +52,14 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     def refresh_kbs(current: str | None) -> Any:
         return kb_dropdown(current, keep_typed=True)
 
-    def on_load(current: str | None) -> Any:
+    def on_load(current: str | None, chosen_before: str | None) -> Any:
         # The page was built when the server started: list the knowledge bases as they are now. The value is
         # replaced only when it must be (none chosen, or deleted since): a name the user typed while the
-        # page loaded is not wiped out.
+        # page loaded is not wiped out. After a reload, the knowledge base this browser chose last is
+        # chosen again (kept in the browser's storage), so a question never goes to another one unnoticed.
+        names = handlers.kb_names(service)
+        if current == initial and chosen_before in names and chosen_before != current:
+            return gr.update(choices=names, value=chosen_before)
         update = kb_dropdown(current, keep_typed=False)
         if update["value"] == current or not (update["value"] or current):
             del update["value"]
@@ -133,11 +137,13 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     on_delete_kb.__annotations__["request"] = gr.Request
 
     names = handlers.kb_names(service)
+    initial = names[0] if names else None
     with gr.Blocks(title="kbqa") as app:
+        chosen = gr.BrowserState(None, storage_key="kbqa-knowledge-base")
         gr.Markdown("## kbqa · local knowledge-base question answering\n"
                     "Answers come only from your documents; the passages used are shown beside each answer.")
         with gr.Row():
-            kb = gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True,
+            kb = gr.Dropdown(choices=names, value=initial, allow_custom_value=True,
                              label="Knowledge base (choose one, or type a new name and add files)",
                              elem_id="kb-select", scale=4)
             refresh = gr.Button("↻ Refresh", scale=0, elem_id="kb-refresh")
@@ -184,7 +190,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
 
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
-        app.load(on_load, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
+        app.load(on_load, [kb, chosen], kb).then(refresh_docs, kb, [docs, doc_choice])
+        kb.change(lambda name: name, kb, chosen)
         # The bar shows once, over this upload's results, not copied onto every output.
         ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice],
                      show_progress_on=[results])
