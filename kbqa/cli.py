@@ -294,44 +294,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
+    from kbqa import __version__
+
     parser = argparse.ArgumentParser(prog="kbqa", description="Local knowledge-base question answering.")
+    parser.add_argument("--version", action="version", version=f"kbqa {__version__}")
     parser.add_argument("--config", help="settings file (default: $KBQA_CONFIG or ./kbqa.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    # --config and -v are taken after the command too (`kbqa ask --config my.toml ...`); left out there,
+    # they keep what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="settings file (as before the command)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="add files or folders (recursively) to a knowledge base")
+    def command(parent: Any, name: str, text: str | None = None) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=text, description=text, parents=[common])  # type: ignore[no-any-return]
+
+    p = command(sub, "ingest", "add files or folders (recursively) to a knowledge base")
     p.add_argument("--kb", required=True, help="knowledge base name (created if missing)")
     p.add_argument("paths", nargs="+", help="files or folders")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("ask", help="ask a question of a knowledge base")
-    p.add_argument("--kb", required=True)
-    p.add_argument("question")
+    p = command(sub, "ask", "ask a question of a knowledge base: the answer and its numbered sources")
+    p.add_argument("--kb", required=True, help="knowledge base name")
+    p.add_argument("question", help="the question (quote it)")
     p.add_argument("--json", action="store_true", help="print one JSON object: answer and sources")
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("kb", help="list or delete knowledge bases")
+    p = sub.add_parser("kb", help="list or delete knowledge bases", description="list or delete knowledge bases")
     kb_sub = p.add_subparsers(dest="kb_command", required=True)
-    kb_sub.add_parser("list")
-    d = kb_sub.add_parser("delete")
-    d.add_argument("name")
+    command(kb_sub, "list", "the knowledge bases: name, files, chunks, embedding model")
+    d = command(kb_sub, "delete", "delete a knowledge base and all its files (no undo)")
+    d.add_argument("name", help="knowledge base name")
     p.set_defaults(func=cmd_kb)
 
-    p = sub.add_parser("docs", help="list or delete the files of a knowledge base")
+    p = sub.add_parser("docs", help="list or delete the files of a knowledge base",
+                       description="list or delete the files of a knowledge base")
     docs_sub = p.add_subparsers(dest="docs_command", required=True)
-    d = docs_sub.add_parser("list")
-    d.add_argument("--kb", required=True)
-    d = docs_sub.add_parser("delete")
-    d.add_argument("--kb", required=True)
-    d.add_argument("file")
+    d = command(docs_sub, "list", "the files of a knowledge base: name, pages, chunks, size, when added")
+    d.add_argument("--kb", required=True, help="knowledge base name")
+    d = command(docs_sub, "delete", "delete one file and all its chunks from a knowledge base")
+    d.add_argument("--kb", required=True, help="knowledge base name")
+    d.add_argument("file", help="the file's name as `docs list` shows it, or the path it was added from")
     p.set_defaults(func=cmd_docs)
 
-    p = sub.add_parser("serve", help="run the web app")
+    p = command(sub, "serve", "run the web app and the OpenAI-compatible HTTP API")
     p.add_argument("--host", default=None, help="address to listen on (default: server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="TCP port, 1-65535 (default: server.port, 7860)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("eval", help="measure retrieval and answer quality on a QA dataset")
+    p = command(sub, "eval", "measure retrieval and answer quality on a QA dataset")
     p.add_argument("--dataset", required=True, help="SQuAD-style .json, or .jsonl of {question, answer, doc}")
     p.add_argument("--docs", help="folder of documents for a .jsonl dataset (default: its folder)")
     p.add_argument("--limit", type=int, help="a fixed random sample of N questions")
@@ -339,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (with every answer)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("convert-chatglm", help="convert a ChatGLM2/3-6B checkpoint to a native transformers folder")
+    p = command(sub, "convert-chatglm", "convert a ChatGLM2/3-6B checkpoint to a native transformers folder")
     p.add_argument("src", help="the checkpoint folder as published (config.json, weight shards, tokenizer.model)")
     p.add_argument("dst", help="a new (or empty) folder for the converted model; set llm.model to it")
     p.add_argument("--version", choices=["chatglm2", "chatglm3"],

@@ -244,3 +244,15 @@ def test_an_interrupted_ingest_says_what_stays(service: KBQAService, folder: Pat
         patch.setattr(service.qa.retriever.embedder, "embed_documents", interrupt)
         assert cli.main(["ingest", "--kb", "space", str(other)]) == 130
     assert "files already added stay indexed: kbqa docs list --kb space" in capsys.readouterr().err
+
+
+def test_config_and_verbose_go_before_or_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = cli.build_parser().parse_args
+    assert parse(["--config", "a.toml", "ask", "--kb", "k", "q"]).config == "a.toml"
+    after = parse(["ask", "--config", "b.toml", "-v", "--kb", "k", "q"])
+    assert (after.config, after.verbose, after.question) == ("b.toml", True, "q")
+    assert parse(["-v", "kb", "list"]).verbose is True  # not reset by the command's own default
+    assert parse(["docs", "delete", "--kb", "k", "--config", "c.toml", "x.txt"]).config == "c.toml"
+    with pytest.raises(SystemExit) as done:
+        parse(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("kbqa ")
