@@ -6,7 +6,8 @@ Formats (UTF-8, with or without a byte-order mark):
   keeps identical text once), blank ones none. Questions marked ``is_impossible`` (true or "true") or without
   answers are unanswerable.
 - JSONL, one ``{"question", "answer", "doc"}`` per line, over a folder of documents (``--docs``, default the
-  JSONL's folder; read one level deep): ``doc`` names the gold file, which must be there; ``answer`` is a text
+  JSONL's folder; read one level deep): ``doc`` (optional) names the gold file, which must be there; a hit is
+  a retrieved chunk holding the answer text; ``answer`` is a text
   or a list of texts, and null, "" or [] mark an unanswerable question (a line without ``answer`` is an error,
   so that a misspelt key cannot make a question unanswerable). An optional ``history``
   (``[{"question", "answer"}, ...]``) makes the question a follow-up in a chat.
@@ -193,7 +194,10 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
         except ValueError as exc:
             raise KBQAError(f"{path.name} line {n} is not JSON ({exc}); each line must be one object such as "
                             '{"question": ..., "answer": ..., "doc": ...}.') from None
-        if not isinstance(row, dict) or not row.get("question"):
+        if not isinstance(row, dict):
+            raise KBQAError(f"{path.name} line {n} is {_json_kind(row)}, not an object: each line must be one object "
+                            'such as {"question": ..., "answer": ..., "doc": ...}.')
+        if not row.get("question"):
             raise KBQAError(f"{path.name} line {n}: no 'question'.")
         answers = _jsonl_answers(row, f"{path.name} line {n}")
         for key, value in (("question", row["question"]), ("doc", row.get("doc") or "")):

@@ -189,6 +189,7 @@ def test_malformed_squad_files_are_named_errors(tmp_path: Path, data: dict, mess
     ('{"question": "q", "answer": false}', "line 1: 'answer' must be text or a list of texts"),
     ('{"question": "q", "answer": {}}', "line 1: 'answer' must be text or a list of texts"),
     ('{"question": "q", "answer": ["29", 29]}', "line 1: 'answer' must be text or a list of texts"),
+    ('["q", "a"]', "line 1 is a list, not an object"),
 ])
 def test_malformed_jsonl_fields_are_named_with_their_line(tmp_path: Path, line: str, message: str) -> None:
     (tmp_path / "doc.txt").write_text("x", encoding="utf-8")
