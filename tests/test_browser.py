@@ -113,6 +113,12 @@ def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> 
     wait_text(sources, "rivers.txt", 10)
     text = sources.inner_text()
     assert "score" in text and "The Yangtze is the longest river in Asia." in text
+    # the answer keeps its sources beside it in the chat, collapsed: opened, they show file, chunk, score, text
+    kept = page.locator("#chatbot").get_by_text("Sources: rivers.txt")
+    kept.wait_for(timeout=10_000)
+    kept.click()
+    wait_text(page.locator("#chatbot"), "[1] rivers.txt · chunk 0 · score", 10)
+    assert "The Yangtze is the longest river in Asia." in page.locator("#chatbot").inner_text()
 
 
 def test_asking_before_choosing_files_shows_an_error_not_a_traceback(page: Any) -> None:

@@ -64,9 +64,14 @@ def test_ask_streams_into_the_chat_and_fills_the_sources_panel(service: KBQAServ
     handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
     steps = [([dict(m) for m in h], p) for h, p in handlers.ask(service, "kb", "Which planet is red?", [])]
     history, panel = steps[-1]
-    assert history == [{"role": "user", "content": "Which planet is red?"},
-                       {"role": "assistant", "content": "Mars [1]."}]
+    assert history[:2] == [{"role": "user", "content": "Which planet is red?"},
+                           {"role": "assistant", "content": "Mars [1]."}]
     assert "planets.md" in panel and "Mars is the red planet." in panel and "score" in panel
+    # the answer's sources stay beside it in the chat (collapsed), after the panel shows a later answer's
+    kept = history[2]
+    assert kept["metadata"]["title"] == "Sources: planets.md" and len(history) == 3
+    assert kept["content"].startswith("**[1] planets.md** · chunk 0 · score ")
+    assert kept["content"].endswith("Mars is the red planet.")
     assert len(steps) >= 3  # sources, tokens, done
     # until the first word, the bubble says what is happening
     assert [h[-1]["content"] for h, _ in steps[:2]] == ["_Searching the documents…_", "_Reading 1 passage…_"]
@@ -78,12 +83,25 @@ def test_follow_up_in_the_chat_is_read_with_the_earlier_turns(tmp_path: Path) ->
     handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
     history, _ = list(handlers.ask(service, "kb", "Which planet is red?", []))[-1]
     # Gradio hands the chat back with each message's content as a list of parts.
-    as_gradio = [{"role": m["role"], "metadata": None, "content": [{"text": m["content"], "type": "text"}]}
+    as_gradio = [{"role": m["role"], "metadata": m.get("metadata"), "content": [{"text": m["content"], "type": "text"}]}
                  for m in history]
     history, panel = list(handlers.ask(service, "kb", "Is it small?", as_gradio))[-1]
     assert "User: Which planet is red?\nAssistant: Mars [1]." in llm.prompts[1][-1].content
-    assert history[-1] == {"role": "assistant", "content": "Yes."}
+    assert history[-2] == {"role": "assistant", "content": "Yes."}
     assert "read as" in panel and "Which planet is red and small?" in panel
+
+
+def test_the_sources_kept_in_the_chat_are_not_read_as_part_of_the_conversation(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["Mars [1].", "Yes."])
+    service = build_service(make_settings(tmp_path, follow_up="concat"), embedder=FakeEmbedder(), llm=lambda: llm)
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    history, _ = list(handlers.ask(service, "kb", "Which planet is red?", []))[-1]
+    assert handlers.is_sources_message(history[-1])
+    as_gradio = [{**m, "content": [{"text": m["content"], "type": "text"}]} for m in history]
+    list(handlers.ask(service, "kb", "Is it small?", as_gradio))
+    shown = [m.content for m in llm.prompts[-1]]
+    assert "Mars [1]." in shown  # the earlier turn is in the model's prompt (concat)...
+    assert not any("score" in text for text in shown)  # ...but not the sources kept beside it
 
 
 def test_sources_panel_escapes_document_text() -> None:

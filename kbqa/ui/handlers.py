@@ -13,7 +13,15 @@ from kbqa.errors import KBQAError
 from kbqa.qa import empty_knowledge_base
 from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
-from kbqa.ui.render import doc_rows, ingest_summary, literal, result_rows, sources_html
+from kbqa.ui.render import (
+    doc_rows,
+    ingest_summary,
+    is_sources_message,
+    literal,
+    result_rows,
+    sources_html,
+    sources_message,
+)
 
 Message = dict[str, Any]
 
@@ -89,7 +97,7 @@ def ask(service: KBQAService, kb: str | None, question: str,
     if not question or not question.strip():
         raise KBQAError("Type a question first.")
     earlier = [ChatMessage(m["role"], _text(m.get("content"))) for m in history or []
-               if m.get("role") in ("user", "assistant")]
+               if m.get("role") in ("user", "assistant") and not is_sources_message(m)]
     history = [*(history or []), {"role": "user", "content": question},
                {"role": "assistant", "content": SEARCHING}]
     if not service.list_documents(kb):  # errors before the chat changes (an unknown name raises here)
@@ -111,6 +119,8 @@ def ask(service: KBQAService, kb: str | None, question: str,
             elif event.kind == "done" and event.answer is not None:
                 answer = event.answer
                 history[-1] = {"role": "assistant", "content": answer.answer}
+                if answer.sources:  # kept beside the answer, collapsed, once later answers replace the panel
+                    history.append(sources_message(answer.sources))
                 panel = sources_html(answer.sources, answer.notice)
             yield history, panel
     except KBQAError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from kbqa.schema import DocumentInfo, IngestReport, SourceChunk
 
@@ -82,6 +83,28 @@ def sources_html(sources: Sequence[SourceChunk], notice: str = "") -> str:
             f'{page} · chunk {src.chunk} · score <span class="kbqa-score">{src.score:.3f}</span></div>'
             f'<div class="kbqa-source-text">{html.escape(src.text)}</div></div>')
     return '<div class="kbqa-sources">' + "".join(parts) + "</div>"
+
+
+def sources_message(sources: Sequence[SourceChunk]) -> dict[str, Any]:
+    """The chat message that keeps an answer's sources beside it: collapsed, titled with the files cited.
+
+    The Sources panel shows the latest answer's passages; this keeps every earlier answer's too.
+    """
+    files = list(dict.fromkeys(src.source for src in sources))
+    title = f"Sources: {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    lines = []
+    for n, src in enumerate(sources, 1):
+        where = f" · {src.location}" if src.location else ""
+        excerpt = " ".join(src.text.split())
+        excerpt = excerpt if len(excerpt) <= 300 else excerpt[:300] + "…"
+        lines.append(f"**[{n}] {literal(src.source)}**{literal(where)} · chunk {src.chunk} · score {src.score:.3f}  \n"
+                     f"{literal(excerpt)}")
+    return {"role": "assistant", "content": "\n\n".join(lines), "metadata": {"title": title, "status": "done"}}
+
+
+def is_sources_message(message: dict[str, Any]) -> bool:
+    """True for a message made by ``sources_message`` (not part of the conversation the model reads)."""
+    return bool((message.get("metadata") or {}).get("title"))
 
 
 CSS = """
