@@ -121,6 +121,21 @@ def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> 
     assert "The Yangtze is the longest river in Asia." in page.locator("#chatbot").inner_text()
 
 
+def test_the_files_table_fits_a_narrow_window(page: Any, tmp_path: Path) -> None:
+    doc = tmp_path / "en_langchain_llm_apps_primer_second_edition.txt"
+    doc.write_text("A primer on building applications with language models.", encoding="utf-8")
+    add_files(page, "窄", [doc])
+    wait_text(page.locator("#docs"), doc.name, 30)
+    page.set_viewport_size({"width": 800, "height": 900})
+    try:
+        page.wait_for_timeout(500)
+        overflow = page.locator("#docs").evaluate("t => [...t.querySelectorAll('.virtual-table-viewport')]"
+                                                  ".map(v => v.scrollWidth - v.clientWidth)")
+        assert overflow and max(overflow) <= 1, overflow  # nothing cut off at the right (the "added" time)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 720})
+
+
 def test_asking_before_choosing_files_shows_an_error_not_a_traceback(page: Any) -> None:
     page.get_by_role("tab", name="Chat").click()
     kb = page.locator("#kb-select input")

@@ -166,8 +166,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 summary = gr.Markdown(elem_id="ingest-summary")
                 results = gr.Dataframe(headers=RESULT_HEADERS, label="This upload", interactive=False,
                                        elem_id="ingest-results", wrap=True, column_widths=["18%", "10%", "8%", "64%"])
-                docs = gr.Dataframe(headers=DOC_HEADERS, label="Files in this knowledge base",
-                                    interactive=False, elem_id="docs")
+                docs = gr.Dataframe(headers=DOC_HEADERS, label="Files in this knowledge base", interactive=False,
+                                    elem_id="docs", wrap=True, column_widths=["38%", "10%", "11%", "13%", "28%"])
                 with gr.Row():
                     doc_choice = gr.Dropdown(label="File", choices=[], elem_id="doc-choice", scale=3)
                     delete_doc = gr.Button("Delete file", variant="stop", elem_id="delete-doc", scale=1)
