@@ -36,6 +36,7 @@ from kbqa.errors import (
     ConfigError,
     DocumentNotFound,
     IncompatibleIndex,
+    InvalidName,
     KBQAError,
     KnowledgeBaseNotFound,
 )
@@ -306,6 +307,11 @@ class KnowledgeRoot:
         """
         name = check_kb_name(name)
         folder = self.root / slugify(name)
+        if not (folder / "kb.json").is_file():  # (checked before the lock: list() opens, which takes it)
+            twin = next((kb.name for kb in self.list() if kb.name.casefold() == name.casefold()), None)
+            if twin is not None:  # "Manuals" beside "manuals": almost surely a slip, not a second one
+                raise InvalidName(f"A knowledge base named '{twin}' exists: use that name (names differ in "
+                                  "letter case only here), or choose one that differs by more than case.")
         with self._lock:  # two uploads creating the same name at once: one creates, the other opens
             if not (folder / "kb.json").is_file():
                 if folder.exists():  # a creation a crash cut short is no reason to refuse the name

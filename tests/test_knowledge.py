@@ -84,6 +84,15 @@ def test_names_of_only_dots_are_refused(tmp_path: Path, name: str) -> None:
     assert KnowledgeRoot(tmp_path).create("v1.2").name == "v1.2"
 
 
+def test_a_new_name_differing_only_in_case_from_an_existing_one_is_refused(tmp_path: Path) -> None:
+    root = KnowledgeRoot(tmp_path)
+    root.create("Manuals")
+    with pytest.raises(InvalidName, match="'Manuals' exists: use that name"):
+        root.create("manuals")
+    assert root.create("Manuals").name == "Manuals"  # the same name opens it
+    assert [kb.name for kb in root.list()] == ["Manuals"]
+
+
 def test_a_second_process_is_refused_the_knowledge_root_this_one_holds(tmp_path: Path) -> None:
     import os
     import subprocess
