@@ -322,15 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object: answer and sources")
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("kb", help="list or delete knowledge bases", description="list or delete knowledge bases")
+    p = command(sub, "kb", "list or delete knowledge bases")
     kb_sub = p.add_subparsers(dest="kb_command", required=True)
     command(kb_sub, "list", "the knowledge bases: name, files, chunks, embedding model")
     d = command(kb_sub, "delete", "delete a knowledge base and all its files (no undo)")
     d.add_argument("name", help="knowledge base name")
     p.set_defaults(func=cmd_kb)
 
-    p = sub.add_parser("docs", help="list or delete the files of a knowledge base",
-                       description="list or delete the files of a knowledge base")
+    p = command(sub, "docs", "list or delete the files of a knowledge base")
     docs_sub = p.add_subparsers(dest="docs_command", required=True)
     d = command(docs_sub, "list", "the files of a knowledge base: name, pages, chunks, size, when added")
     d.add_argument("--kb", required=True, help="knowledge base name")

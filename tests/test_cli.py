@@ -253,6 +253,7 @@ def test_config_and_verbose_go_before_or_after_the_command(capsys: pytest.Captur
     assert (after.config, after.verbose, after.question) == ("b.toml", True, "q")
     assert parse(["-v", "kb", "list"]).verbose is True  # not reset by the command's own default
     assert parse(["docs", "delete", "--kb", "k", "--config", "c.toml", "x.txt"]).config == "c.toml"
+    assert parse(["kb", "--config", "d.toml", "list"]).config == "d.toml"
     with pytest.raises(SystemExit) as done:
         parse(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("kbqa ")
