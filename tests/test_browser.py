@@ -174,6 +174,26 @@ def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None
     assert "待删除" not in (page.locator("#kb-select input").input_value() or "")
 
 
+def test_deleting_a_file_asks_first(page: Any, tmp_path: Path) -> None:
+    for name in ("keep.txt", "drop.txt"):
+        (tmp_path / name).write_text(f"The text of {name}.", encoding="utf-8")
+    add_files(page, "文件删除", [tmp_path / "keep.txt", tmp_path / "drop.txt"])
+    wait_text(page.locator("#docs"), "drop.txt", 30)
+    choice = page.locator("#doc-choice input")
+    for answer in ("#confirm-delete-no", "#confirm-delete-yes"):
+        choice.click()
+        page.get_by_role("option", name="drop.txt", exact=True).click()
+        page.locator("#delete-doc").click()
+        wait_text(page.locator("#confirm-delete-kb"), "Delete drop.txt (1 chunk) from 文件删除?", 10)
+        assert "drop.txt" in page.locator("#docs").inner_text()  # nothing is deleted before the answer
+        page.locator(answer).click()
+        page.wait_for_timeout(1000)
+        assert not page.locator("#confirm-delete-kb").is_visible()
+    wait_text(page.locator("body"), "Deleted drop.txt from 文件删除", 15)
+    assert "drop.txt" not in page.locator("#docs").inner_text()
+    assert "keep.txt" in page.locator("#docs").inner_text()
+
+
 def test_the_knowledge_base_named_in_the_question_is_the_one_deleted(page: Any, tmp_path: Path) -> None:
     for name, text in (("甲", "Alpha is first."), ("乙", "Beta is second.")):
         doc = tmp_path / f"{name}.txt"

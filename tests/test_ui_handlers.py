@@ -113,6 +113,10 @@ def test_sources_panel_escapes_document_text() -> None:
 
 def test_delete_document_updates_the_table(service: KBQAService, tmp_path: Path) -> None:
     handlers.ingest(service, "kb", [upload(tmp_path, "a.md", "alpha text"), upload(tmp_path, "b.md", "beta text")])
+    assert handlers.confirm_delete_document(service, "kb", "a.md") == ("Delete **a.md** (1 chunk) from **kb**? "
+                                                                      "Add the file again to get it back.")
+    with pytest.raises(KBQAError, match="no longer in kb"):
+        handlers.confirm_delete_document(service, "kb", "gone.md")
     rows, message = handlers.delete_document(service, "kb", "a.md")
     assert [r[0] for r in rows] == ["b.md"] and "a.md" in message
     assert "Deleted" in handlers.delete_kb(service, "kb")

@@ -111,30 +111,43 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
 
     on_ask.__annotations__["request"] = gr.Request  # how Gradio knows to pass the request (gradio is lazy here)
 
+    # Both deletions ask first, in one confirmation row; what its question names is what "Yes" deletes
+    # (a pending {"kb"} or {"kb", "file"}), even if the choices change meanwhile.
     @guard
-    def on_delete_doc(kb: str | None, name: str | None) -> tuple[Any, ...]:
-        rows, message = handlers.delete_document(service, kb, name)
-        return rows, gr.update(choices=[r[0] for r in rows], value=None), message
+    def on_ask_delete_doc(kb: str | None, name: str | None) -> tuple[Any, ...]:
+        question = handlers.confirm_delete_document(service, kb, name)
+        return gr.update(visible=True), question, {"kb": kb, "file": name}
 
     @guard
     def on_ask_delete_kb(kb: str | None) -> tuple[Any, ...]:
         question = handlers.confirm_delete_kb(service, kb)
-        return gr.update(visible=True), question, kb  # the one named in the question is the one deleted
+        return gr.update(visible=True), question, {"kb": kb}
 
-    def on_delete_kb(kb: str | None, request: Any) -> tuple[Any, ...]:
+    def on_confirm_delete(pending: dict[str, str] | None, request: Any) -> tuple[Any, ...]:
+        """Outputs: kb, docs, message, confirm row, chatbot, sources, results, summary, file choice."""
+        hide = gr.update(visible=False)
+        skip = gr.skip()
+        pending = pending or {}
+        if "file" in pending:
+            try:
+                rows, message = handlers.delete_document(service, pending.get("kb"), pending["file"])
+            except KBQAError as exc:
+                warn(exc)
+                return skip, skip, skip, hide, skip, skip, skip, skip, skip
+            return (skip, rows, message, hide, skip, skip, skip, skip,
+                    gr.update(choices=[r[0] for r in rows], value=None))
         # A new conversation either way: the answer streaming stops at its next word, and follow-up questions
         # must not be read against the deleted knowledge base's chat or a cut-off answer.
         start_conversation(request)
         try:
-            message = handlers.delete_kb(service, kb)
+            message = handlers.delete_kb(service, pending.get("kb"))
         except KBQAError as exc:
             warn(exc)
-            return (gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False), [], sources_html([]),
-                    gr.skip(), gr.skip())
-        return (kb_dropdown(None, keep_typed=False), [], message, gr.update(visible=False),
-                [], sources_html([]), [], "")
+            return skip, skip, skip, hide, [], sources_html([]), skip, skip, skip
+        return (kb_dropdown(None, keep_typed=False), [], message, hide, [], sources_html([]), [], "",
+                gr.update(choices=[], value=None))
 
-    on_delete_kb.__annotations__["request"] = gr.Request
+    on_confirm_delete.__annotations__["request"] = gr.Request
 
     names = handlers.kb_names(service)
     initial = names[0] if names else None
@@ -208,11 +221,11 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         kb.input(new_chat, None, [chatbot, sources]).then(
             lambda: (gr.update(visible=False), [], "", ""), None,
             [confirm_row, results, summary, message])  # another knowledge base's upload and deletions
-        delete_doc.click(on_delete_doc, [kb, doc_choice], [docs, doc_choice, message])
+        delete_doc.click(on_ask_delete_doc, [kb, doc_choice], [confirm_row, confirm_text, pending_delete])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(hide_confirm, None, confirm_row)
-        confirm_yes.click(on_delete_kb, pending_delete,
-                          [kb, docs, message, confirm_row, chatbot, sources, results, summary])
+        confirm_yes.click(on_confirm_delete, pending_delete,
+                          [kb, docs, message, confirm_row, chatbot, sources, results, summary, doc_choice])
     return app
 
 

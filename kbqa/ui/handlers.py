@@ -138,6 +138,17 @@ def delete_document(service: KBQAService, kb: str | None, name: str | None) -> t
     return documents(service, kb), f"Deleted **{literal(name)}** from **{literal(kb)}**."
 
 
+def confirm_delete_document(service: KBQAService, kb: str | None, name: str | None) -> str:
+    """The question asked before a file is deleted."""
+    if not kb or not name:
+        raise KBQAError("Choose a knowledge base and a file to delete.")
+    held = {d.name: d for d in service.list_documents(kb)}
+    if name not in held:
+        raise KBQAError(f"{name} is no longer in {kb}: refresh the list.")
+    return (f"Delete **{literal(name)}** ({held[name].chunks} chunk{'s' * (held[name].chunks != 1)}) from "
+            f"**{literal(kb)}**? Add the file again to get it back.")
+
+
 def confirm_delete_kb(service: KBQAService, kb: str | None) -> str:
     """The question asked before a knowledge base is deleted (it names what will be lost)."""
     if not kb:
