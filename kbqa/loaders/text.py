@@ -58,12 +58,13 @@ def _decode(data: bytes, name: str) -> str:
     # beyond ASCII too (a cp1252 file with three curly quotes does not); text in another encoding has a
     # bad sequence in almost every non-ASCII character, far above the bar.
     # Short GBK text can pass that bar too (``退款`` reads as UTF-8 ``�˿�``): where the bytes are also
-    # GBK, the damage must be rare among the characters that decoded.
-    gbk = _gbk(data)
+    # GBK, the damage must be rare among the characters that decoded (GBK is tried only when it is not).
     text = data.decode("utf-8", errors="replace")
     bad = text.count("\ufffd")
     good = sum(ord(c) > 0x7F for c in text) - bad
-    if bad <= max(3, len(text) // 1000) and good > (0 if gbk is None else 4 * bad):
+    damaged_utf8 = bad <= max(3, len(text) // 1000) and good > 0
+    gbk = None if damaged_utf8 and good > 4 * bad else _gbk(data)
+    if damaged_utf8 and gbk is None:
         logger.warning("%s is UTF-8 with %d damaged byte sequence(s), shown as \ufffd", name, bad)
         return text
     if gbk is not None:
