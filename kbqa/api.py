@@ -197,10 +197,11 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
         strings = cast(list[str], texts)
         if not all(t.strip() for t in strings):
             raise Unsupported("input", "input holds an empty string: there is nothing to embed.")
-        dim = await anyio.to_thread.run_sync(lambda: service.embedding_dim)
-        if req.dimensions is not None and req.dimensions != dim:
-            raise Unsupported("dimensions", f"The embedding model gives {dim} dimensions; "
-                                            f"{req.dimensions} is not available.")
+        if req.dimensions is not None:  # checked before the work (the model loads for it)
+            dim = await anyio.to_thread.run_sync(lambda: service.embedding_dim)
+            if req.dimensions != dim:
+                raise Unsupported("dimensions", f"The embedding model gives {dim} dimensions; "
+                                                f"{req.dimensions} is not available.")
         parts = []
         for start in range(0, len(texts), _EMBED_SLICE):  # a client that gives up stops the work for it
             if await request.is_disconnected():
