@@ -16,10 +16,11 @@ a request only when
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
+
+from starlette.responses import JSONResponse
 
 from kbqa.openai_format import error_body
 
@@ -75,10 +76,7 @@ class HostGuard:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
         else:
-            body = json.dumps(error_body(*refusal)).encode()
-            raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 403, "headers": raw})
-            await send({"type": "http.response.body", "body": body})
+            await JSONResponse(error_body(*refusal), status_code=refusal[1])(scope, receive, send)
 
     def _refusal(self, scope: dict[str, Any], host: str, origin: str | None) -> tuple[str, int, str] | None:
         """Why a request is refused (message, status, code), or None."""
