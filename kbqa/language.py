@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+#: Han characters (CJK unified ideographs, extension A, compatibility ideographs), for a regex ``[...]`` class.
+HAN_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_HAN = re.compile(f"[{HAN_CHARS}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 
 

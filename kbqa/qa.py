@@ -27,6 +27,7 @@ from pydantic import ConfigDict
 
 from kbqa.errors import ConfigError, EmptyKnowledgeBase
 from kbqa.knowledge import KnowledgeBase
+from kbqa.language import HAN_CHARS
 from kbqa.llm.base import LLM, GenerationParams, Usage
 from kbqa.prompts import PromptBook, PromptTemplate
 from kbqa.retrieval import Retriever
@@ -133,12 +134,15 @@ def _bare(text: str) -> str:
     return "".join(c for c in text.casefold() if c.isalnum())
 
 
+_HAN_RUN = re.compile(f"([{HAN_CHARS}]+)")
+
+
 def _grams(text: str) -> set[str]:
     """Words of a text, case-folded; a run of Chinese characters gives its character pairs."""
     grams: set[str] = set()
     for word in re.findall(r"\w+", text.casefold()):
-        for run in re.split(r"([\u3400-\u9fff]+)", word):
-            if run and "\u3400" <= run[0] <= "\u9fff":
+        for run in _HAN_RUN.split(word):
+            if _HAN_RUN.fullmatch(run):
                 grams |= {run[i:i + 2] for i in range(max(1, len(run) - 1))}
             elif run:
                 grams.add(run)

@@ -28,7 +28,8 @@ import unicodedata
 
 import jieba
 
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+from kbqa.language import HAN_CHARS as _HAN
+
 _TOKEN_RE = re.compile(
     rf"(?P<han>[{_HAN}]+)"
     r"|(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d))"  # 4,000 / 1,234.5 (commas then dropped)
