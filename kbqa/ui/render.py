@@ -113,4 +113,7 @@ CSS = """
 .kbqa-source-text {white-space: pre-wrap; font-size: 0.85em; max-height: 16em; overflow-y: auto;}
 .kbqa-notice {background: var(--color-accent-soft); padding: 6px; border-radius: 6px; margin-bottom: 8px;}
 .kbqa-empty {color: var(--body-text-color-subdued);}
+/* The Soft theme draws "stop" buttons like any other: a deletion should look like one. */
+#delete-doc, #delete-kb {color: var(--color-red-600, #dc2626); border-color: var(--color-red-300, #fca5a5);}
+#confirm-delete-yes {background: var(--color-red-600, #dc2626); color: white; border-color: var(--color-red-600, #dc2626);}
 """
