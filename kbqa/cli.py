@@ -123,6 +123,14 @@ class _Bar:
         if done >= total:
             self.close()
 
+    def print(self, line: str) -> None:
+        """A line on stdout, above the bar (which is redrawn under it)."""
+        if self.bar is not None:
+            self.bar.clear()
+        print(line, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -152,15 +160,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     service = _service(args)
     bar = _Bar(f"ingest {args.kb}")
     try:
-        report = service.add_files(args.kb, files, progress=bar)
+        report = service.add_files(args.kb, files, progress=bar, on_file=lambda result: bar.print(result.line()))
     except (Terminated, KeyboardInterrupt):
         # For the message: a new knowledge base that no file got into is removed, and has nothing to list.
         args.kb_kept = any(kb.name == args.kb for kb in service.list_kbs())
         raise
     finally:
         bar.close()
-    for result in report.files:
-        print(result.line())
     failed = sum(f.status == "failed" for f in report.files)
     print(f"{len(report.files) - failed} of {len(report.files)} files indexed, {report.chunks_added} chunks added "
           f"in {report.seconds:.1f}s" + (f"; {len(problems)} more could not be added (listed above)"

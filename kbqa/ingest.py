@@ -93,15 +93,18 @@ class Ingestor:
         self.max_bytes = max_bytes
 
     def ingest(self, kb: KnowledgeBase, files: Sequence[tuple[Path, str]],
-               progress: ProgressFn | None = None, local: Sequence[bool] | None = None) -> IngestReport:
+               progress: ProgressFn | None = None, local: Sequence[bool] | None = None,
+               on_file: Callable[[FileResult], None] | None = None) -> IngestReport:
         """Ingest ``(path, display name)`` pairs; one bad file never stops the others.
 
         ``local[i]``: file ``i`` was added from a path on this machine (recorded as its origin, so a later
         file of that name from elsewhere is noted); uploads (False) come from temporary folders. None: all local.
+        ``on_file(result)``: called once per file, in input order, as soon as its outcome and those of the
+        files before it are settled, so a long batch can report each file as it goes.
         """
         start = time.perf_counter()
         kb.check_embedding(self.embedder.name, adding=True, load=lambda: self.embedder.dim)
-        results: list[FileResult | None] = [None] * len(files)
+        results = _Results(len(files), on_file)
         group: list[_Prepared] = []
         seen: dict[str, tuple[str, int]] = {}  # sha256 -> (name, position) of the batch's file with those bytes
         twins: list[_Twin] = []
@@ -335,6 +338,22 @@ class Ingestor:
             except BaseException:
                 recover(kb, self.store)
                 raise
+
+
+class _Results(list[FileResult | None]):
+    """One slot per file of a batch; ``on_file`` hears of the outcomes in input order, each as soon as it and
+    every file before it are settled (a group's files are committed together: its failures wait for it)."""
+
+    def __init__(self, files: int, on_file: Callable[[FileResult], None] | None) -> None:
+        super().__init__([None] * files)
+        self.on_file = on_file
+        self.told = 0  # outcomes passed to on_file so far
+
+    def __setitem__(self, position: Any, result: Any) -> None:
+        super().__setitem__(position, result)
+        while self.on_file is not None and self.told < len(self) and (told := self[self.told]) is not None:
+            self.told += 1
+            self.on_file(told)
 
 
 def _monotone(progress: ProgressFn, files: int) -> Callable[[float, str], None]:

@@ -21,6 +21,7 @@ from kbqa.schema import (
     AnswerEvent,
     ChatMessage,
     DocumentInfo,
+    FileResult,
     IngestReport,
     KnowledgeBaseInfo,
     SourceChunk,
@@ -106,13 +107,15 @@ class KBQAService:
         return self._kb(kb_name).documents()
 
     def add_files(self, kb_name: str, files: Sequence[Path | str | tuple[Path | str, str]],
-                  progress: ProgressFn | None = None) -> IngestReport:
+                  progress: ProgressFn | None = None,
+                  on_file: Callable[[FileResult], None] | None = None) -> IngestReport:
         """Ingest files into a knowledge base, creating it if needed.
 
         Args:
             kb_name: Knowledge base (display name or slug).
             files: Paths of local files, or ``(temporary path, file name)`` pairs for uploads.
             progress: ``progress(fraction, message)`` for a progress bar.
+            on_file: ``on_file(result)`` as each file's outcome is settled (the CLI prints its line then).
         """
         new = self.root.folder_for(kb_name) is None
         kb = self.root.create(kb_name, first_batch=True) if new else self._kb(kb_name)
@@ -121,7 +124,7 @@ class KBQAService:
             pairs.append((Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name))
             local.append(not isinstance(f, tuple))
         try:
-            return self.ingestor.ingest(kb, pairs, progress, local=local)
+            return self.ingestor.ingest(kb, pairs, progress, local=local, on_file=on_file)
         finally:
             if new and not kb.deleted:
                 self._settle_first_batch(kb)

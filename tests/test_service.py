@@ -59,6 +59,28 @@ def test_reingesting_same_file_adds_no_chunks(make: Callable[..., KBQAService], 
     assert service.store.count(service.root.open("kb").slug) == count
 
 
+def test_each_file_is_reported_as_it_settles_in_input_order(make: Callable[..., KBQAService], docs: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CLI prints a file's line from on_file: a long batch shows each file as it goes, not all at the end.
+    import kbqa.ingest
+
+    monkeypatch.setattr(kbqa.ingest, "EMBED_GROUP", 1)  # every file is its own group
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    twin = tmp_path / "twin.md"
+    twin.write_bytes((docs / "planets.md").read_bytes())
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("?", encoding="utf-8")
+    told: list[tuple[str, str, int]] = []  # (file, status, embedding calls made when it was told)
+    embedder = service.ingestor.embedder
+    files = [*files_in(docs), twin, bad]  # planets.md, rivers.txt (unchanged), 规则.txt, its twin, bad
+    report = service.add_files("kb", files, on_file=lambda r: told.append((r.name, r.status, len(embedder.calls))))
+    assert [(name, status) for name, status, _ in told] == [(f.name, f.status) for f in report.files]
+    assert [f.status for f in report.files] == ["added", "unchanged", "added", "unchanged", "failed"]
+    calls = {name: n for name, _, n in told}
+    assert calls["planets.md"] < calls["规则.txt"]  # told before the next file was embedded
+
+
 def test_same_content_under_another_name_is_not_indexed_twice(make: Callable[..., KBQAService], docs: Path,
                                                               tmp_path: Path) -> None:
     service = make()

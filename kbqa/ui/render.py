@@ -115,5 +115,6 @@ CSS = """
 .kbqa-empty {color: var(--body-text-color-subdued);}
 /* The Soft theme draws "stop" buttons like any other: a deletion should look like one. */
 #delete-doc, #delete-kb {color: var(--color-red-600, #dc2626); border-color: var(--color-red-300, #fca5a5);}
-#confirm-delete-yes {background: var(--color-red-600, #dc2626); color: white; border-color: var(--color-red-600, #dc2626);}
+#confirm-delete-yes {background: var(--color-red-600, #dc2626); color: white;
+                     border-color: var(--color-red-600, #dc2626);}
 """
