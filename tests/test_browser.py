@@ -194,6 +194,19 @@ def test_deleting_a_file_asks_first(page: Any, tmp_path: Path) -> None:
     assert "keep.txt" in page.locator("#docs").inner_text()
 
 
+def test_a_click_on_a_row_of_the_files_table_chooses_that_file(page: Any, tmp_path: Path) -> None:
+    for name in ("first.txt", "second.txt"):
+        (tmp_path / name).write_text(f"The text of {name}.", encoding="utf-8")
+    add_files(page, "选择文件", [tmp_path / "first.txt", tmp_path / "second.txt"])
+    wait_text(page.locator("#docs"), "second.txt", 30)
+    page.locator("#docs span").get_by_text("second.txt", exact=True).click()
+    page.wait_for_timeout(1000)
+    assert page.locator("#doc-choice input").input_value() == "second.txt"
+    page.locator("#delete-doc").click()
+    wait_text(page.locator("#confirm-delete-kb"), "Delete second.txt (1 chunk) from 选择文件?", 10)
+    page.locator("#confirm-delete-no").click()
+
+
 def test_the_knowledge_base_named_in_the_question_is_the_one_deleted(page: Any, tmp_path: Path) -> None:
     for name, text in (("甲", "Alpha is first."), ("乙", "Beta is second.")):
         doc = tmp_path / f"{name}.txt"

@@ -201,6 +201,13 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         def hide_confirm() -> Any:
             return gr.update(visible=False)
 
+        def pick_file(evt: Any) -> Any:
+            """A click on a row of the files table chooses that file for deletion."""
+            row = evt.row_value or []
+            return row[0] if row and row[0] else gr.skip()
+
+        pick_file.__annotations__["evt"] = gr.SelectData
+
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
         app.load(on_load, [kb, chosen], kb).then(refresh_docs, kb, [docs, doc_choice])
@@ -221,6 +228,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         kb.input(new_chat, None, [chatbot, sources]).then(
             lambda: (gr.update(visible=False), [], "", ""), None,
             [confirm_row, results, summary, message])  # another knowledge base's upload and deletions
+        docs.select(pick_file, None, doc_choice)
         delete_doc.click(on_ask_delete_doc, [kb, doc_choice], [confirm_row, confirm_text, pending_delete])
         delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
         confirm_no.click(hide_confirm, None, confirm_row)
