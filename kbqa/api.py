@@ -72,6 +72,8 @@ class SearchRequest(BaseModel):
 MAX_EMBEDDING_INPUTS = 2048
 #: Texts embedded between checks that the client is still there.
 _EMBED_SLICE = 64
+#: Methods the catch-all API routes answer (404 or 405 in OpenAI's shape); OPTIONS is left to CORS preflight.
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
@@ -97,7 +99,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             return JSONResponse(status_code=400, content=error_body(
                 f"The request body is not valid JSON (error at character {at}).", 400, "invalid_json"))
         kind = request.headers.get("content-type", "")
-        if errors and tuple(errors[0].get("loc", ())) == ("body",) and "json" not in kind and "multipart" not in kind:
+        if errors and tuple(errors[0].get("loc", ())) == ("body",) and "json" not in kind:
             return JSONResponse(status_code=400, content=error_body(
                 f"The request body was sent as {kind or 'no content type'!r}: send JSON with the header "
                 "Content-Type: application/json.", 400, "invalid_content_type"))
@@ -266,9 +268,9 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
         return [s.to_dict() | {"rank": s.rank} for s in service.search(name, req.query, req.k)]
 
     # Anything else under the API's prefixes is an API error, not the web app's HTML page.
-    @api.api_route("/v1", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    @api.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    @api.api_route("/kb/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    @api.api_route("/v1", methods=_ANY_METHOD, include_in_schema=False)
+    @api.api_route("/v1/{rest:path}", methods=_ANY_METHOD, include_in_schema=False)
+    @api.api_route("/kb/{rest:path}", methods=_ANY_METHOD, include_in_schema=False)
     def unknown(request: Request, rest: str = "") -> JSONResponse:
         allowed: set[str] = set()
         for route in api.router.routes:  # a known path asked with another method

@@ -133,13 +133,21 @@ class ChatRequest(BaseModel):
         another reply), and a ``seed`` asks for reproducible replies, so it also turns off llama.cpp's
         prompt cache (whose reuse makes a reply depend, in its last bits, on the request before).
         """
-        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        # An empty stop string would match at once and empty every reply: some clients send "" for "none".
+        stop = [s for s in ([self.stop] if isinstance(self.stop, str) else (self.stop or [])) if s]
         temperature = base.temperature if self.temperature is None else self.temperature
-        seed = self.seed if self.seed is not None else secrets.randbelow(2**31) if temperature > 0 else base.seed
+        # Any integer is a seed (OpenAI's are 64-bit): brought into llama.cpp's range, short of its 2**32 - 1,
+        # which means "draw a random one" (as -1 does), so a negative seed is reproducible too.
+        seed = self.seed % _SEEDS if self.seed is not None else secrets.randbelow(2**31) if temperature > 0 \
+            else base.seed
         return replace(
             base, max_tokens=self.max_completion_tokens or self.max_tokens or base.max_tokens,
             temperature=temperature, top_p=base.top_p if self.top_p is None else max(self.top_p, 1e-6),
             stop=tuple(stop), seed=seed, reuse_prompt_cache=base.reuse_prompt_cache and self.seed is None)
+
+
+#: Seeds the backends take: 0 .. 2**32 - 2 (llama.cpp reads 2**32 - 1 as "random").
+_SEEDS = 2**32 - 1
 
 
 class EmbeddingRequest(BaseModel):

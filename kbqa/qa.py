@@ -79,6 +79,7 @@ class KBQAChatModel(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         pieces = self.llm.stream(to_chat_messages(messages), self._params(stop), self.usage)
+        told = False
         try:  # LangChain may drive this in a worker thread that closing the answer stream does not reach
             for piece in pieces:
                 if self.cancel is not None and self.cancel.is_set():
@@ -86,9 +87,12 @@ class KBQAChatModel(BaseChatModel):
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
                 if run_manager:
                     run_manager.on_llm_new_token(piece, chunk=chunk)
+                told = True
                 yield chunk
         finally:
             pieces.close()  # the backends stop generating when their stream is closed
+        if not told:  # an empty reply (a stop string at its start): LangChain's stream raises on no chunk at all
+            yield ChatGenerationChunk(message=AIMessageChunk(content=""))
 
 
 class _LoadedOnUse:
@@ -326,7 +330,9 @@ class QAEngine:
         else:
             used = state.get("used", sources)
             refused = template.is_refusal(text)
-            notice = read_as + ("The model found no answer in the retrieved passages." if refused else "")
+            notice = read_as + ("The model found no answer in the retrieved passages." if refused else
+                                "The model wrote no answer (it stopped at once): ask again, or rephrase the "
+                                "question." if not text else "")
             answer = Answer(question, text, used, refused=refused, language=lang, notice=notice.strip(),
                             timings=timings, query=query)
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)

@@ -211,6 +211,32 @@ def test_knowledge_base_answers_take_the_client_generation_settings(  # type: ig
     assert out.choices[0].message.content == "The Yangtze" and out.choices[0].finish_reason == "length"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_empty_answer_from_a_knowledge_base_is_a_reply_not_a_server_error(  # type: ignore[no-untyped-def]
+        client, llm: FakeLLM, stream: bool) -> None:
+    # A stop string at the start of the reply (or a model that ends at once) writes nothing.
+    llm.replies = ["The Yangtze [1]."]
+    ask = {"model": "kb:rivers", "stop": ["The"], "messages": [{"role": "user", "content": "Longest river in Asia?"}]}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **ask))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    else:
+        out = client.chat.completions.create(**ask)
+        assert out.choices[0].message.content == "" and out.choices[0].finish_reason == "stop"
+        assert out.model_extra["sources"]  # the passages it was given are still shown
+        assert "The model wrote no answer" in out.model_extra["notice"]
+
+
+def test_empty_stop_strings_are_ignored(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    # Some clients send "" for "no stop string"; it would match at once and empty every reply.
+    for stop in ("", [""], ["", "STOP"]):
+        llm.replies = ["Hello there. STOP More."]
+        out = client.chat.completions.create(model="kbqa", stop=stop, messages=[{"role": "user", "content": "Hi"}])
+        assert out.choices[0].message.content == ("Hello there. " if "STOP" in stop else "Hello there. STOP More.")
+        assert llm.params[-1].stop == (("STOP",) if "STOP" in stop else ())  # llama.cpp would match "" at once
+
+
 @pytest.mark.parametrize(("extra", "param"), [
     ({"n": 2}, "n"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
@@ -311,6 +337,10 @@ def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client
     assert as_text.status_code == 400 and "Content-Type: application/json" in as_text.json()["error"]["message"]
     form = httpx.post(f"{base_url}/kb/rivers/search", data={"query": "Nile"}, timeout=30)  # a form, not JSON
     assert form.status_code == 400 and "'application/x-www-form-urlencoded'" in form.json()["error"]["message"]
+    multipart = httpx.post(f"{base_url}/v1/chat/completions", files={"model": (None, "kbqa")}, timeout=30)
+    assert multipart.status_code == 400 and multipart.json()["error"]["code"] == "invalid_content_type"
+    head = httpx.head(f"{base_url}/v1/models", timeout=30)
+    assert head.status_code == 405 and head.headers["allow"] == "GET"
     assert httpx.get(f"{base_url}/v1/models/kb:nope").json()["error"]["code"] == "model_not_found"
 
 
@@ -508,3 +538,7 @@ def test_sampling_without_a_seed_draws_one_and_a_seed_asks_for_reproducible_repl
     assert len(sampled) > 1  # as OpenAI: n calls give n draws, not one reply n times
     seeded = ChatRequest(**ask, temperature=1.2, seed=7).params(base)
     assert (seeded.seed, seeded.reuse_prompt_cache) == (7, False)  # the reply must not depend on the request before
+    # Any integer is a seed: none of them means "random" to llama.cpp (-1 and 2**32 - 1 do), all are kept apart
+    # from their neighbours.
+    seeds = [ChatRequest(**ask, temperature=1.2, seed=s).params(base).seed for s in (-1, -2, 2**32 - 1, 2**63 - 1)]
+    assert all(0 <= s < 2**32 - 1 for s in seeds) and len(set(seeds)) == 4
