@@ -38,7 +38,14 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.routing import Match
 
-from kbqa.errors import FileTooLarge, InvalidName, KBQAError
+from kbqa.errors import (
+    EmptyKnowledgeBase,
+    FileTooLarge,
+    IncompatibleIndex,
+    InvalidName,
+    KBQAError,
+    KnowledgeBaseNotFound,
+)
 from kbqa.ingest import file_too_large
 from kbqa.llm.base import Usage
 from kbqa.names import safe_file_name
@@ -84,7 +91,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     @api.exception_handler(KBQAError)
     async def kbqa_error(_: Request, exc: KBQAError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code,
-                            content=error_body(str(exc), exc.status_code, error_code(exc), getattr(exc, "param", None)))
+                            content=error_body(str(exc), exc.status_code, error_code(exc), exc.param))
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,10 +162,14 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             # that breaks off after its first chunk.
             events = answer_events(req, usage)
             head: list[AnswerEvent] = []
-            while (event := next(events, None)) is not None:  # a generator that raised is finished: no close
-                head.append(event)
-                if event.kind in ("token", "done"):
-                    break
+            try:
+                while (event := next(events, None)) is not None:  # a generator that raised is finished: no close
+                    head.append(event)
+                    if event.kind in ("token", "done"):
+                        break
+            except (KnowledgeBaseNotFound, EmptyKnowledgeBase, IncompatibleIndex) as exc:
+                exc.param = "model"  # the knowledge base is named by `model`
+                raise
             return _chain(head, events)
 
         stream = await anyio.to_thread.run_sync(start)  # blocking work runs in worker threads

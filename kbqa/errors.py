@@ -12,6 +12,8 @@ class KBQAError(Exception):
 
     #: HTTP status the API maps this error to.
     status_code = 400
+    #: The request parameter at fault, where the API knows it (OpenAI's ``error.param``).
+    param: str | None = None
 
 
 class UnsupportedFile(KBQAError):

@@ -321,6 +321,7 @@ def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client
     missing = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
                          json={"model": "kb:nope", "messages": [{"role": "user", "content": "q"}]}).json()["error"]
     assert missing["type"] == "not_found_error" and missing["code"] == "knowledge_base_not_found"
+    assert missing["param"] == "model"  # where the client named it
     for method, path in [("POST", "/v1/completions"), ("GET", "/v1/nothing"), ("GET", "/v1"),
                          ("GET", "/kb/rivers/nothing/x")]:
         out = httpx.request(method, base_url + path, timeout=30)
