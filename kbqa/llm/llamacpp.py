@@ -147,7 +147,10 @@ def _error(result: dict[str, Any]) -> KBQAError:
     err = result.get("error") or {}
     message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
     if isinstance(err, dict) and err.get("type") == "exceed_context_size_error":
-        return ContextLengthExceeded(f"The prompt does not fit the model's context ({message}); "
+        # llama.cpp's own message ends "try increasing it": say which setting that is instead.
+        size = (f"{err['n_prompt_tokens']} tokens; the context holds {err['n_ctx']}"
+                if err.get("n_prompt_tokens") and err.get("n_ctx") else message.split(", try increasing it")[0])
+        return ContextLengthExceeded(f"The prompt does not fit the model's context ({size}): "
                            "raise llm.context_window, or send less text (a shorter message or history; for "
                            "answers from a knowledge base, lower retrieval.top_k or splitter.chunk_size).")
     return KBQAError(f"llama.cpp: {message}")
