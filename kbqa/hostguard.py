@@ -9,8 +9,9 @@ a request only when
   port), plus ``server.allowed_hosts``; for any other bind, any name unless ``server.allowed_hosts`` is
   set; and
 - a request that changes something (any method but GET, HEAD, OPTIONS) carrying an ``Origin`` comes from
-  the server's own pages (the Origin's host and port are the request's ``Host``). Programs (OpenAI
-  clients, LangChain, curl) send no Origin and are not affected.
+  the server's own pages (the Origin's host and port are the request's ``Host``); so does a CORS preflight
+  (OPTIONS asking for such a request), which would otherwise be approved for a change then refused.
+  Programs (OpenAI clients, LangChain, curl) send no Origin and are not affected.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ class HostGuard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         host = headers.get("host", "")
-        refusal = self._refusal(scope, host, headers.get("origin"))
+        # A CORS preflight asks, before a change, whether the change will be taken: the same answer as the change's.
+        preflight = scope.get("method") == "OPTIONS" and "access-control-request-method" in headers
+        refusal = self._refusal(scope, host, headers.get("origin"), preflight)
         if refusal is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -78,14 +81,15 @@ class HostGuard:
         else:
             await JSONResponse(error_body(*refusal), status_code=refusal[1])(scope, receive, send)
 
-    def _refusal(self, scope: dict[str, Any], host: str, origin: str | None) -> tuple[str, int, str] | None:
+    def _refusal(self, scope: dict[str, Any], host: str, origin: str | None,
+                 preflight: bool = False) -> tuple[str, int, str] | None:
         """Why a request is refused (message, status, code), or None."""
         if self.hosts is not None and _host_name(host) not in self.hosts:
             known = ", ".join(sorted(self.hosts))
             return (f"Requests for host '{host}' are refused: this kbqa server answers to {known}, so a web page of "
                     f"another site cannot reach it. To serve it under that name, add the name to {_SETTING}.",
                     403, "forbidden_host")
-        if origin is not None and scope.get("method", "GET") not in _SAFE_METHODS:
+        if origin is not None and (preflight or scope.get("method", "GET") not in _SAFE_METHODS):
             parts = urlsplit(origin)
             if origin == "null" or parts.netloc.lower() != host.strip().lower():
                 return (f"A request from the web page at {origin} was refused: kbqa takes uploads, deletions and "

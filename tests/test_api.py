@@ -467,6 +467,13 @@ def test_changes_from_another_site_are_refused_and_change_nothing(base_url: str,
     search = httpx.post(f"{base_url}/kb/rivers/search", json={"query": "Nile", "k": 1}, headers={"Origin": base_url})
     assert search.status_code == 200 and "Nile" in search.text
     assert httpx.get(f"{base_url}/kb", headers={"Origin": "http://evil.example"}).status_code == 200  # a read: CORS
+    # A CORS preflight for a change gets the change's answer, not an approval followed by a refusal.
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    foreign = httpx.options(f"{base_url}/v1/chat/completions", headers={"Origin": "http://localhost:3000", **ask})
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "forbidden_origin"
+    assert "access-control-allow-origin" not in foreign.headers
+    own = httpx.options(f"{base_url}/v1/chat/completions", headers={"Origin": base_url, **ask})
+    assert own.status_code == 200
 
 
 def test_which_host_names_a_server_answers_to() -> None:
