@@ -94,6 +94,27 @@ def test_not_enough_memory_is_refused_with_a_way_out() -> None:
         place(gpu_6gb, six_b, quantization="8bit")
 
 
+def test_a_checkpoint_too_big_for_memory_is_refused_before_it_is_converted(
+        glm2: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kbqa.llm import transformers_backend
+
+    monkeypatch.setattr(transformers_backend, "detect_machine", lambda: Machine(free_memory={"cpu": 1000}))
+    with pytest.raises(ConfigError, match="only 0.0 GiB is free"):
+        build_transformers_llm(llm_settings(glm2[0]), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize(("machine", "settings", "hint"), [
+    (Machine(mps=True), {"quantization": "4bit"}, "Set llm.quantization = 'none'."),  # no CPU advice on a Mac
+    (Machine(cuda=True, cuda_bf16=True, bitsandbytes=True, free_memory={"cuda": GIB}), {"quantization": "4bit"},
+     "free some cuda memory"),  # not "use a GPU" on one
+])
+def test_refusals_give_advice_that_fits_the_machine(machine: Machine, settings: dict, hint: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        place(machine, 6_243_584_000, **settings)
+    assert hint in str(refused.value) and "use a GPU" not in str(refused.value)
+
+
 # ---------------------------------------------------------------- prompt trimming
 
 class FakeCodec:

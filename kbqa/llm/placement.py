@@ -96,8 +96,8 @@ def choose_placement(llm: LLMSettings, machine: Machine, n_params: int) -> Place
     quant = llm.quantization
     if quant != "none" and device != "cuda":
         raise ConfigError(f"llm.quantization = '{quant}' needs a CUDA GPU (bitsandbytes); this machine "
-                          f"runs the model on {device}. Set llm.quantization = 'none' (and llm.dtype = "
-                          f"'bf16' to halve memory on a CPU).")
+                          f"runs the model on {device}. Set llm.quantization = 'none'"
+                          + (" (and llm.dtype = 'bf16' to halve memory on a CPU)." if device == "cpu" else "."))
     if quant != "none" and not machine.bitsandbytes:
         raise ConfigError(f"llm.quantization = '{quant}' needs bitsandbytes: install kbqa's gpu extra "
                           "(.venv/bin/pip install -e '.[gpu]' in kbqa's folder).")
@@ -119,8 +119,10 @@ def choose_placement(llm: LLMSettings, machine: Machine, n_params: int) -> Place
             hint = "use llm.quantization = '8bit' or '4bit'"
         elif dtype == "fp32":
             hint = "set llm.dtype = 'bf16' (half the memory), use a GPU, or a smaller model"
-        else:
+        elif device == "cpu":
             hint = "free some memory, use a GPU, or a smaller model"
+        else:
+            hint = f"free some {device} memory (other programs on it), or use a smaller model"
         raise ConfigError(f"The model needs about {needed / _GIB:.1f} GiB of {device} memory for its "
                           f"weights ({dtype if quant == 'none' else quant}), but only {free / _GIB:.1f} GiB "
                           f"is free: {hint}.")

@@ -42,7 +42,10 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
         ModelUnavailable: the model or adapter cannot be found or read.
     """
     machine = detect_machine()
-    choose_placement(settings, machine, 0)  # device, dtype and quantization: refused before any conversion
+    # Device, dtype, quantization and memory: refused before any conversion (minutes and gigabytes for a 6B
+    # checkpoint). A local folder's weights are counted where they are; a hub id or a GGUF only once ready.
+    source = Path(settings.model).expanduser()
+    choose_placement(settings, machine, count_parameters(source) if source.is_dir() else 0)
     folder = prepare_model(settings.model, Path(cache_dir), progress)
     placement = choose_placement(settings, machine, count_parameters(folder))
     log.info("loading %s on %s (%s, quantization %s)", folder, placement.device, placement.dtype,
