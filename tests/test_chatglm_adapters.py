@@ -107,6 +107,21 @@ def test_an_adapter_folder_of_unknown_kind_is_refused(tmp_path: Path, checkpoint
                                tmp_path / "cache")
 
 
+@pytest.mark.parametrize("peft_type", ["PREFIX_TUNING", "PROMPT_TUNING", "IA3"])
+def test_a_peft_adapter_other_than_lora_is_refused_naming_the_setting(tmp_path: Path, checkpoint: tuple,
+                                                                      peft_type: str) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    save_file({"prompt_embeddings": torch.zeros(4, 64)}, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type, "num_virtual_tokens": 4}))
+    with pytest.raises(ConfigError, match=rf"llm.adapter = .* is a peft {peft_type} adapter; kbqa loads LoRA"):
+        build_transformers_llm(llm_settings(checkpoint[0], adapter=str(folder)), tmp_path / "cache")
+
+
 def test_a_chatglm_lora_trained_on_another_base_model_is_refused_naming_it(tmp_path: Path, checkpoint: tuple
                                                                            ) -> None:
     src, config, _ = checkpoint

@@ -19,6 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.llm import chatglm
 from kbqa.llm.base import GenerationParams, Usage, apply_stop
+from kbqa.llm.chatglm.checkpoint import read_json
 from kbqa.llm.model_cache import Progress, prepare_model
 from kbqa.llm.placement import Placement, choose_placement, count_parameters, detect_machine
 from kbqa.llm.prompting import PromptCodec, fit_prompt, load_codec
@@ -260,6 +261,10 @@ def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
     if not chatglm.is_lora(folder):
         raise ConfigError(f"llm.adapter = '{spec}' is neither a LoRA folder (adapter_config.json) nor a "
                           f"P-tuning v2 checkpoint (config.json with pre_seq_len).")
+    peft_type = str(read_json(folder / "adapter_config.json").get("peft_type") or "LORA")
+    if peft_type != "LORA":  # peft's prefix or prompt tuning, IA3...: not merged into the weights here
+        raise ConfigError(f"llm.adapter = '{spec}' is a peft {peft_type} adapter; kbqa loads LoRA adapters "
+                          "(peft) and P-tuning v2 checkpoints (ChatGLM's ptuning recipe).")
     from peft import PeftModel
 
     with tempfile.TemporaryDirectory() as tmp:
