@@ -152,6 +152,24 @@ def test_unknown_weights_are_refused(tmp_path: Path, sp_model: Path) -> None:
         convert_chatglm(tmp_path / "src", tmp_path / "dst")
 
 
+@pytest.mark.parametrize(("field", "change", "message"), [
+    ("padded_vocab_size", 8, r"'transformer\.embedding\.word_embeddings\.weight' has shape .* does not fit the sizes"),
+    ("ffn_hidden_size", 4, r"'transformer\.encoder\.layers\.\d\.mlp\.dense_\w+\.weight' has shape"),
+    ("num_layers", -1, r"'transformer\.encoder\.layers\.1\..*' is not in the model config\.json describes "
+                       r"\(num_layers 1\)"),
+    ("num_layers", 1, r"lacks \d+ weights"),
+])
+def test_a_config_that_does_not_describe_the_weights_is_refused(tmp_path: Path, sp_model: Path, field: str,
+                                                               change: int, message: str) -> None:
+    # A config.json from another checkpoint: the native model would fail to load (or drop layers) later.
+    config, _ = write_checkpoint(tmp_path / "src", sp_model)
+    (tmp_path / "src" / "config.json").write_text(json.dumps({**config, field: config[field] + change}))
+    with pytest.raises(ModelUnavailable, match=message) as refused:
+        convert_chatglm(tmp_path / "src", tmp_path / "dst")
+    assert "is config.json the checkpoint's own?" in str(refused.value) or "complete" in str(refused.value)
+    assert not (tmp_path / "dst").exists()
+
+
 def test_missing_qkv_biases_are_refused(tmp_path: Path, sp_model: Path) -> None:
     write_checkpoint(tmp_path / "src", sp_model, fmt="safetensors", shards=1)
     state = load_file(tmp_path / "src" / "model.safetensors")

@@ -378,6 +378,18 @@ def test_a_causal_lm_folder_chats_with_its_chat_template(tmp_path: Path) -> None
     assert llm.codec.tokenizer.eos_token_id in llm.stop_token_ids
 
 
+def test_a_folder_whose_weights_do_not_fit_its_config_is_one_clear_error(tmp_path: Path) -> None:
+    import json
+
+    folder = write_tiny_causal_lm(tmp_path / "tiny-llama")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    refusal = r"Cannot load .*tiny-llama \(llm\.model\) .*do not have the shapes its config"
+    with pytest.raises(ModelUnavailable, match=refusal) as refused:
+        build_transformers_llm(llm_settings(folder), tmp_path / "cache")
+    assert "\n" not in str(refused.value)
+
+
 def test_a_folder_without_chat_template_gets_a_plain_role_format(tmp_path: Path) -> None:
     folder = write_tiny_causal_lm(tmp_path / "plain", chat_template=None)
     llm = build_transformers_llm(llm_settings(folder), tmp_path / "cache")

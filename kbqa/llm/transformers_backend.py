@@ -240,8 +240,13 @@ def load_model(folder: Path, placement: Placement) -> Any:
         kwargs["device_map"] = placement.device
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except (ValueError, OSError) as exc:
-        raise ModelUnavailable(f"Cannot load {folder} as a causal LM without remote code: {exc}") from exc
+    except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: weights that do not fit config.json
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        first = lines[0][:300]
+        if "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
+            first = "its weights do not have the shapes its config.json gives (is config.json the model's own?)"
+        raise ModelUnavailable(f"Cannot load {folder} (llm.model) as a causal LM without remote code: {first}") \
+            from exc
     return model.eval()
 
 

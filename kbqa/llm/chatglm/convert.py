@@ -164,8 +164,9 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
     log.info("converting %s (%s) into %s", src, source.version, dst)
     try:
         with staged_folder(dst, is_converted_chatglm) as tmp:
-            weight_map = _convert_shards(source.weight_files, tmp, dims, total, progress)
-            _check_complete(weight_map, source.config)
+            shapes = expected_shapes(source.config)
+            weight_map = _convert_shards(source.weight_files, tmp, dims, shapes, total, progress)
+            _check_complete(weight_map, shapes)
             eos = stop_ids(tokenizer)
             native_config(source.config, eos, source.version).save_pretrained(tmp)
             GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_id).save_pretrained(tmp)
@@ -197,8 +198,27 @@ def _check_room(dst: Path, needed: int, elsewhere: str) -> None:
                           f"has {free / 2**30:.1f} GiB free: {elsewhere}.")
 
 
-def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, int], total: int,
-                    progress: Progress | None) -> dict[str, str]:
+def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every weight of the native model a ChatGLM config describes, with its shape."""
+    heads, groups, head_dim = attention_dims(config)
+    hidden, vocab, ffn = int(config["hidden_size"]), int(config["padded_vocab_size"]), int(config["ffn_hidden_size"])
+    q, kv = heads * head_dim, groups * head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
+                                          "lm_head.weight": (vocab, hidden)}
+    for i in range(int(config["num_layers"])):
+        at = f"model.layers.{i}."
+        shapes |= {at + "input_layernorm.weight": (hidden,), at + "post_attention_layernorm.weight": (hidden,),
+                   at + "self_attn.q_proj.weight": (q, hidden), at + "self_attn.k_proj.weight": (kv, hidden),
+                   at + "self_attn.v_proj.weight": (kv, hidden), at + "self_attn.o_proj.weight": (hidden, q),
+                   at + "mlp.gate_up_proj.weight": (2 * ffn, hidden), at + "mlp.down_proj.weight": (hidden, ffn)}
+        if config.get("add_qkv_bias", True):  # else the native model would start them at random
+            shapes |= {at + "self_attn.q_proj.bias": (q,), at + "self_attn.k_proj.bias": (kv,),
+                       at + "self_attn.v_proj.bias": (kv,)}
+    return shapes
+
+
+def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, int],
+                    shapes: dict[str, tuple[int, ...]], total: int, progress: Progress | None) -> dict[str, str]:
     weight_map: dict[str, str] = {}
     done = 0
     for number, path in enumerate(files, start=1):
@@ -223,9 +243,19 @@ def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, in
                                        f"checkpoint?).")
             for native, part in targets:
                 try:
-                    shard[f"{native}.{param}"] = split_rows(tensor, part, dims)
+                    converted = split_rows(tensor, part, dims)
                 except ModelUnavailable as exc:
                     raise ModelUnavailable(f"{path}: {exc}; is config.json the checkpoint's own?") from None
+                name_ = f"{native}.{param}"
+                if name_ not in shapes:
+                    raise ModelUnavailable(f"{path}: weight '{key}' is not in the model config.json describes "
+                                           f"(num_layers {shapes_layers(shapes)}); is config.json the checkpoint's "
+                                           "own?")
+                if tuple(converted.shape) != shapes[name_]:
+                    raise ModelUnavailable(f"{path}: weight '{key}' has shape {tuple(tensor.shape)}, which does not "
+                                           "fit the sizes in config.json (hidden_size, ffn_hidden_size, "
+                                           "padded_vocab_size, heads); is config.json the checkpoint's own?")
+                shard[name_] = converted
         if shard:
             save_file(shard, str(out / name), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, name))
@@ -237,15 +267,13 @@ def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, in
     return weight_map
 
 
-def _check_complete(weight_map: dict[str, str], config: dict[str, Any]) -> None:
-    expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
-    for i in range(config["num_layers"]):
-        expected |= {f"model.layers.{i}.{m}.weight" for m in
-                     ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-                      "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
-        if config.get("add_qkv_bias", True):  # else the native model would start them at random
-            expected |= {f"model.layers.{i}.self_attn.{p}_proj.bias" for p in "qkv"}
-    missing = sorted(expected - set(weight_map))
+def shapes_layers(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The number of layers ``expected_shapes`` described."""
+    return sum(key.endswith(".input_layernorm.weight") for key in shapes)
+
+
+def _check_complete(weight_map: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
+    missing = sorted(set(shapes) - set(weight_map))
     if missing:
         raise ModelUnavailable(
             f"The checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}: is it complete?")
