@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from kbqa.embeddings import Embedder, LazyEmbedder, build_embedder, embedder_name
 from kbqa.errors import ConfigError, ModelUnavailable
@@ -32,6 +33,7 @@ from kbqa.splitter import Splitter
 from kbqa.store import ChromaStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LLM_SETTING = "llm.model (KBQA_LLM__MODEL)"
 #: The project folder: relative paths.prompts_dir absent from the working folder are looked up here.
@@ -102,6 +104,21 @@ def _load_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None)
     raise ModelUnavailable(f"Unknown llm.backend '{settings.backend}'.")  # pragma: no cover - pydantic checks
 
 
+#: Held while a model loads. One loads at a time: transformers imports its classes lazily, and two threads
+#: doing so at once (the server's warm-up loading the embedder while a first request loads the LLM) can
+#: fail with "cannot import name ... from 'transformers'".
+_LOADING = threading.RLock()
+
+
+def one_at_a_time(load: Callable[[], T]) -> Callable[[], T]:
+    """``load`` run under the lock that keeps model loads apart."""
+    def run() -> T:
+        with _LOADING:
+            return load()
+
+    return run
+
+
 def lazy(load: Callable[[], LLM]) -> Callable[[], LLM]:
     """Load once, on first call, thread-safely."""
     box: list[LLM] = []
@@ -138,9 +155,9 @@ def build_service(settings: Settings, embedder: Embedder | None = None, llm: Cal
     cache = settings.paths.cache_dir
     emb_cfg = settings.embedding
     if embedder is None:
-        embedder = LazyEmbedder(embedder_name(emb_cfg), lambda: build_embedder(emb_cfg, cache, progress))
+        embedder = LazyEmbedder(embedder_name(emb_cfg), one_at_a_time(lambda: build_embedder(emb_cfg, cache, progress)))
     if llm is None:
-        llm = lazy(lambda: build_llm(settings.llm, cache, progress))
+        llm = lazy(one_at_a_time(lambda: build_llm(settings.llm, cache, progress)))
     root = KnowledgeRoot(settings.paths.knowledge_root)
     store = ChromaStore(root.chroma_dir)
     keywords = KeywordIndexes(store)

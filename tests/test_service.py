@@ -680,3 +680,34 @@ def test_a_model_that_cannot_load_fails_before_the_answer_starts(tmp_path: Path,
     events = service.ask_stream("kb", "What is the capital of France?")
     with pytest.raises(KBQAError, match="cannot load"):
         next(events)  # not a sources event followed by an error
+
+
+def test_the_embedder_and_the_llm_never_load_at_the_same_time(tmp_path: Path, llm: FakeLLM,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server warms the models up in a thread while a first request may load the LLM: transformers'
+    # lazy imports fail when two threads load models at once ("cannot import name ... from 'transformers'").
+    import threading
+    import time
+
+    import kbqa.bootstrap
+
+    loading: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+
+    def slowly(name: str, model: object) -> object:
+        loading.append(name)
+        if len(loading) > 1:
+            overlaps.append(tuple(loading))
+        time.sleep(0.3)
+        loading.remove(name)
+        return model
+
+    monkeypatch.setattr(kbqa.bootstrap, "build_embedder", lambda *a, **k: slowly("embedder", FakeEmbedder()))
+    monkeypatch.setattr(kbqa.bootstrap, "build_llm", lambda *a, **k: slowly("llm", llm))
+    service = build_service(make_settings(tmp_path))
+    threads = [threading.Thread(target=service.embed, args=(["warm-up"],)), threading.Thread(target=service.get_llm)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [] and service.get_llm() is llm
