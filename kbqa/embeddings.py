@@ -149,7 +149,10 @@ class Text2VecEmbedder:
         try:
             from text2vec import SentenceModel
         except ImportError as exc:  # pragma: no cover - a broken install
-            raise ModelUnavailable("text2vec is not installed: run `make` (or pip install text2vec six).") from exc
+            if (exc.name or "").split(".")[0] in ("text2vec", "six"):
+                raise ModelUnavailable("text2vec is not installed: run `make` (or pip install text2vec six).") \
+                    from exc
+            raise ModelUnavailable(f"text2vec cannot be imported ({exc}): reinstall with `make clean run`.") from exc
         try:
             self._model = SentenceModel(str(folder), encoder_type=profile.pooling,
                                         max_seq_length=profile.max_seq_length, device=device)
