@@ -106,6 +106,8 @@ class _Bar:
         self.bar: Any = None
 
     def __call__(self, fraction: float, message: str = "") -> None:
+        if _STOPPING.is_set():  # Ctrl-C or kill: stop a model preparation running in a worker thread too
+            raise Terminated if _STOPPING.terminated else KeyboardInterrupt
         if self.bar is None:
             from tqdm import tqdm
 
@@ -370,8 +372,26 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``): the command stops as on Ctrl-C, its cleanup run."""
 
 
+class _Stopping(threading.Event):
+    """Set by Ctrl-C or SIGTERM. The signal reaches the main thread only; a model preparation running in a
+    worker thread (a first-use conversion during ``ask``, driven by LangChain) sees this at its next progress
+    step, so the command does not wait minutes for a conversion nobody will use."""
+
+    terminated = False
+
+
+_STOPPING = _Stopping()
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    _STOPPING.terminated = True
+    _STOPPING.set()
     raise Terminated
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _STOPPING.set()
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -383,7 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handle = args.func is not cmd_serve and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if handle else None  # serve: uvicorn's own shutdown
+    _STOPPING.clear()
+    _STOPPING.terminated = False
+    # serve: uvicorn's own shutdown
+    previous = (signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, _interrupt)) if handle \
+        else None
     try:
         return int(args.func(args))
     except KBQAError as exc:
@@ -402,8 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(word + kept, file=sys.stderr)
         return code
     finally:
-        if handle:
-            signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 if __name__ == "__main__":

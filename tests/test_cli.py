@@ -183,6 +183,41 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(service: KBQAService, folder: Pa
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_ctrl_c_stops_a_model_preparation_running_in_a_worker_thread(tmp_path: Path, folder: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # `kbqa ask` prepares the LLM at the first question (a first-use conversion: minutes for a 6B checkpoint),
+    # inside LangChain's worker thread, which the signal does not reach: it must stop at its next progress step.
+    import os
+    import signal
+    import threading
+    import time
+
+    from kbqa.bootstrap import lazy
+
+    steps: list[int] = []
+
+    def converting() -> FakeLLM:
+        bar = cli._Bar("preparing models")  # as build_service's progress reaches the conversion
+        for step in range(200):
+            steps.append(step)
+            bar.bytes(step, 200)
+            time.sleep(0.05)
+        return FakeLLM(replies=["Jupiter [1]."])
+
+    built = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lazy(converting))
+    monkeypatch.setattr(cli, "_service", lambda args: built)
+    cli.main(["ingest", "--kb", "space", str(folder / "planets.md")])
+    capsys.readouterr()
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.perf_counter()
+    assert cli.main(["ask", "--kb", "space", "Which planet is the largest?"]) == 130
+    assert time.perf_counter() - start < 3 and len(steps) < 40  # not the whole 10 s preparation
+    assert capsys.readouterr().err.strip().endswith("interrupted")
+    timer.join()
+
+
 def test_the_progress_bar_comes_back_for_models_prepared_after_the_service_is_built() -> None:
     # The LLM is prepared at the first question (a first-use conversion during `kbqa ask`), after the
     # "preparing models" bar of the service's construction was closed: its steps must still show.
