@@ -403,7 +403,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handle = args.func is not cmd_serve and threading.current_thread() is threading.main_thread()
-    _STOPPING.clear()
     _STOPPING.terminated = False
     # serve: uvicorn's own shutdown
     previous = (signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, _interrupt)) if handle \
@@ -429,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
+        _STOPPING.clear()  # a caller that goes on (tests, a program calling main) is not stopped by this one's signal
 
 
 if __name__ == "__main__":
