@@ -89,6 +89,10 @@ class IncompatibleIndex(KBQAError):
 class ConfigError(KBQAError):
     """The settings are invalid or ask for something this machine cannot do."""
 
+    status_code = 503  # the server's settings, not the client's request: the service is unavailable as set up
+
 
 class ContextLengthExceeded(ConfigError):
     """The prompt does not fit the model's context (OpenAI's code for it: ``context_length_exceeded``)."""
+
+    status_code = 400  # the request's text or max_tokens: the client can send less

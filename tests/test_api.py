@@ -169,6 +169,33 @@ def test_upload_over_the_size_limit_is_refused_without_being_copied(service: KBQ
     client.delete("/kb/rivers/files/ok.txt")
 
 
+def test_settings_the_machine_cannot_honour_are_the_servers_error_not_the_clients(tmp_path: Path) -> None:
+    # A 4xx tells a client to fix its request; llm.dtype = 'fp16' on a CPU is for whoever runs the server.
+    from fastapi.testclient import TestClient
+
+    from kbqa.api import build_api
+    from kbqa.errors import ConfigError
+
+    def cannot_load() -> FakeLLM:
+        raise ConfigError("llm.dtype = 'fp16' is not usable on a CPU. Set llm.dtype = 'bf16' or 'fp32'.")
+
+    client = TestClient(build_api(build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=cannot_load)))
+    out = client.post("/v1/chat/completions", json={"model": "kbqa", "messages": [{"role": "user", "content": "Hi"}]})
+    assert out.status_code == 503 and out.json()["error"]["type"] == "server_error"
+    assert out.json()["error"]["code"] == "config_error" and "llm.dtype" in out.json()["error"]["message"]
+
+
+def test_a_max_tokens_that_leaves_no_room_for_the_prompt_is_the_clients_error(tmp_path: Path) -> None:
+    from kbqa.errors import ContextLengthExceeded
+    from kbqa.llm.transformers_backend import TransformersLLM
+
+    llm = TransformersLLM.__new__(TransformersLLM)  # only the context arithmetic is used
+    llm.context_window, llm._window = 64, "the model's 64-token context"
+    with pytest.raises(ContextLengthExceeded) as refused:
+        llm.prompt_ids([], 60)
+    assert refused.value.status_code == 400
+
+
 @pytest.mark.parametrize(("path", "body"), [
     ("/v1/chat/completions", {"model": "kbqa"}),
     ("/v1/chat/completions", {"model": "kbqa", "messages": [{"role": "robot", "content": "x"}]}),

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from transformers import AutoTokenizer
 
-from kbqa.errors import ConfigError
+from kbqa.errors import ContextLengthExceeded
 from kbqa.llm import chatglm
 from kbqa.schema import ChatMessage
 
@@ -122,7 +122,7 @@ def fit_prompt(messages: Sequence[ChatMessage], codec: PromptCodec, budget: int)
                     budget, len(content) - keep)
         tail = [ChatMessage(tail[0].role, text), *tail[1:]]
         ids = codec.encode_chat(system + tail)
-    raise ConfigError(
+    raise ContextLengthExceeded(
         f"The prompt does not fit in {budget} tokens (llm.context_window minus llm.max_tokens), even "
         f"without history. Raise llm.context_window (up to the model's limit), lower llm.max_tokens, "
         f"or shorten the system prompt.")

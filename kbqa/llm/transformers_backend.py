@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from kbqa.errors import ConfigError, ModelUnavailable
+from kbqa.errors import ConfigError, ContextLengthExceeded, ModelUnavailable
 from kbqa.llm import chatglm
 from kbqa.llm.base import GenerationParams, Usage, apply_stop
 from kbqa.llm.chatglm.checkpoint import read_json
@@ -121,8 +121,8 @@ class TransformersLLM:
         """The prompt for ``messages``, trimmed to leave ``max_tokens`` for the reply."""
         budget = self.context_window - max_tokens
         if budget < 16:
-            raise ConfigError(f"max_tokens ({max_tokens}: llm.max_tokens, or the request's) leaves no room for a "
-                              f"prompt in {self._window}; lower max_tokens.")
+            raise ContextLengthExceeded(f"max_tokens ({max_tokens}: llm.max_tokens, or the request's) leaves no room "
+                                        f"for a prompt in {self._window}; lower max_tokens.")
         return fit_prompt(messages, self.codec, budget)
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams | None = None) -> str:
