@@ -121,8 +121,9 @@ class LLMSettings(_Section):
     device: Literal["auto", "cuda", "mps", "cpu"] = Field(
         "auto", description="transformers backend: auto = cuda, then mps, then cpu.")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="transformers backend weights dtype; auto = bf16 on cuda, else fp32 "
-                            "(bf16 on a CPU when fp32 would not fit in free memory).")
+        "auto", description="transformers backend weights dtype; auto = bf16 on a GPU that has it (Ampere or "
+                            "newer), fp16 on older GPUs and on mps, fp32 on a CPU (bf16 when fp32 would not fit "
+                            "in free memory).")
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="transformers backend on CUDA (needs the gpu extra: .venv/bin/pip install -e '.[gpu]').")
     adapter: str | None = Field(None, description="A LoRA folder (peft) or a P-tuning v2 checkpoint folder.")

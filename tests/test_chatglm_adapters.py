@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbqa.errors import ConfigError
+from kbqa.errors import ConfigError, KBQAError
 from kbqa.llm.transformers_backend import build_transformers_llm
 from kbqa.schema import ChatMessage
 from tests.chatglm_fixtures import (
@@ -120,6 +120,19 @@ def test_a_peft_adapter_other_than_lora_is_refused_naming_the_setting(tmp_path: 
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type, "num_virtual_tokens": 4}))
     with pytest.raises(ConfigError, match=rf"llm.adapter = .* is a peft {peft_type} adapter; kbqa loads LoRA"):
         build_transformers_llm(llm_settings(checkpoint[0], adapter=str(folder)), tmp_path / "cache")
+
+
+def test_adapter_errors_name_the_setting_that_gave_the_folder(tmp_path: Path, checkpoint: tuple) -> None:
+    import json
+
+    src, config, _ = checkpoint
+    write_ptuning(tmp_path / "ptuning", {**config, "num_layers": 3})  # another model's prefix
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))  # no weights beside it
+    for adapter in (tmp_path / "ptuning", lora):
+        with pytest.raises(KBQAError, match=rf"llm\.adapter = '{adapter}'"):
+            build_transformers_llm(llm_settings(src, adapter=str(adapter)), tmp_path / "cache")
 
 
 def test_a_chatglm_lora_trained_on_another_base_model_is_refused_naming_it(tmp_path: Path, checkpoint: tuple

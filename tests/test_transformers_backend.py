@@ -378,6 +378,16 @@ def test_a_causal_lm_folder_chats_with_its_chat_template(tmp_path: Path) -> None
     assert llm.codec.tokenizer.eos_token_id in llm.stop_token_ids
 
 
+def test_a_checkpoint_that_cannot_be_converted_names_llm_model(glm2: tuple, tmp_path: Path) -> None:
+    import shutil
+
+    src = tmp_path / "chatglm2-6b"
+    shutil.copytree(glm2[0], src)
+    (src / "tokenizer.model").unlink()
+    with pytest.raises(ModelUnavailable, match=rf"tokenizer\.model.* \(from llm\.model = '{src}'\)"):
+        build_transformers_llm(llm_settings(src), tmp_path / "cache")
+
+
 def test_a_folder_whose_weights_do_not_fit_its_config_is_one_clear_error(tmp_path: Path) -> None:
     import json
 

@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from kbqa.errors import ConfigError, ContextLengthExceeded, ModelUnavailable
+from kbqa.errors import ConfigError, ContextLengthExceeded, KBQAError, ModelUnavailable
 from kbqa.llm import chatglm
 from kbqa.llm.base import GenerationParams, Usage, apply_stop
 from kbqa.llm.chatglm.checkpoint import read_json
@@ -47,16 +48,35 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
     # checkpoint). A local folder's weights are counted where they are; a hub id or a GGUF only once ready.
     source = Path(settings.model).expanduser()
     choose_placement(settings, machine, count_parameters(source) if source.is_dir() else 0)
-    folder = prepare_model(settings.model, Path(cache_dir), progress)
+    with _naming("llm.model", settings.model, ModelUnavailable):
+        folder = prepare_model(settings.model, Path(cache_dir), progress)
     placement = choose_placement(settings, machine, count_parameters(folder))
     log.info("loading %s on %s (%s, quantization %s)", folder, placement.device, placement.dtype,
              placement.quantization)
     model = load_model(folder, placement)
     codec = load_codec(folder, model)
     if settings.adapter:
-        model = apply_adapter(model, settings.adapter, placement)
+        with _naming("llm.adapter", settings.adapter, KBQAError):
+            model = apply_adapter(model, settings.adapter, placement)
     name = embedded_name(settings.model) if is_embedded(settings.model) else Path(settings.model).name
     return TransformersLLM(model, codec, name=name, context_window=settings.context_window)
+
+
+@contextmanager
+def _naming(setting: str, value: str, kind: type[KBQAError]) -> Iterator[None]:
+    """Errors of ``kind`` that do not say which setting gave the path get told (the converters and loaders
+    below also serve ``kbqa convert-chatglm``, where the path is an argument)."""
+    try:
+        yield
+    except kind as exc:
+        if setting in str(exc):
+            raise
+        try:
+            named = type(exc)(f"{exc} (from {setting} = '{value}')")
+        except TypeError:  # an error class built from other arguments: as it is
+            raise exc from None
+        named.param = exc.param
+        raise named from exc
 
 
 class _TokenQueue(BaseStreamer):
