@@ -96,3 +96,15 @@ class ContextLengthExceeded(ConfigError):
     """The prompt does not fit the model's context (OpenAI's code for it: ``context_length_exceeded``)."""
 
     status_code = 400  # the request's text or max_tokens: the client can send less
+
+
+class DiskFull(KBQAError):
+    """Too little free disk space under the knowledge root to write an index safely."""
+
+    status_code = 507  # Insufficient Storage
+
+
+class IndexDamaged(KBQAError):
+    """The vector database cannot read a knowledge base's index (a write cut short, e.g. by a full disk)."""
+
+    status_code = 503

@@ -8,6 +8,7 @@ vector store and the keyword index; see ``kbqa.knowledge`` for how a crash is re
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kbqa.embeddings import Embedder
-from kbqa.errors import EmptyDocument, FileTooLarge, KBQAError
+from kbqa.errors import DiskFull, EmptyDocument, FileTooLarge, KBQAError
 from kbqa.fileio import file_sha256
 from kbqa.knowledge import KnowledgeBase
 from kbqa.loaders import loader_for
@@ -38,6 +39,9 @@ Loader = Callable[[Path, str], list[Section]]
 EMBED_GROUP = 256
 #: Chunks per embedding call within a group: the progress bar moves after each.
 EMBED_SLICE = 32
+#: Free disk space kept under the knowledge root beyond what a commit needs: a database write that a full
+#: disk cuts short can leave Chroma's index unreadable, so files are refused before that point.
+MIN_FREE_BYTES = 64 * 2**20
 _DELETED = ("the knowledge base '{kb}' was deleted while files were being added to it; nothing more was "
             "added (add the files again to re-create it)")
 
@@ -189,7 +193,7 @@ class Ingestor:
             delete_document(kb, self.store, self.keywords, name)
             return FileResult(name, "updated", reason=f"now the same content as {same}, which is indexed "
                                                       f"once; the old version of {name} was removed")
-        return FileResult(name, "unchanged", reason=f"same content as {same}")
+        return FileResult(name, "unchanged", reason=_held_by(same))
 
     def _load(self, position: int, path: Path, name: str, sha: str, size: int,
               existing: dict[str, Any] | None) -> _Prepared:
@@ -306,7 +310,7 @@ class Ingestor:
                 if current and current["sha256"] == p.sha256:
                     p.skipped = "added meanwhile by another upload"
                 elif holder and holder != p.name:
-                    p.skipped = f"same content as {holder}"
+                    p.skipped = _held_by(holder)
                 else:
                     p.replaces = current["sha256"] if current else None
                     before = (current or {}).get("origin")
@@ -318,6 +322,7 @@ class Ingestor:
             group = [p for p, _ in fresh]
             vectors = np.concatenate([part for _, part in fresh])
             chunks = [c for p in group for c in p.chunks]
+            _check_room(kb, group, chunks, vectors)
             shas = [p.sha256 for p in group] + [p.replaces for p in group if p.replaces]
             if not kb.embedding:
                 kb.set_embedding(self.embedder.name)
@@ -338,6 +343,24 @@ class Ingestor:
             except BaseException:
                 recover(kb, self.store)
                 raise
+
+
+def _held_by(name: str) -> str:
+    """Why a file whose bytes another file holds adds nothing, and what that means for it."""
+    return f"same content as {name}, which holds it: deleting {name} removes it"
+
+
+def _check_room(kb: KnowledgeBase, group: list[_Prepared], chunks: list[Chunk], vectors: np.ndarray) -> None:
+    """Refuse a commit the disk may not hold (the text and vectors several times over: the database's log,
+    its tables and its vector index each keep them, plus the file's copy), with ``MIN_FREE_BYTES`` to spare."""
+    needed = (4 * sum(len(c.text.encode("utf-8")) for c in chunks) + 4 * vectors.nbytes
+              + sum(p.size for p in group) + MIN_FREE_BYTES)
+    free = shutil.disk_usage(kb.folder).free
+    if free < needed:
+        names = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more files"
+        raise DiskFull(f"the disk of the knowledge root has {free / 2**20:.0f} MB free; indexing {names} safely "
+                       f"needs about {needed / 2**20:.0f} MB (a database write cut short by a full disk can "
+                       "damage the index): free some space, then add it again")
 
 
 class _Results(list[FileResult | None]):

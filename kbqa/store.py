@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kbqa.errors import KBQAError
+from kbqa.errors import IndexDamaged, KBQAError
 from kbqa.schema import Chunk, SourceChunk
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,23 @@ class ChromaStore:
         self._client = chromadb.PersistentClient(
             path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
         self._collections: dict[str, Any] = {}
+        self.path = Path(path)
+
+    @contextmanager
+    def _readable(self, slug: str) -> Iterator[None]:
+        """Chroma's internal errors on a collection (an index file a full disk left empty...) as one clear error."""
+        from chromadb.errors import InternalError
+
+        try:
+            yield
+        except InternalError as exc:
+            reason = str(exc).split(": ")[-1][:200]
+            log.info("the vector index of %s cannot be read: %s", slug, exc)
+            raise IndexDamaged(
+                f"The vector index of this knowledge base (folder {slug}) cannot be read ({reason}): a database "
+                "write was cut short (a full disk, a crash). Its files are kept in "
+                f"{self.path.parent / slug / 'content'}: copy them elsewhere, delete the knowledge base "
+                "(kbqa kb delete, or the web app's button) and add them again.") from exc
 
     def _collection(self, slug: str) -> Any:
         if slug not in self._collections:
@@ -85,20 +103,22 @@ class ChromaStore:
 
     def add(self, slug: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         """Upsert chunks with their vectors (idempotent: ids are stable)."""
-        col = self._collection(slug)
-        for start in range(0, len(chunks), _BATCH):
-            part = chunks[start:start + _BATCH]
-            col.upsert(ids=[c.id for c in part], embeddings=vectors[start:start + _BATCH],
-                       documents=[c.text for c in part], metadatas=[_metadata(c) for c in part])
+        with self._readable(slug):
+            col = self._collection(slug)
+            for start in range(0, len(chunks), _BATCH):
+                part = chunks[start:start + _BATCH]
+                col.upsert(ids=[c.id for c in part], embeddings=vectors[start:start + _BATCH],
+                           documents=[c.text for c in part], metadatas=[_metadata(c) for c in part])
 
     def search(self, slug: str, vector: np.ndarray, k: int) -> list[SourceChunk]:
         """The ``k`` nearest chunks, best first, scored by cosine similarity."""
-        col = self._collection(slug)
-        n = col.count()
-        if n == 0:
-            return []
-        res = col.query(query_embeddings=[vector], n_results=min(k, n),
-                        include=["documents", "metadatas", "distances"])
+        with self._readable(slug):
+            col = self._collection(slug)
+            n = col.count()
+            if n == 0:
+                return []
+            res = col.query(query_embeddings=[vector], n_results=min(k, n),
+                            include=["documents", "metadatas", "distances"])
         return [_source_chunk(i, d, m, 1.0 - dist) for i, d, m, dist in
                 zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0], strict=True)]
 
@@ -106,7 +126,8 @@ class ChromaStore:
         """Chunks by id (in the given order), scored by cosine similarity to ``vector``."""
         if not ids:
             return []
-        res = self._collection(slug).get(ids=list(ids), include=["documents", "metadatas", "embeddings"])
+        with self._readable(slug):
+            res = self._collection(slug).get(ids=list(ids), include=["documents", "metadatas", "embeddings"])
         found = {i: (d, m, e) for i, d, m, e in
                  zip(res["ids"], res["documents"], res["metadatas"], res["embeddings"], strict=True)}
         out = []
@@ -118,27 +139,32 @@ class ChromaStore:
 
     def texts(self, slug: str) -> Iterable[tuple[list[str], list[str]]]:
         """All (ids, documents) of a collection, in pages (to rebuild a keyword index)."""
-        col = self._collection(slug)
-        total = col.count()
+        with self._readable(slug):
+            col = self._collection(slug)
+            total = col.count()
         for offset in range(0, total, _BATCH):
-            res = col.get(include=["documents"], limit=_BATCH, offset=offset)
+            with self._readable(slug):
+                res = col.get(include=["documents"], limit=_BATCH, offset=offset)
             yield res["ids"], res["documents"]
 
     def delete_sha(self, slug: str, sha256: str) -> list[str]:
         """Remove every chunk of one file's content; returns the removed ids."""
-        col = self._collection(slug)
-        ids = col.get(where={"sha256": sha256}, include=[])["ids"]
-        for start in range(0, len(ids), _BATCH):
-            col.delete(ids=ids[start:start + _BATCH])
-        return ids
+        with self._readable(slug):
+            col = self._collection(slug)
+            ids = col.get(where={"sha256": sha256}, include=[])["ids"]
+            for start in range(0, len(ids), _BATCH):
+                col.delete(ids=ids[start:start + _BATCH])
+        return list(ids)
 
     def count_sha(self, slug: str, sha256: str) -> int:
         """Chunks of one file's content."""
-        return len(self._collection(slug).get(where={"sha256": sha256}, include=[])["ids"])
+        with self._readable(slug):
+            return len(self._collection(slug).get(where={"sha256": sha256}, include=[])["ids"])
 
     def count(self, slug: str) -> int:
         """Chunks in a collection."""
-        return int(self._collection(slug).count())
+        with self._readable(slug):
+            return int(self._collection(slug).count())
 
     def drop(self, slug: str) -> None:
         """Delete a collection (no error if it does not exist)."""

@@ -89,6 +89,7 @@ def test_same_content_under_another_name_is_not_indexed_twice(make: Callable[...
     copy.write_bytes((docs / "rivers.txt").read_bytes())
     result = service.add_files("kb", [copy]).files[0]
     assert result.status == "unchanged" and "rivers.txt" in result.reason
+    assert "deleting rivers.txt removes it" in result.reason  # it is not listed: say what holds it
 
 
 def test_changed_file_replaces_its_old_chunks(make: Callable[..., KBQAService], docs: Path) -> None:
@@ -711,3 +712,50 @@ def test_the_embedder_and_the_llm_never_load_at_the_same_time(tmp_path: Path, ll
     for t in threads:
         t.join()
     assert overlaps == [] and service.get_llm() is llm
+
+
+def test_a_disk_too_full_to_index_safely_fails_the_files_before_the_database_is_written(
+        make: Callable[..., KBQAService], docs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A write cut short by a full disk can leave Chroma's index unreadable: refuse before writing.
+    from collections import namedtuple
+
+    import kbqa.ingest
+
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    slug = service.root.open("kb").slug
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(kbqa.ingest.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    report = service.add_files("kb", [docs / "planets.md", docs / "规则.txt"])
+    assert [f.status for f in report.files] == ["failed", "failed"]
+    assert all("MB free" in f.reason and "free some space" in f.reason for f in report.files)
+    assert {d.name for d in service.list_documents("kb")} == {"rivers.txt"}
+    assert service.store.count(slug) == service.root.open("kb").manifest.files["rivers.txt"]["chunks"]
+    monkeypatch.undo()
+    assert service.add_files("kb", [docs / "planets.md"]).ok  # with room again, the same file goes in
+
+
+def test_an_unreadable_vector_index_is_one_clear_error_and_the_knowledge_base_can_still_be_deleted(
+        make: Callable[..., KBQAService], docs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What Chroma says when a full disk left a collection's index file empty (seen in QA): no traceback.
+    from chromadb.errors import InternalError
+
+    from kbqa.errors import IndexDamaged
+
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+
+    class FakeDamagedCollection:
+        def __getattr__(self, name: str) -> object:
+            def fail(*args: object, **kwargs: object) -> None:
+                raise InternalError("Error executing plan: Error creating hnsw segment reader: Error deserializing "
+                                    "pickle file: eval error at offset 0: EOF while parsing")
+            return fail
+
+    monkeypatch.setattr(service.store, "_collection", lambda slug: FakeDamagedCollection())
+    for use in (lambda: service.list_documents("kb"), lambda: service.ask("kb", "Which river is longest?"),
+                lambda: service.search("kb", "Yangtze", 3)):
+        with pytest.raises(IndexDamaged, match=r"cannot be read \(EOF while parsing\).*content: copy them .*kb delete"):
+            use()
+    service.delete_kb("kb")
+    assert service.list_kbs() == []
