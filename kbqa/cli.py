@@ -215,6 +215,16 @@ def cmd_kb(args: argparse.Namespace) -> int:
         if not kbs:
             print("No knowledge bases yet: `kbqa ingest --kb NAME FILES...` creates one.", file=sys.stderr)
     elif args.kb_command == "delete":
+        info = next((kb for kb in service.list_kbs() if args.name in (kb.name, kb.slug)), None)
+        if info is not None and sys.stdin.isatty() and not args.yes:  # a person at a terminal: ask first
+            files = f"{info.documents} file{'s' * (info.documents != 1)}"
+            try:
+                answer = input(f"Delete knowledge base {info.name} and its {files}? This cannot be undone. [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                print(f"kept knowledge base {info.name}", file=sys.stderr)
+                return 1
         service.delete_kb(args.name)
         print(f"deleted knowledge base {args.name}")
     return 0
@@ -333,8 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "kb", "list or delete knowledge bases")
     kb_sub = p.add_subparsers(dest="kb_command", required=True)
     command(kb_sub, "list", "the knowledge bases: name, files, chunks, embedding model")
-    d = command(kb_sub, "delete", "delete a knowledge base and all its files (no undo)")
+    d = command(kb_sub, "delete", "delete a knowledge base and all its files (no undo); asks first at a terminal")
     d.add_argument("name", help="knowledge base name")
+    d.add_argument("-y", "--yes", action="store_true", help="do not ask (scripts, whose input is no terminal, "
+                                                              "are never asked)")
     p.set_defaults(func=cmd_kb)
 
     p = command(sub, "docs", "list or delete the files of a knowledge base")

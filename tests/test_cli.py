@@ -129,6 +129,30 @@ def test_kb_and_docs_commands(service: KBQAService, folder: Path, capsys: pytest
     assert service.list_kbs() == []
 
 
+def test_kb_delete_asks_first_at_a_terminal_only(service: KBQAService, folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    class FakeTerminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    cli.main(["ingest", "--kb", "space", str(folder)])
+    for answer in ("n\n", "", "\n"):  # no, Ctrl-D, Enter: kept
+        monkeypatch.setattr("sys.stdin", FakeTerminal(answer))
+        assert cli.main(["kb", "delete", "space"]) == 1
+        assert "Delete knowledge base space and its 2 files? This cannot be undone. [y/N]" in capsys.readouterr().out
+        assert [kb.name for kb in service.list_kbs()] == ["space"]
+    monkeypatch.setattr("sys.stdin", FakeTerminal("y\n"))
+    assert cli.main(["kb", "delete", "space"]) == 0 and service.list_kbs() == []
+    cli.main(["ingest", "--kb", "space", str(folder)])
+    monkeypatch.setattr("sys.stdin", FakeTerminal(""))
+    assert cli.main(["kb", "delete", "space", "--yes"]) == 0 and service.list_kbs() == []
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # a script: never asked
+    cli.main(["ingest", "--kb", "space", str(folder)])
+    assert cli.main(["kb", "delete", "space"]) == 0 and service.list_kbs() == []
+
+
 def test_user_errors_are_one_line_on_stderr_with_exit_one(service: KBQAService,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["ask", "--kb", "nowhere", "hello?"]) == 1
