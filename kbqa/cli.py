@@ -104,9 +104,10 @@ class _Bar:
         self.desc = desc
         self.scale = unit_scale
         self.bar: Any = None
+        self.mute = False
 
     def __call__(self, fraction: float, message: str = "") -> None:
-        if _STOPPING.is_set():  # Ctrl-C or kill: stop a model preparation running in a worker thread too
+        if _STOPPING.stop:  # Ctrl-C or kill: stop a model preparation running in a worker thread too
             raise Terminated if _STOPPING.terminated else KeyboardInterrupt
         if self.bar is None:
             from tqdm import tqdm
@@ -126,10 +127,15 @@ class _Bar:
             self.close()
 
     def print(self, line: str) -> None:
-        """A line on stdout, above the bar (which is redrawn under it)."""
+        """A line on stdout, above the bar (which is redrawn under it). A reader that went away (``| head``)
+        stops the lines, not the work: this runs in the middle of an ingest."""
         if self.bar is not None:
             self.bar.clear()
-        print(line, flush=True)
+        if not self.mute:
+            try:
+                print(line, flush=True)
+            except OSError:  # BrokenPipeError
+                self.mute = True
         if self.bar is not None:
             self.bar.refresh()
 
@@ -215,15 +221,14 @@ def cmd_kb(args: argparse.Namespace) -> int:
         if not kbs:
             print("No knowledge bases yet: `kbqa ingest --kb NAME FILES...` creates one.", file=sys.stderr)
     elif args.kb_command == "delete":
-        info = next((kb for kb in service.list_kbs() if args.name in (kb.name, kb.slug)), None)
-        if info is not None and sys.stdin.isatty() and not args.yes:  # a person at a terminal: ask first
-            files = f"{info.documents} file{'s' * (info.documents != 1)}"
-            try:
-                answer = input(f"Delete knowledge base {info.name} and its {files}? This cannot be undone. [y/N] ")
-            except EOFError:
-                answer = ""
+        if sys.stdin.isatty() and not args.yes:  # a person at a terminal: ask first
+            kb = service.root.open(args.name)  # as the deletion finds it (another spelling, the slug)
+            files = f"{len(kb.manifest.files)} file{'s' * (len(kb.manifest.files) != 1)}"
+            print(f"Delete knowledge base {kb.name} and its {files}? This cannot be undone. [y/N] ", end="",
+                  file=sys.stderr, flush=True)  # not stdout: `kbqa kb delete x > log` still asks
+            answer = sys.stdin.readline()
             if answer.strip().lower() not in ("y", "yes"):
-                print(f"kept knowledge base {info.name}", file=sys.stderr)
+                print(f"kept knowledge base {kb.name}", file=sys.stderr)
                 return 1
         service.delete_kb(args.name)
         print(f"deleted knowledge base {args.name}")
@@ -384,11 +389,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``): the command stops as on Ctrl-C, its cleanup run."""
 
 
-class _Stopping(threading.Event):
+class _Stopping:
     """Set by Ctrl-C or SIGTERM. The signal reaches the main thread only; a model preparation running in a
     worker thread (a first-use conversion during ``ask``, driven by LangChain) sees this at its next progress
-    step, so the command does not wait minutes for a conversion nobody will use."""
+    step, so the command does not wait minutes for a conversion nobody will use. Plain flags: a signal
+    handler must not take a lock (a second signal inside the first handler would wait for it forever)."""
 
+    stop = False
     terminated = False
 
 
@@ -396,13 +403,12 @@ _STOPPING = _Stopping()
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    _STOPPING.terminated = True
-    _STOPPING.set()
+    _STOPPING.terminated = _STOPPING.stop = True
     raise Terminated
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    _STOPPING.set()
+    _STOPPING.stop = True
     raise KeyboardInterrupt
 
 
@@ -415,10 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handle = args.func is not cmd_serve and threading.current_thread() is threading.main_thread()
-    _STOPPING.terminated = False
-    # serve: uvicorn's own shutdown
-    previous = (signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, _interrupt)) if handle \
-        else None
+    _STOPPING.terminated = _STOPPING.stop = False
+    # serve: uvicorn's own shutdown. Ctrl-C only where it is not ignored (a background job of a script).
+    ctrl_c = _interrupt if signal.getsignal(signal.SIGINT) is signal.default_int_handler else signal.getsignal(
+        signal.SIGINT)
+    previous = (signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, ctrl_c)) if handle else None
     try:
         return int(args.func(args))
     except KBQAError as exc:
@@ -440,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
-        _STOPPING.clear()  # a caller that goes on (tests, a program calling main) is not stopped by this one's signal
+        _STOPPING.stop = False  # a caller that goes on (tests, a program calling main) is not stopped by this one
 
 
 if __name__ == "__main__":

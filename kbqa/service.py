@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kbqa.errors import KBQAError
+from kbqa.errors import IndexDamaged, KBQAError
 from kbqa.ingest import Ingestor, ProgressFn
 from kbqa.knowledge import KnowledgeBase, KnowledgeRoot
 from kbqa.llm.base import LLM, GenerationParams, Usage
@@ -93,7 +93,11 @@ class KBQAService:
             log.warning("finishing the interrupted deletion of knowledge base %s", slug)
             self._destroy(slug, tomb)
         for kb in self.root.unfinished():
-            self._kb(kb.slug)  # recovery first: what the manifest names got in whole
+            try:
+                self._kb(kb.slug)  # recovery first: what the manifest names got in whole
+            except IndexDamaged as exc:  # left as it is: deleting it still works, the others are not affected
+                log.warning("knowledge base %s: %s", kb.name, exc)
+                continue
             self._settle_first_batch(kb)
 
     def _destroy(self, slug: str, tomb: Path) -> None:

@@ -138,10 +138,13 @@ def test_kb_delete_asks_first_at_a_terminal_only(service: KBQAService, folder: P
             return True
 
     cli.main(["ingest", "--kb", "space", str(folder)])
-    for answer in ("n\n", "", "\n"):  # no, Ctrl-D, Enter: kept
+    capsys.readouterr()
+    for answer, name in (("n\n", "space"), ("", "space"), ("\n", "space"), ("n\n", "space ")):  # no, Ctrl-D, Enter
         monkeypatch.setattr("sys.stdin", FakeTerminal(answer))
-        assert cli.main(["kb", "delete", "space"]) == 1
-        assert "Delete knowledge base space and its 2 files? This cannot be undone. [y/N]" in capsys.readouterr().out
+        assert cli.main(["kb", "delete", name]) == 1
+        asked = capsys.readouterr()
+        assert "Delete knowledge base space and its 2 files? This cannot be undone. [y/N]" in asked.err
+        assert asked.out == ""  # `kbqa kb delete x > log` still shows the question
         assert [kb.name for kb in service.list_kbs()] == ["space"]
     monkeypatch.setattr("sys.stdin", FakeTerminal("y\n"))
     assert cli.main(["kb", "delete", "space"]) == 0 and service.list_kbs() == []
@@ -240,6 +243,26 @@ def test_ctrl_c_stops_a_model_preparation_running_in_a_worker_thread(tmp_path: P
     assert time.perf_counter() - start < 3 and len(steps) < 40  # not the whole 10 s preparation
     assert capsys.readouterr().err.strip().endswith("interrupted")
     timer.join()
+
+
+def test_a_reader_that_goes_away_stops_the_lines_not_the_ingest(service: KBQAService, folder: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # `kbqa ingest ... | head -1`: the lines are printed mid-ingest, so a closed pipe must not abort the batch.
+    import builtins
+
+    printed: list[str] = []
+
+    def closed_after_one(*args: object, **kwargs: object) -> None:
+        if kwargs.get("file") is None:
+            if printed:
+                raise BrokenPipeError(32, "Broken pipe")
+            printed.append(str(args[0]))
+
+    monkeypatch.setattr(builtins, "print", closed_after_one)
+    cli.main(["ingest", "--kb", "space", str(folder)])
+    monkeypatch.undo()
+    assert len(printed) == 1
+    assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
 
 
 def test_the_progress_bar_comes_back_for_models_prepared_after_the_service_is_built() -> None:

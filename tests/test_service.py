@@ -759,3 +759,30 @@ def test_an_unreadable_vector_index_is_one_clear_error_and_the_knowledge_base_ca
             use()
     service.delete_kb("kb")
     assert service.list_kbs() == []
+
+
+def test_a_damaged_index_in_a_knowledge_base_a_crash_left_unfinished_does_not_stop_the_others(
+        make: Callable[..., KBQAService], docs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Killed during a new knowledge base's first batch, with the database write cut short: the next start
+    # settles unfinished knowledge bases, and that one's index cannot be read.
+    from chromadb.errors import InternalError
+
+    from kbqa.store import ChromaStore
+
+    first = make()
+    first.add_files("good", [docs / "rivers.txt"])
+    first.add_files("bad", [docs / "planets.md"])
+    bad = first.root.open("bad")
+    (bad.folder / UNFINISHED).touch()
+    real = ChromaStore._collection
+
+    def damaged(self: ChromaStore, slug: str) -> object:
+        if slug == bad.slug:
+            raise InternalError("Error creating hnsw segment reader: EOF while parsing")
+        return real(self, slug)
+
+    monkeypatch.setattr(ChromaStore, "_collection", damaged)
+    service = make()  # starts
+    assert {d.name for d in service.list_documents("good")} == {"rivers.txt"}
+    service.delete_kb("bad")
+    assert [kb.name for kb in service.list_kbs()] == ["good"]
