@@ -90,7 +90,10 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
 
     @api.exception_handler(KBQAError)
     async def kbqa_error(_: Request, exc: KBQAError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code,
+        # OpenAI clients retry a 5xx (twice, with back-off): kbqa's are settings, models or disks, which a
+        # retry cannot mend, so say so (openai-python and others honour x-should-retry).
+        headers = {"x-should-retry": "false"} if exc.status_code >= 500 else None
+        return JSONResponse(status_code=exc.status_code, headers=headers,
                             content=error_body(str(exc), exc.status_code, error_code(exc), exc.param))
 
     @api.exception_handler(RequestValidationError)

@@ -72,7 +72,8 @@ class HostGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         host = headers.get("host", "")
         # A CORS preflight asks, before a change, whether the change will be taken: the same answer as the change's.
-        preflight = scope.get("method") == "OPTIONS" and "access-control-request-method" in headers
+        preflight = scope.get("method") == "OPTIONS" and \
+            headers.get("access-control-request-method", "GET").upper() not in _SAFE_METHODS
         refusal = self._refusal(scope, host, headers.get("origin"), preflight)
         if refusal is None:
             await self.app(scope, receive, send)

@@ -331,8 +331,8 @@ class QAEngine:
             used = state.get("used", sources)
             refused = template.is_refusal(text)
             notice = read_as + ("The model found no answer in the retrieved passages." if refused else
-                                "The model wrote no answer (it stopped at once): ask again, or rephrase the "
-                                "question." if not text else "")
+                                "The model wrote no answer (it stopped at once, or a stop string came first): "
+                                "ask again, or rephrase the question." if not text else "")
             answer = Answer(question, text, used, refused=refused, language=lang, notice=notice.strip(),
                             timings=timings, query=query)
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)

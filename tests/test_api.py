@@ -183,6 +183,7 @@ def test_settings_the_machine_cannot_honour_are_the_servers_error_not_the_client
     out = client.post("/v1/chat/completions", json={"model": "kbqa", "messages": [{"role": "user", "content": "Hi"}]})
     assert out.status_code == 503 and out.json()["error"]["type"] == "server_error"
     assert out.json()["error"]["code"] == "config_error" and "llm.dtype" in out.json()["error"]["message"]
+    assert out.headers["x-should-retry"] == "false"  # OpenAI clients would send it twice more, to no avail
 
 
 def test_a_max_tokens_that_leaves_no_room_for_the_prompt_is_the_clients_error(tmp_path: Path) -> None:
@@ -501,6 +502,9 @@ def test_changes_from_another_site_are_refused_and_change_nothing(base_url: str,
     assert "access-control-allow-origin" not in foreign.headers
     own = httpx.options(f"{base_url}/v1/chat/completions", headers={"Origin": base_url, **ask})
     assert own.status_code == 200
+    read = httpx.options(f"{base_url}/kb", headers={"Origin": "http://localhost:3000",
+                                                    "Access-Control-Request-Method": "GET"})
+    assert read.status_code != 403  # a read is left to CORS, as the read itself is
 
 
 def test_which_host_names_a_server_answers_to() -> None:

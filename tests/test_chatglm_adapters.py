@@ -107,7 +107,7 @@ def test_an_adapter_folder_of_unknown_kind_is_refused(tmp_path: Path, checkpoint
                                tmp_path / "cache")
 
 
-@pytest.mark.parametrize("peft_type", ["PREFIX_TUNING", "PROMPT_TUNING", "IA3"])
+@pytest.mark.parametrize("peft_type", ["PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"])
 def test_a_peft_adapter_other_than_lora_is_refused_naming_the_setting(tmp_path: Path, checkpoint: tuple,
                                                                       peft_type: str) -> None:
     import json
@@ -118,7 +118,7 @@ def test_a_peft_adapter_other_than_lora_is_refused_naming_the_setting(tmp_path: 
     folder.mkdir()
     save_file({"prompt_embeddings": torch.zeros(4, 64)}, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type, "num_virtual_tokens": 4}))
-    with pytest.raises(ConfigError, match=rf"llm.adapter = .* is a peft {peft_type} adapter; kbqa loads LoRA"):
+    with pytest.raises(ConfigError, match=rf"llm.adapter = .* is a peft {peft_type} adapter, which cannot be merged"):
         build_transformers_llm(llm_settings(checkpoint[0], adapter=str(folder)), tmp_path / "cache")
 
 

@@ -155,8 +155,8 @@ def test_unknown_weights_are_refused(tmp_path: Path, sp_model: Path) -> None:
 @pytest.mark.parametrize(("field", "change", "message"), [
     ("padded_vocab_size", 8, r"'transformer\.embedding\.word_embeddings\.weight' has shape .* does not fit the sizes"),
     ("ffn_hidden_size", 4, r"'transformer\.encoder\.layers\.\d\.mlp\.dense_\w+\.weight' has shape"),
-    ("num_layers", -1, r"'transformer\.encoder\.layers\.1\..*' is not in the model config\.json describes "
-                       r"\(num_layers 1\)"),
+    ("num_layers", -1, r"'transformer\.encoder\.layers\.1\..*' does not fit config\.json: its layer is beyond "
+                       r"num_layers 1"),
     ("num_layers", 1, r"lacks \d+ weights"),
 ])
 def test_a_config_that_does_not_describe_the_weights_is_refused(tmp_path: Path, sp_model: Path, field: str,

@@ -388,6 +388,16 @@ def test_a_checkpoint_that_cannot_be_converted_names_llm_model(glm2: tuple, tmp_
         build_transformers_llm(llm_settings(src), tmp_path / "cache")
 
 
+def test_a_truncated_shard_is_named_by_the_converter_not_a_safetensors_traceback(sp_model: Path, tmp_path: Path
+                                                                                 ) -> None:
+    src = tmp_path / "chatglm2-6b"
+    write_checkpoint(src, sp_model, fmt="safetensors")
+    shard = src / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:4])  # a download cut short: not even a header
+    with pytest.raises(ModelUnavailable, match="is the file complete"):
+        build_transformers_llm(llm_settings(src), tmp_path / "cache")
+
+
 def test_a_folder_whose_weights_do_not_fit_its_config_is_one_clear_error(tmp_path: Path) -> None:
     import json
 

@@ -47,7 +47,11 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
     # Device, dtype, quantization and memory: refused before any conversion (minutes and gigabytes for a 6B
     # checkpoint). A local folder's weights are counted where they are; a hub id or a GGUF only once ready.
     source = Path(settings.model).expanduser()
-    choose_placement(settings, machine, count_parameters(source) if source.is_dir() else 0)
+    try:
+        weights = count_parameters(source) if source.is_dir() else 0
+    except Exception:  # a damaged shard: the conversion names it clearly, so let it
+        weights = 0
+    choose_placement(settings, machine, weights)
     with _naming("llm.model", settings.model, ModelUnavailable):
         folder = prepare_model(settings.model, Path(cache_dir), progress)
     placement = choose_placement(settings, machine, count_parameters(folder))
@@ -62,6 +66,11 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
     return TransformersLLM(model, codec, name=name, context_window=settings.context_window)
 
 
+#: peft adapter types that add virtual tokens instead of changing weights (``PeftConfig.is_prompt_learning``).
+_PROMPT_LEARNING = frozenset(("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING",
+                              "ADAPTION_PROMPT", "CPT"))
+
+
 @contextmanager
 def _naming(setting: str, value: str, kind: type[KBQAError]) -> Iterator[None]:
     """Errors of ``kind`` that do not say which setting gave the path get told (the converters and loaders
@@ -73,8 +82,8 @@ def _naming(setting: str, value: str, kind: type[KBQAError]) -> Iterator[None]:
             raise
         try:
             named = type(exc)(f"{exc} (from {setting} = '{value}')")
-        except TypeError:  # an error class built from other arguments: as it is
-            raise exc from None
+        except TypeError:  # an error class built from other arguments: as it is, with its own cause
+            raise exc from exc.__cause__  # noqa: B904 - the cause is kept, not the TypeError
         named.param = exc.param
         raise named from exc
 
@@ -260,6 +269,9 @@ def load_model(folder: Path, placement: Placement) -> Any:
         kwargs["device_map"] = placement.device
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except torch.OutOfMemoryError as exc:
+        raise ConfigError(f"Loading {folder} (llm.model) ran out of {placement.device} memory: use a smaller model, "
+                          "llm.quantization = '8bit' or '4bit' on a GPU, or free memory.") from exc
     except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: weights that do not fit config.json
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         first = lines[0][:300]
@@ -287,9 +299,10 @@ def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
         raise ConfigError(f"llm.adapter = '{spec}' is neither a LoRA folder (adapter_config.json) nor a "
                           f"P-tuning v2 checkpoint (config.json with pre_seq_len).")
     peft_type = str(read_json(folder / "adapter_config.json").get("peft_type") or "LORA")
-    if peft_type != "LORA":  # peft's prefix or prompt tuning, IA3...: not merged into the weights here
-        raise ConfigError(f"llm.adapter = '{spec}' is a peft {peft_type} adapter; kbqa loads LoRA adapters "
-                          "(peft) and P-tuning v2 checkpoints (ChatGLM's ptuning recipe).")
+    if peft_type in _PROMPT_LEARNING and placement.quantization == "none":  # virtual tokens: nothing to merge
+        raise ConfigError(f"llm.adapter = '{spec}' is a peft {peft_type} adapter, which cannot be merged into "
+                          "the weights; kbqa loads LoRA-style adapters (peft) and P-tuning v2 checkpoints "
+                          "(ChatGLM's ptuning recipe).")
     from peft import PeftModel
 
     with tempfile.TemporaryDirectory() as tmp:

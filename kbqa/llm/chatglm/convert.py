@@ -248,9 +248,12 @@ def _convert_shards(files: tuple[Path, ...], out: Path, dims: tuple[int, int, in
                     raise ModelUnavailable(f"{path}: {exc}; is config.json the checkpoint's own?") from None
                 name_ = f"{native}.{param}"
                 if name_ not in shapes:
-                    raise ModelUnavailable(f"{path}: weight '{key}' is not in the model config.json describes "
-                                           f"(num_layers {shapes_layers(shapes)}); is config.json the checkpoint's "
-                                           "own?")
+                    layer = _LAYER.fullmatch(module)
+                    why = (f"its layer is beyond num_layers {shapes_layers(shapes)}"
+                           if layer and int(layer.group(1)) >= shapes_layers(shapes) else
+                           "the model config.json describes has no such weight (add_qkv_bias, add_bias_linear?)")
+                    raise ModelUnavailable(f"{path}: weight '{key}' does not fit config.json: {why}; is config.json "
+                                           "the checkpoint's own?")
                 if tuple(converted.shape) != shapes[name_]:
                     raise ModelUnavailable(f"{path}: weight '{key}' has shape {tuple(tensor.shape)}, which does not "
                                            "fit the sizes in config.json (hidden_size, ffn_hidden_size, "
