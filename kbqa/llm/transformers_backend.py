@@ -299,7 +299,7 @@ def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
         raise ConfigError(f"llm.adapter = '{spec}' is neither a LoRA folder (adapter_config.json) nor a "
                           f"P-tuning v2 checkpoint (config.json with pre_seq_len).")
     peft_type = str(read_json(folder / "adapter_config.json").get("peft_type") or "LORA")
-    if peft_type in _PROMPT_LEARNING and placement.quantization == "none":  # virtual tokens: nothing to merge
+    if peft_type in _PROMPT_LEARNING:  # virtual tokens: nothing to merge (and unmerged, untried here)
         raise ConfigError(f"llm.adapter = '{spec}' is a peft {peft_type} adapter, which cannot be merged into "
                           "the weights; kbqa loads LoRA-style adapters (peft) and P-tuning v2 checkpoints "
                           "(ChatGLM's ptuning recipe).")
