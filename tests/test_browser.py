@@ -202,9 +202,17 @@ def test_a_click_on_a_row_of_the_files_table_chooses_that_file(page: Any, tmp_pa
     page.locator("#docs span").get_by_text("second.txt", exact=True).click()
     page.wait_for_timeout(1000)
     assert page.locator("#doc-choice input").input_value() == "second.txt"
+    page.set_viewport_size({"width": 1280, "height": 400})  # a short window: the question opens below the fold
+    page.locator("#delete-doc").scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, -120)")  # the buttons at the window's foot, as after scrolling down to them
     page.locator("#delete-doc").click()
     wait_text(page.locator("#confirm-delete-kb"), "Delete second.txt (1 chunk) from 选择文件?", 10)
+    page.wait_for_timeout(500)
+    box = page.locator("#confirm-delete-yes").bounding_box()
+    viewport = page.viewport_size
+    assert box is not None and viewport is not None and 0 <= box["y"] <= viewport["height"] - box["height"]  # in view
     page.locator("#confirm-delete-no").click()
+    page.set_viewport_size({"width": 1280, "height": 720})
 
 
 def test_the_knowledge_base_named_in_the_question_is_the_one_deleted(page: Any, tmp_path: Path) -> None:

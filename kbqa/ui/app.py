@@ -229,8 +229,12 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             lambda: (gr.update(visible=False), [], "", ""), None,
             [confirm_row, results, summary, message])  # another knowledge base's upload and deletions
         docs.select(pick_file, None, doc_choice)
-        delete_doc.click(on_ask_delete_doc, [kb, doc_choice], [confirm_row, confirm_text, pending_delete])
-        delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete])
+        # The question appears at the foot of a long page: bring it into view, or the click seems to do nothing.
+        show_question = "() => document.querySelector('#confirm-delete-kb')?.scrollIntoView({block: 'center'})"
+        delete_doc.click(on_ask_delete_doc, [kb, doc_choice], [confirm_row, confirm_text, pending_delete]).then(
+            None, None, None, js=show_question)
+        delete_kb.click(on_ask_delete_kb, kb, [confirm_row, confirm_text, pending_delete]).then(
+            None, None, None, js=show_question)
         confirm_no.click(hide_confirm, None, confirm_row)
         confirm_yes.click(on_confirm_delete, pending_delete,
                           [kb, docs, message, confirm_row, chatbot, sources, results, summary, doc_choice])
