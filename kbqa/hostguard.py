@@ -71,10 +71,11 @@ class HostGuard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         host = headers.get("host", "")
-        # A CORS preflight asks, before a change, whether the change will be taken: the same answer as the change's.
-        preflight = scope.get("method") == "OPTIONS" and \
-            headers.get("access-control-request-method", "GET").upper() not in _SAFE_METHODS
-        refusal = self._refusal(scope, host, headers.get("origin"), preflight)
+        # A CORS preflight asks, before a request, whether it will be taken: judged as that request would be.
+        method = str(scope.get("method", "GET"))
+        if method == "OPTIONS":
+            method = headers.get("access-control-request-method", method).upper()
+        refusal = self._refusal(method, host, headers.get("origin"))
         if refusal is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -82,15 +83,14 @@ class HostGuard:
         else:
             await JSONResponse(error_body(*refusal), status_code=refusal[1])(scope, receive, send)
 
-    def _refusal(self, scope: dict[str, Any], host: str, origin: str | None,
-                 preflight: bool = False) -> tuple[str, int, str] | None:
+    def _refusal(self, method: str, host: str, origin: str | None) -> tuple[str, int, str] | None:
         """Why a request is refused (message, status, code), or None."""
         if self.hosts is not None and _host_name(host) not in self.hosts:
             known = ", ".join(sorted(self.hosts))
             return (f"Requests for host '{host}' are refused: this kbqa server answers to {known}, so a web page of "
                     f"another site cannot reach it. To serve it under that name, add the name to {_SETTING}.",
                     403, "forbidden_host")
-        if origin is not None and (preflight or scope.get("method", "GET") not in _SAFE_METHODS):
+        if origin is not None and method not in _SAFE_METHODS:
             parts = urlsplit(origin)
             if origin == "null" or parts.netloc.lower() != host.strip().lower():
                 return (f"A request from the web page at {origin} was refused: kbqa takes uploads, deletions and "

@@ -374,9 +374,9 @@ class _Results(list[FileResult | None]):
 
     def __setitem__(self, position: Any, result: Any) -> None:
         super().__setitem__(position, result)
-        while self.on_file is not None and self.told < len(self) and (told := self[self.told]) is not None:
+        while self.on_file is not None and self.told < len(self) and (settled := self[self.told]) is not None:
             self.told += 1
-            self.on_file(told)
+            self.on_file(settled)
 
 
 def _monotone(progress: ProgressFn, files: int) -> Callable[[float, str], None]:
