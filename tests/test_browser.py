@@ -6,11 +6,13 @@ it with Playwright and Debian's Chromium (``make browser`` installs it).
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from kbqa.bootstrap import build_service
@@ -53,10 +55,29 @@ def llm() -> FakeLLM:
     return FakeLLM(replies=["The Yangtze is the longest river in Asia [1]."] * 5)
 
 
+class FakeGatedEmbedder(FakeEmbedder):
+    """Holds back any text holding ``HOLD`` until ``gate`` opens (open unless a test closes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if any("HOLD" in t for t in texts):
+            assert self.gate.wait(60), "the test never opened the gate"
+        return super().embed_documents(texts)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM) -> Iterator[str]:
+def embedder() -> FakeGatedEmbedder:
+    return FakeGatedEmbedder()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, embedder: FakeGatedEmbedder) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("web")
-    service = build_service(make_settings(tmp), embedder=FakeEmbedder(), llm=lambda: llm)
+    service = build_service(make_settings(tmp), embedder=embedder, llm=lambda: llm)
     with live_server(build_server(service, load_settings())) as url:
         yield url
 
@@ -119,6 +140,28 @@ def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> 
     kept.click()
     wait_text(page.locator("#chatbot"), "[1] rivers.txt · chunk 0 · score", 10)
     assert "The Yangtze is the longest river in Asia." in page.locator("#chatbot").inner_text()
+
+
+def test_each_file_of_an_upload_shows_its_outcome_once_settled(page: Any, embedder: FakeGatedEmbedder,
+                                                                tmp_path: Path) -> None:
+    bad = tmp_path / "first.xyz"
+    bad.write_text("unknown format", encoding="utf-8")
+    slow = tmp_path / "second.txt"
+    slow.write_text("HOLD: a file whose embedding takes a while.", encoding="utf-8")
+    embedder.gate.clear()
+    try:
+        add_files(page, "逐个", [bad, slow])
+        results = page.locator("#ingest-results")
+        table = results.locator(".table-wrap")
+        wait_text(table, "first.xyz", 30)  # settled while the second file is still being indexed
+        assert "failed" in table.inner_text() and "second.txt" not in table.inner_text()
+        wait_text(results, "of second.txt", 10)  # the progress bar goes on over the table, naming the file
+        wait_text(page.locator("#ingest-summary"), "1 of 2 files done", 10)
+    finally:
+        embedder.gate.set()
+    wait_text(page.locator("#ingest-summary"), "1 of 2 files indexed", 30)
+    assert "second.txt" in results.inner_text() and "added" in results.inner_text()
+    wait_text(page.locator("#docs"), "second.txt", 10)
 
 
 def test_the_files_table_fits_a_narrow_window(page: Any, tmp_path: Path) -> None:

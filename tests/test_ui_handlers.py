@@ -207,5 +207,5 @@ def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_fi
     first = upload(tmp_path, "planets.md", "Mars is the red planet.")
     handlers.ingest(service, "kb", [first])
     _, docs, summary = handlers.ingest(service, "kb", [first, upload(tmp_path, "moons.md", "Io is a moon.")])
-    assert "2 of 2 files** indexed into **kb** (1 of them unchanged), 1 chunks added" in summary
+    assert "2 of 2 files** indexed into **kb** (1 of them unchanged), 1 chunk added" in summary
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", docs[0][4])

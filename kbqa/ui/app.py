@@ -69,12 +69,27 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         rows = handlers.documents(service, kb)
         return rows, gr.update(choices=[r[0] for r in rows], value=None)
 
-    @guard
-    def on_ingest(kb: str | None, files: Any, progress: Any = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        results, docs, summary = handlers.ingest(service, kb, files, lambda f, m: progress(f, desc=m))
-        if any("failed" in str(r[1]) for r in results):
-            gr.Warning("Some files could not be indexed: see the reason column.")
-        return (results, docs, summary, None, refresh_kbs(kb), gr.update(choices=[r[0] for r in docs]))
+    def on_ingest(kb: str | None, files: Any, progress: Any = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008
+        """Outputs: results, docs, summary, upload, kb, file choice. Each file's line shows once it is settled."""
+        skip = gr.skip()
+        shown = [0.0, "reading"]  # the bar as last drawn
+
+        def show(fraction: float, message: str) -> None:
+            shown[:] = fraction, message
+            progress(fraction, desc=message)
+
+        try:
+            for results, docs, summary in handlers.ingest_steps(service, kb, files, show):
+                if docs is None:
+                    yield results, skip, summary, skip, skip, skip
+                    # Drawn again: an update that reached the page before these rows was wiped by them.
+                    progress(shown[0], desc=shown[1])
+                    continue
+                if any("failed" in str(r[1]) for r in results):
+                    gr.Warning("Some files could not be indexed: see the reason column.")
+                yield results, docs, summary, None, refresh_kbs(kb), gr.update(choices=[r[0] for r in docs])
+        except KBQAError as exc:
+            yield warn(exc)
 
     #: Per browser session, the number of its current conversation: a new chat (Clear chat, another
     #: knowledge base) ends the answer still streaming, so none of it lands in the new chat.

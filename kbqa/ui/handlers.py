@@ -5,13 +5,16 @@ They return plain values; ``kbqa.ui.app`` turns a ``KBQAError`` into a warning t
 
 from __future__ import annotations
 
+import contextvars
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from kbqa.errors import KBQAError
 from kbqa.qa import empty_knowledge_base
-from kbqa.schema import ChatMessage
+from kbqa.schema import ChatMessage, FileResult, IngestReport
 from kbqa.service import KBQAService
 from kbqa.ui.render import (
     doc_rows,
@@ -66,14 +69,53 @@ def ingest(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
     Raises:
         KBQAError: no knowledge base name, or no files.
     """
+    *_, last = ingest_steps(service, kb, files, progress)
+    results, docs, summary = last
+    assert docs is not None  # the last step always carries the files table
+    return results, docs, summary
+
+
+Step = tuple[list[list[object]], list[list[object]] | None, str]
+
+
+def ingest_steps(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
+                 progress: Callable[[float, str], None] | None = None) -> Iterator[Step]:
+    """Add uploaded files, showing each file's outcome as soon as it is settled.
+
+    Yields ``(results so far, None, interim summary)`` per file, then ``(results, files table, summary)``.
+    The files are indexed in a worker thread (the caller's context variables copied, so a web framework's
+    progress bar still finds its event); closing the generator early leaves the batch to finish there.
+
+    Raises:
+        KBQAError: no knowledge base name, or no files (before anything is indexed); any error of the batch.
+    """
     if not kb or not kb.strip():
         raise KBQAError("Choose a knowledge base, or type a name for a new one, before adding files.")
     pairs = upload_names(files)
     if not pairs:
         raise KBQAError("Drop or choose at least one file to add.")
-    new_kb = kb.strip() not in kb_names(service)
-    report = service.add_files(kb.strip(), pairs, progress=progress)
-    return result_rows(report), documents(service, kb.strip()), ingest_summary(report, new_kb)
+    name = kb.strip()
+    new_kb = name not in kb_names(service)
+    settled: queue.Queue[FileResult | IngestReport | BaseException] = queue.Queue()
+
+    def work() -> None:
+        try:
+            settled.put(service.add_files(name, pairs, progress=progress, on_file=settled.put))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            settled.put(exc)
+
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), name="kbqa-upload", daemon=True).start()
+    done: list[FileResult] = []
+    while True:
+        item = settled.get()
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, IngestReport):
+            yield result_rows(item), documents(service, name), ingest_summary(item, new_kb)
+            return
+        done.append(item)
+        yield (result_rows(IngestReport(name, done)), None,
+               f"Indexing into **{literal(name)}**: {len(done)} of {len(pairs)} files done…")
 
 
 #: What the answer's bubble says until the first word comes (in italics; the answer replaces it).

@@ -60,7 +60,7 @@ def ingest_summary(report: IngestReport, new_kb: bool = False) -> str:
     unchanged = sum(f.status == "unchanged" for f in report.files)
     text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**"
             + (f" ({unchanged} of them unchanged)" if unchanged else "")
-            + f", {report.chunks_added} chunks added in {report.seconds:.1f}s.")
+            + f", {report.chunks_added} chunk{'s' * (report.chunks_added != 1)} added in {report.seconds:.1f}s.")
     if failed:
         text += f" {failed} failed: see the reason column; the other files were indexed."
     return text
