@@ -35,7 +35,7 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.routing import Match
 
 from kbqa.errors import (
@@ -51,6 +51,7 @@ from kbqa.llm.base import Usage
 from kbqa.names import safe_file_name
 from kbqa.openai_format import (
     CHAT_MODEL,
+    EMBEDDING_MODEL,
     KB_PREFIX,
     ROLES,
     ChatRequest,
@@ -73,6 +74,13 @@ class SearchRequest(BaseModel):
 
     query: str = Field(..., min_length=1)
     k: int = Field(5, ge=1, le=50)
+
+    @field_validator("query")
+    @classmethod
+    def _words(cls, query: str) -> str:
+        if not query.strip():
+            raise ValueError("the query is only white space: send some words to search for")
+        return query
 
 
 #: OpenAI's limit on the texts of one embeddings request.
@@ -115,14 +123,15 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
                 "Content-Type: application/json.", 400, "invalid_content_type"))
         problems = "; ".join(f"{where(e)}: {e.get('msg')}" for e in errors)
         param = where(errors[0]) if errors else None
-        return JSONResponse(status_code=422, content=error_body(f"Invalid request: {problems}.", 422,
+        # 400, as OpenAI answers a value out of range (clients catch it as BadRequestError), not FastAPI's 422.
+        return JSONResponse(status_code=400, content=error_body(f"Invalid request: {problems}.", 400,
                                                                 "invalid_value", param))
 
     def model_card(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": started, "owned_by": "kbqa"}
 
     def model_ids() -> list[str]:
-        return [CHAT_MODEL] + [KB_PREFIX + kb.name for kb in service.list_kbs()]
+        return [CHAT_MODEL, EMBEDDING_MODEL] + [KB_PREFIX + kb.name for kb in service.list_kbs()]
 
     @api.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -150,6 +159,9 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             base = replace(service.answer_params, reuse_prompt_cache=True)
             messages = [ChatMessage(ROLES[m.role], m.text()) for m in req.messages]
             return (AnswerEvent("token", text=t) for t in service.chat_stream(messages, req.params(base), usage))
+        if req.model == EMBEDDING_MODEL:
+            raise Unsupported("model", f"'{EMBEDDING_MODEL}' is the embedding model (POST /v1/embeddings); chat "
+                                       f"with '{CHAT_MODEL}' or '{KB_PREFIX}<knowledge base>'.")
         raise ModelNotFound(req.model)
 
     @api.post("/v1/chat/completions", response_model=None)

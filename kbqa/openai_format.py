@@ -20,6 +20,8 @@ from kbqa.schema import Answer, AnswerEvent, Role
 
 CHAT_MODEL = "kbqa"
 KB_PREFIX = "kb:"
+#: The embedding model's id (``/v1/embeddings`` answers to any model name with the configured model).
+EMBEDDING_MODEL = "kbqa-embedding"
 #: Content parts read as text: ``{"type": "text", "text": ...}`` and ``{"type": "refusal", "refusal": ...}``.
 _TEXT_PARTS = {"text", "refusal"}
 #: Roles kbqa reads; ``developer`` is the newer name of ``system``.
@@ -154,7 +156,7 @@ class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request (texts only)."""
 
     input: str | list[str] | list[int] | list[list[int]]
-    model: str = "kbqa-embedding"
+    model: str = EMBEDDING_MODEL
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
 

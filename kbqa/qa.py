@@ -126,6 +126,16 @@ def chat_turns(history: Sequence[ChatMessage]) -> list[tuple[str, str]]:
     return [(q, a) for q, a in turns if q.strip()]
 
 
+#: Characters of each earlier question and answer a follow-up is read with: enough for what "it" or "那个"
+#: points to; a pasted document in the chat would otherwise overflow the model's context (or slow every
+#: follow-up down) while adding nothing to the search.
+TURN_CHARS = 1000
+
+
+def _clip(text: str, limit: int = TURN_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
+
+
 def clean_rewrite(text: str) -> str:
     """The standalone question in a model's rewrite: first non-empty line, without labels or quotes."""
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
@@ -210,13 +220,18 @@ class QAEngine:
         self.follow_up = follow_up
         self.history_turns = history_turns
 
+    def _recent(self, history: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+        """The turns a follow-up is read with: the last ``history_turns``, each side clipped to ``TURN_CHARS``."""
+        turns = chat_turns(history)[-self.history_turns:] if self.history_turns else []
+        return [(_clip(q), _clip(a)) for q, a in turns]
+
     def search_query(self, question: str, history: Sequence[ChatMessage] = ()) -> str:
         """What retrieval searches for: the question, or for a follow-up in a chat, its standalone form."""
         return self._read_follow_up(question, history)[0]
 
     def _read_follow_up(self, question: str, history: Sequence[ChatMessage]) -> tuple[str, str]:
         """``(query, how)``; ``how`` is ``question``, ``rewritten`` or ``concat``."""
-        turns = chat_turns(history)[-self.history_turns:] if self.history_turns else []
+        turns = self._recent(history)
         if not turns or self.follow_up == "off":
             return question, "question"
         concat = "\n".join([*(q.strip() for q, _ in turns), question.strip()])
@@ -290,7 +305,7 @@ class QAEngine:
         rewritten = how == "rewritten" and query != question
         earlier: list[ChatMessage] = []
         if how == "concat":
-            for q, a in chat_turns(history)[-self.history_turns:]:
+            for q, a in self._recent(history):
                 earlier += [ChatMessage("user", q), ChatMessage("assistant", a)]
         state: dict[str, Any] = {"question": question, "query": query, "template": template, "zh": lang == "zh",
                                  "prompt_question": query if rewritten else question, "earlier": earlier,

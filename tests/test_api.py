@@ -51,6 +51,15 @@ def client(base_url: str):  # type: ignore[no-untyped-def]
 def test_models_list_the_chat_model_and_each_knowledge_base(client) -> None:  # type: ignore[no-untyped-def]
     ids = [m.id for m in client.models.list()]
     assert ids[0] == "kbqa" and "kb:rivers" in ids
+    assert "kbqa-embedding" in ids and client.models.retrieve("kbqa-embedding").id == "kbqa-embedding"
+
+
+def test_chat_with_the_embedding_model_says_which_to_use(client) -> None:  # type: ignore[no-untyped-def]
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as info:
+        client.chat.completions.create(model="kbqa-embedding", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body["param"] == "model" and "/v1/embeddings" in info.value.body["message"]
 
 
 def test_plain_chat_completion_reaches_the_local_model(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
@@ -203,12 +212,24 @@ def test_a_max_tokens_that_leaves_no_room_for_the_prompt_is_the_clients_error(tm
     ("/v1/chat/completions", {"model": "kbqa", "messages": [{"role": "user", "content": "x"}],
                               "max_tokens": 3_000_000_000}),
     ("/kb/rivers/search", {"query": "", "k": 3}),
+    ("/kb/rivers/search", {"query": "  \n ", "k": 3}),
     ("/kb/rivers/search", {"query": "Nile", "k": 0}),
 ])
 def test_invalid_requests_get_the_error_format(base_url: str, path: str, body: dict) -> None:  # type: ignore[type-arg]
     out = httpx.post(base_url + path, json=body, timeout=30)
-    assert out.status_code == 422
-    assert out.json()["error"]["type"] == "invalid_request_error" and out.json()["error"]["message"]
+    assert out.status_code == 400  # as OpenAI answers a bad value, not FastAPI's 422
+    error = out.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] and error["code"] == "invalid_value"
+    assert error["param"]
+
+
+@pytest.mark.parametrize(("param", "value"), [("temperature", 5), ("top_p", 2), ("max_tokens", 0), ("n", 0)])
+def test_a_value_out_of_range_is_a_bad_request_to_an_openai_client(client, param: str, value: int) -> None:  # type: ignore[no-untyped-def]
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as info:
+        client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": "hi"}], **{param: value})
+    assert info.value.body["param"] == param
 
 
 def test_usage_and_finish_reason_say_what_the_reply_cost(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
@@ -556,13 +577,13 @@ def test_langchain_openai_clients_use_the_local_model_and_knowledge_bases(base_u
 def test_stream_must_be_a_boolean(base_url: str) -> None:
     body = {"model": "kbqa", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}
     out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
-    assert out.status_code == 422 and out.json()["error"]["param"] == "stream"
+    assert out.status_code == 400 and out.json()["error"]["param"] == "stream"
 
 
 def test_a_malformed_field_is_named_as_the_client_wrote_it(base_url: str) -> None:
     body = {"model": "kbqa", "messages": [{"role": "user", "content": 5}]}
     out = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
-    assert out.status_code == 422 and out.json()["error"]["param"] == "messages.0.content"  # not "...content.str"
+    assert out.status_code == 400 and out.json()["error"]["param"] == "messages.0.content"  # not "...content.str"
 
 
 def test_sampling_without_a_seed_draws_one_and_a_seed_asks_for_reproducible_replies() -> None:

@@ -180,3 +180,18 @@ def test_follow_up_datasets_hold_gold_answers_verbatim(name: str, corpus: Path) 
         doc = ev.squash((corpus / row["doc"]).read_text(encoding="utf-8"))
         assert ev.squash(row["answer"]) in doc, row
         assert row["history"] and all(t["question"] and t["answer"] for t in row["history"])
+
+
+@pytest.mark.parametrize("mode", ["rewrite", "concat"])
+def test_a_long_earlier_turn_is_clipped_not_sent_whole(service_for: Callable[..., KBQAService], llm: FakeLLM,
+                                                      mode: str) -> None:
+    # A document pasted into the chat must not overflow the model's context when a follow-up is read with it.
+    pasted = "Which river flows through Egypt? " + "Some pasted text. " * 3000
+    service = service_for(follow_up=mode)
+    llm.replies = ["Which way does the Nile flow?", "North."] if mode == "rewrite" else ["North."]
+    answer = service.ask("kb", "Which way does it flow?", [ChatMessage("user", pasted), NILE[1]])
+    assert answer.answer.startswith("North")
+    for prompt in llm.prompts:
+        assert sum(len(m.content) for m in prompt) < 6000, [len(m.content) for m in prompt]
+    assert "Which river flows through Egypt?" in " ".join(m.content for m in llm.prompts[0])  # its start is kept
+    assert len(answer.query) < 1200
