@@ -164,6 +164,28 @@ def test_each_file_of_an_upload_shows_its_outcome_once_settled(page: Any, embedd
     wait_text(page.locator("#docs"), "second.txt", 10)
 
 
+def test_a_knowledge_base_chosen_during_an_upload_stays_chosen(page: Any, embedder: FakeGatedEmbedder,
+                                                                tmp_path: Path) -> None:
+    other = tmp_path / "other.txt"
+    other.write_text("A file of the other knowledge base.", encoding="utf-8")
+    add_files(page, "别处", [other])
+    wait_text(page.locator("#docs"), "other.txt", 30)
+    slow = tmp_path / "slow.txt"
+    slow.write_text("HOLD: an upload still running when the user moves on.", encoding="utf-8")
+    embedder.gate.clear()
+    try:
+        add_files(page, "上传中", [slow])
+        wait_text(page.locator("#ingest-results"), "slow.txt", 30)  # the bar names it: the upload runs
+        choose_kb(page, "别处")  # and the user goes on with another knowledge base
+    finally:
+        embedder.gate.set()
+    wait_text(page.locator("#ingest-summary"), "indexed into 上传中", 30)
+    page.wait_for_timeout(1000)
+    assert page.locator("#kb-select input").input_value() == "别处"  # not switched back under the user
+    wait_text(page.locator("#docs"), "other.txt", 10)
+    assert "slow.txt" not in page.locator("#docs").inner_text()
+
+
 def test_the_files_table_fits_a_narrow_window(page: Any, tmp_path: Path) -> None:
     doc = tmp_path / "en_langchain_llm_apps_primer_second_edition.txt"
     doc.write_text("A primer on building applications with language models.", encoding="utf-8")

@@ -70,7 +70,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         return rows, gr.update(choices=[r[0] for r in rows], value=None)
 
     def on_ingest(kb: str | None, files: Any, progress: Any = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008
-        """Outputs: results, docs, summary, upload, kb, file choice. Each file's line shows once it is settled."""
+        """Outputs: results, summary, upload, kb. Each file's line shows once it is settled."""
         skip = gr.skip()
         shown = [0.0, "reading"]  # the bar as last drawn
 
@@ -81,13 +81,15 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         try:
             for results, docs, summary in handlers.ingest_steps(service, kb, files, show):
                 if docs is None:
-                    yield results, skip, summary, skip, skip, skip
+                    yield results, summary, skip, skip
                     # Drawn again: an update that reached the page before these rows was wiped by them.
                     progress(shown[0], desc=shown[1])
                     continue
                 if any("failed" in str(r[1]) for r in results):
                     gr.Warning("Some files could not be indexed: see the reason column.")
-                yield results, docs, summary, None, refresh_kbs(kb), gr.update(choices=[r[0] for r in docs])
+                # The choices only: the user may have chosen another knowledge base meanwhile, and questions
+                # go to the one on screen (the files table follows it, refreshed after this event).
+                yield results, summary, None, gr.update(choices=handlers.kb_names(service))
         except KBQAError as exc:
             yield warn(exc)
 
@@ -228,8 +230,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         app.load(on_load, [kb, chosen], kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(lambda name: name, kb, chosen)
         # The bar shows once, over this upload's results, not copied onto every output.
-        ingest.click(on_ingest, [kb, upload], [results, docs, summary, upload, kb, doc_choice],
-                     show_progress_on=[results])
+        ingest.click(on_ingest, [kb, upload], [results, summary, upload, kb],
+                     show_progress_on=[results]).then(refresh_docs, kb, [docs, doc_choice])
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
         # One listener for the button and Enter: the browser holds back repeats of the same listener only.
         gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question],
