@@ -167,7 +167,7 @@ class Ingestor:
             raise KBQAError(f"{given_name} cannot be read ({exc.strerror or exc}): check its permissions.") from exc
         if name in batch:  # one knowledge base holds one file per name
             if batch[name][0] == sha:
-                return FileResult(name, "unchanged", reason="listed twice in this batch")
+                return FileResult(name, "unchanged", reason="listed earlier in this batch")
             raise KBQAError(f"another file named {name} ({batch[name][1]}) is in this batch, and a knowledge base "
                             f"holds one file per name: rename one of them and add it again.")
         # Where it came from, for a later same-named file's message: the path of a local file, the name given

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.callbacks import CallbackManagerForLLMRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -143,6 +143,16 @@ def clean_rewrite(text: str) -> str:
     return line.strip("\"'“”‘’「」`").strip()
 
 
+_INTERROGATIVE = re.compile(r"什么|甚么|多少|哪|谁|怎|如何|吗|呢|几|是否|为何|何时|何地|有没有|是不是|能不能|可否|能否"
+                            r"|^\s*(?:what|which|who|whom|whose|when|where|why|how|is|are|was|were|do|does|did|can"
+                            r"|could|will|would|should|has|have|had)\b", re.IGNORECASE)
+
+
+def asks(text: str) -> bool:
+    """True for a question: a question mark at its end, or a question word (Chinese anywhere, English first)."""
+    return text.rstrip().endswith(("?", "？")) or bool(_INTERROGATIVE.search(text))
+
+
 def _bare(text: str) -> str:
     """Letters, digits and CJK characters only, case-folded: to compare texts regardless of spacing and marks."""
     return "".join(c for c in text.casefold() if c.isalnum())
@@ -184,6 +194,12 @@ class KBRetriever(BaseRetriever):
         return [to_document(c) for c in self.retriever.retrieve(self.kb, query, self.k)]
 
 
+class Threshold(Protocol):
+    """The least score a passage needs for a question (``passage`` None: the question's own threshold)."""
+
+    def __call__(self, question: str, passage: str | None = None, /) -> float: ...
+
+
 class QAEngine:
     """Answers questions from one knowledge base at a time.
 
@@ -192,8 +208,8 @@ class QAEngine:
         llm: Returns the LLM, loading it on first use (ingest never needs it).
         prompts: Chinese and English templates.
         top_k: Chunks given to the model.
-        threshold: The least cosine score a chunk needs to be used, for a given question (it depends on the
-            question's language and on the lazily loaded embedding model).
+        threshold: ``threshold(question, passage=None)``: the least cosine score a passage needs to be used
+            for a question (it depends on their languages and on the lazily loaded embedding model).
         params: Generation settings.
         follow_up: How a question asked after earlier turns of a chat is searched for: ``rewrite`` (the LLM
             rewrites it into a standalone question, which is searched for and answered), ``concat`` (the
@@ -202,7 +218,7 @@ class QAEngine:
     """
 
     def __init__(self, retriever: Retriever, llm: Callable[[], LLM], prompts: PromptBook, top_k: int,
-                 threshold: Callable[[str], float], params: GenerationParams, follow_up: str = "rewrite",
+                 threshold: Threshold, params: GenerationParams, follow_up: str = "rewrite",
                  history_turns: int = 2) -> None:
         if follow_up not in FOLLOW_UP_MODES:
             raise ConfigError(f"retrieval.follow_up must be one of {FOLLOW_UP_MODES}, not {follow_up!r}.")
@@ -247,7 +263,10 @@ class QAEngine:
         said = _grams(" ".join([question, *(f"{q} {a}" for q, a in turns)]))
         mine = _grams(rewritten)
         copied = _bare(rewritten) in _bare(template.rewrite) and len(mine & said) < 0.5 * len(mine)
-        if not rewritten or len(rewritten) > 2 * len(concat) + 40 or copied:
+        # A question rewritten as a statement was answered, not rewritten ("那提请抗诉呢？" came back as
+        # "人民检察院提出抗诉，应当在…十五日内移送法院。": the earlier answer, and about the other procedure).
+        answered = asks(question) and not asks(rewritten)
+        if not rewritten or len(rewritten) > 2 * len(concat) + 40 or copied or answered:
             return concat, "concat"
         return rewritten, "rewritten"
 
@@ -261,8 +280,10 @@ class QAEngine:
             found = self.retriever.retrieve(kb, x["query"], self.top_k)
             x["timings"]["retrieve"] = time.perf_counter() - start
             x["found"] = found
-            x["threshold"] = self.threshold(x["query"])
-            passed = [c for c in found if c.score >= x["threshold"]]
+            passed = [c for c in found if c.score >= self.threshold(x["query"], c.text)]
+            # The refusal's notice names the threshold the best passage missed.
+            best = max(found, key=lambda c: c.score, default=None)
+            x["threshold"] = self.threshold(x["query"], best.text if best else None)
             if passed:  # the model will answer: load it now, so a model that cannot load fails before any event
                 self.get_llm()
             return passed

@@ -186,6 +186,30 @@ def test_a_knowledge_base_chosen_during_an_upload_stays_chosen(page: Any, embedd
     assert "slow.txt" not in page.locator("#docs").inner_text()
 
 
+def test_enter_keeps_a_new_name_that_begins_like_an_existing_one(page: Any, server: str, tmp_path: Path) -> None:
+    import httpx
+
+    doc = tmp_path / "manual.txt"
+    doc.write_text("The manual of the machine.", encoding="utf-8")
+    add_files(page, "Manuals Archive", [doc])
+    wait_text(page.locator("#docs"), "manual.txt", 30)
+    new = tmp_path / "draft.txt"
+    new.write_text("A draft for the new knowledge base.", encoding="utf-8")
+    add_files(page, "Manuals", [new])  # typed, then Enter: "Manuals Archive" is the first name that matches
+    wait_text(page.locator("#ingest-summary"), "indexed into Manuals", 30)
+    assert page.locator("#kb-select input").input_value() == "Manuals"
+    held = {kb["name"]: kb["documents"] for kb in httpx.get(f"{server}/kb").json()}
+    assert held.get("Manuals") == 1 and held["Manuals Archive"] == 1  # nothing went into the existing one
+    choose_kb(page, "Manuals Archive")  # a name typed whole still picks it
+    wait_text(page.locator("#docs"), "manual.txt", 10)
+    box = page.locator("#kb-select input")
+    box.fill("Manuals A")
+    box.press("ArrowDown")  # chosen with the arrow keys: Enter takes the option
+    box.press("Enter")
+    page.wait_for_timeout(500)
+    assert box.input_value() == "Manuals Archive"
+
+
 def test_the_files_table_fits_a_narrow_window(page: Any, tmp_path: Path) -> None:
     doc = tmp_path / "en_langchain_llm_apps_primer_second_edition.txt"
     doc.write_text("A primer on building applications with language models.", encoding="utf-8")
@@ -380,6 +404,16 @@ def test_a_reload_keeps_the_knowledge_base_chosen(page: Any, server: str, tmp_pa
         time.sleep(0.2)
     page.wait_for_timeout(1000)  # and it stays so
     assert page.locator("#kb-select input").input_value() == last
+
+
+def test_a_reload_keeps_a_new_name_typed_before_any_file_was_added(page: Any) -> None:
+    choose_kb(page, "还没有文件")
+    page.wait_for_timeout(500)
+    page.reload()
+    deadline = time.time() + 20
+    while page.locator("#kb-select input").input_value() != "还没有文件":
+        assert time.time() < deadline, page.locator("#kb-select input").input_value()
+        time.sleep(0.2)
 
 
 def slow_answer_streaming(page: Any, llm: FakeLLM, kb: str, folder: Path) -> None:

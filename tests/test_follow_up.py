@@ -195,3 +195,17 @@ def test_a_long_earlier_turn_is_clipped_not_sent_whole(service_for: Callable[...
         assert sum(len(m.content) for m in prompt) < 6000, [len(m.content) for m in prompt]
     assert "Which river flows through Egypt?" in " ".join(m.content for m in llm.prompts[0])  # its start is kept
     assert len(answer.query) < 1200
+
+
+@pytest.mark.parametrize(("follow_up", "reply", "read_as"), [
+    ("Which way does it flow?", "The Nile flows north.", "concat"),  # answered, not rewritten
+    ("那提请抗诉呢？", "人民检察院提出抗诉，应当在决定之日起十五日内移送法院。", "concat"),
+    ("Which way does it flow?", "Which way does the Nile flow", "rewritten"),  # a question without its mark
+    ("Tell me more about it", "Tell me more about the Nile", "rewritten"),  # no question to begin with
+])
+def test_a_rewrite_that_answers_the_question_is_not_searched_for(
+        service_for: Callable[..., KBQAService], llm: FakeLLM, follow_up: str, reply: str, read_as: str) -> None:
+    service = service_for(follow_up="rewrite")
+    llm.replies = [reply, "North."]
+    answer = service.ask("kb", follow_up, NILE)
+    assert answer.query == (reply if read_as == "rewritten" else f"{NILE[0].content}\n{follow_up}")

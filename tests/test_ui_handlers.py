@@ -208,4 +208,8 @@ def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_fi
     handlers.ingest(service, "kb", [first])
     _, docs, summary = handlers.ingest(service, "kb", [first, upload(tmp_path, "moons.md", "Io is a moon.")])
     assert "2 of 2 files** indexed into **kb** (1 of them unchanged), 1 chunk added" in summary
+    *_, again = handlers.ingest(service, "kb", [first, first, upload(tmp_path, "moons.md", "Io is a moon.")])
+    assert again == "**Nothing new**: all 3 files are already in **kb**, unchanged."  # not "3 of 3 indexed"
+    rows, _, bad = handlers.ingest(service, "kb", [first, upload(tmp_path, "x.xyz", "?")])
+    assert bad.startswith("**Nothing new**: the file is already in **kb**, unchanged. 1 failed")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", docs[0][4])

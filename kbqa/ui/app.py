@@ -14,7 +14,7 @@ from kbqa.errors import ConfigError, KBQAError
 from kbqa.service import KBQAService
 from kbqa.settings import Settings
 from kbqa.ui import handlers
-from kbqa.ui.render import CSS, DOC_HEADERS, RESULT_HEADERS, sources_html
+from kbqa.ui.render import CSS, DOC_HEADERS, KB_ENTER_JS, RESULT_HEADERS, sources_html
 
 
 def _gradio() -> Any:
@@ -57,8 +57,10 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # replaced only when it must be (none chosen, or deleted since): a name the user typed while the
         # page loaded is not wiped out. After a reload, the knowledge base this browser chose last is
         # chosen again (kept in the browser's storage), so a question never goes to another one unnoticed.
+        # A name typed but not yet created (no files added yet) is kept too: falling back to another knowledge
+        # base would send the next upload there.
         names = handlers.kb_names(service)
-        if current == initial and chosen_before in names and chosen_before != current:
+        if current == initial and isinstance(chosen_before, str) and chosen_before.strip() and chosen_before != current:
             return gr.update(choices=names, value=chosen_before)
         update = kb_dropdown(current, keep_typed=False)
         if update["value"] == current or not (update["value"] or current):
@@ -272,7 +274,8 @@ def build_server(service: KBQAService, settings: Settings, host: str | None = No
     blocks = build_app(service, settings.ingest.max_file_mb)
     blocks.queue(default_concurrency_limit=1)
     max_bytes = int(settings.ingest.max_file_mb * 2**20)  # in bytes: gradio reads "0.5mb" as an error
-    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, css=CSS, theme=gr.themes.Soft(),
+    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, css=CSS, js=KB_ENTER_JS,
+                              theme=gr.themes.Soft(),
                               footer_links=["settings"], show_error=True)
     app.add_middleware(HostGuard, hosts=allowed_hosts(host or settings.server.host, settings.server.allowed_hosts))
     return app

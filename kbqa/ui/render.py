@@ -58,6 +58,10 @@ def ingest_summary(report: IngestReport, new_kb: bool = False) -> str:
                 + (" (a new knowledge base is created only when a file gets in)." if new_kb and report.files
                    else "."))
     unchanged = sum(f.status == "unchanged" for f in report.files)
+    if unchanged == len(report.files) - failed:  # nothing new: "indexed" would claim work that was not done
+        text = (f"**Nothing new**: {'the file is' if unchanged == 1 else f'all {unchanged} files are'} already in "
+                f"**{literal(report.kb)}**, unchanged.")
+        return text + (f" {failed} failed: see the reason column." if failed else "")
     text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**"
             + (f" ({unchanged} of them unchanged)" if unchanged else "")
             + f", {report.chunks_added} chunk{'s' * (report.chunks_added != 1)} added in {report.seconds:.1f}s.")
@@ -117,4 +121,32 @@ CSS = """
 #delete-doc, #delete-kb {color: var(--color-red-600, #dc2626); border-color: var(--color-red-300, #fca5a5);}
 #confirm-delete-yes {background: var(--color-red-600, #dc2626); color: white;
                      border-color: var(--color-red-600, #dc2626);}
+"""
+
+#: Run once when the page loads. Gradio's dropdown takes Enter as "pick the first name that matches what was
+#: typed": typing "Corpus" (a new name) with "Corpus Mixed" present chose "Corpus Mixed", and files meant for a
+#: new knowledge base went into the existing one. Here Enter keeps what was typed, unless it is a name exactly
+#: or an option was chosen with the arrow keys; leaving the box keeps a typed value (as Tab does).
+KB_ENTER_JS = r"""
+() => {
+  let navigated = false, held = false;
+  const box = (e) => e.target instanceof HTMLInputElement && e.target.closest('#kb-select');
+  const shown = () => [...document.querySelectorAll('#kb-select li')]
+    .map((li) => li.textContent.replace(/^\s*✓\s*/, '').trim());
+  document.addEventListener('keydown', (e) => {
+    if (!box(e)) return;
+    if (['ArrowUp', 'ArrowDown', 'Home', 'End'].includes(e.key)) { navigated = true; return; }
+    if (e.key !== 'Enter') { navigated = false; return; }
+    const typed = e.target.value.trim();
+    held = !navigated && typed !== '' && !shown().includes(typed);
+    navigated = false;
+    if (!held) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    e.target.blur();
+  }, true);
+  document.addEventListener('keyup', (e) => {
+    if (box(e) && e.key === 'Enter' && held) { e.preventDefault(); e.stopImmediatePropagation(); held = false; }
+  }, true);
+}
 """
