@@ -148,6 +148,16 @@ _INTERROGATIVE = re.compile(r"什么|甚么|多少|哪|谁|怎|如何|吗|呢|�
                             r"|could|will|would|should|has|have|had)\b", re.IGNORECASE)
 
 
+_NUMBER = re.compile(r"第[一二两三四五六七八九十百千零〇\d]+|\d+(?:[.,]\d+)*(?:st|nd|rd|th)?"
+                     r"|\b(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last)\b"
+                     r"|最后|[一二两三四五六七八九十]+(?=[个种条项点位名年月日次])", re.IGNORECASE)
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers and ordinals of a text ("第二", "2nd", "second", "最后", "三个"), case-folded."""
+    return {m.group(0).casefold() for m in _NUMBER.finditer(text)}
+
+
 def asks(text: str) -> bool:
     """True for a question: a question mark at its end, or a question word (Chinese anywhere, English first)."""
     return text.rstrip().endswith(("?", "？")) or bool(_INTERROGATIVE.search(text))
@@ -266,7 +276,13 @@ class QAEngine:
         # A question rewritten as a statement was answered, not rewritten ("那提请抗诉呢？" came back as
         # "人民检察院提出抗诉，应当在…十五日内移送法院。": the earlier answer, and about the other procedure).
         answered = asks(question) and not asks(rewritten)
-        if not rewritten or len(rewritten) > 2 * len(concat) + 40 or copied or answered:
+        # "那第二个元素呢？" read as "…第三个主要元素是什么？": a number or ordinal the chat never had was made up.
+        # (One dropped is fine: "the second one" may be replaced by what it is.)
+        invented = bool(_numbers(rewritten) - _numbers(" ".join([question, *(f"{q} {a}" for q, a in turns)])))
+        # The earlier question again ("那第三种情形呢？" read as the question it follows) asks nothing new.
+        repeated = _bare(rewritten) in {_bare(q) for q, _ in turns}
+        if (not rewritten or len(rewritten) > 2 * len(concat) + 40 or copied or answered or invented
+                or repeated):
             return concat, "concat"
         return rewritten, "rewritten"
 

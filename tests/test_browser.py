@@ -50,6 +50,13 @@ def add_files(page: Any, kb_name: str, files: list[Path]) -> None:
     page.locator("#ingest-button").click()
 
 
+def add_text_file(page: Any, kb_name: str, path: Path, text: str) -> None:
+    """Write a text file, add it to a knowledge base and wait until the files table lists it."""
+    path.write_text(text, encoding="utf-8")
+    add_files(page, kb_name, [path])
+    wait_text(page.locator("#docs"), path.name, 30)
+
+
 @pytest.fixture(scope="module")
 def llm() -> FakeLLM:
     return FakeLLM(replies=["The Yangtze is the longest river in Asia [1]."] * 5)
@@ -166,10 +173,7 @@ def test_each_file_of_an_upload_shows_its_outcome_once_settled(page: Any, embedd
 
 def test_a_knowledge_base_chosen_during_an_upload_stays_chosen(page: Any, embedder: FakeGatedEmbedder,
                                                                 tmp_path: Path) -> None:
-    other = tmp_path / "other.txt"
-    other.write_text("A file of the other knowledge base.", encoding="utf-8")
-    add_files(page, "别处", [other])
-    wait_text(page.locator("#docs"), "other.txt", 30)
+    add_text_file(page, "别处", tmp_path / "other.txt", "A file of the other knowledge base.")
     slow = tmp_path / "slow.txt"
     slow.write_text("HOLD: an upload still running when the user moves on.", encoding="utf-8")
     embedder.gate.clear()
@@ -189,10 +193,7 @@ def test_a_knowledge_base_chosen_during_an_upload_stays_chosen(page: Any, embedd
 def test_enter_keeps_a_new_name_that_begins_like_an_existing_one(page: Any, server: str, tmp_path: Path) -> None:
     import httpx
 
-    doc = tmp_path / "manual.txt"
-    doc.write_text("The manual of the machine.", encoding="utf-8")
-    add_files(page, "Manuals Archive", [doc])
-    wait_text(page.locator("#docs"), "manual.txt", 30)
+    add_text_file(page, "Manuals Archive", tmp_path / "manual.txt", "The manual of the machine.")
     new = tmp_path / "draft.txt"
     new.write_text("A draft for the new knowledge base.", encoding="utf-8")
     add_files(page, "Manuals", [new])  # typed, then Enter: "Manuals Archive" is the first name that matches

@@ -202,8 +202,13 @@ def test_a_long_earlier_turn_is_clipped_not_sent_whole(service_for: Callable[...
     ("那提请抗诉呢？", "人民检察院提出抗诉，应当在决定之日起十五日内移送法院。", "concat"),
     ("Which way does it flow?", "Which way does the Nile flow", "rewritten"),  # a question without its mark
     ("Tell me more about it", "Tell me more about the Nile", "rewritten"),  # no question to begin with
+    ("那第二个元素呢？", "提示工程的第三个主要元素是什么？", "concat"),  # an ordinal the chat never had
+    ("And the second one?", "Which river flows through Egypt?", "concat"),  # the earlier question again
+    ("What about the second one?", "What is the second river of Egypt?", "rewritten"),
+    ("What about the second one?", "Which way does the Nile flow?", "rewritten"),  # replaced by what it is
+    ("那最后一种呢？", "尼罗河的最后一种用途是什么？", "rewritten"),
 ])
-def test_a_rewrite_that_answers_the_question_is_not_searched_for(
+def test_a_rewrite_that_answers_the_question_or_changes_its_numbers_is_not_searched_for(
         service_for: Callable[..., KBQAService], llm: FakeLLM, follow_up: str, reply: str, read_as: str) -> None:
     service = service_for(follow_up="rewrite")
     llm.replies = [reply, "North."]

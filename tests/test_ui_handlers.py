@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from kbqa.bootstrap import build_service
-from kbqa.errors import ConfigError, KBQAError
+from kbqa.errors import ConfigError, ContextLengthExceeded, KBQAError
 from kbqa.qa import chat_turns
 from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
@@ -154,7 +154,7 @@ class FakeOverflowingLLM(FakeLLM):
 
     def stream(self, messages, params=None, usage=None):  # type: ignore[no-untyped-def, override]
         if self.prompts:
-            raise ConfigError("The prompt does not fit the model's context; send less text.")
+            raise ContextLengthExceeded("The prompt does not fit the model's context; send less text.")
         return super().stream(messages, params, usage)
 
 
@@ -164,11 +164,12 @@ def test_a_question_that_fails_leaves_the_chat_and_is_not_read_with_the_next(tmp
     handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
     before, _ = list(handlers.ask(service, "kb", "Which planet is red?", []))[-1]
     steps = []
-    with pytest.raises(ConfigError, match="does not fit"):
+    with pytest.raises(ConfigError, match="too long for the model: shorten it") as info:
         for step in handlers.ask(service, "kb", "Which planet is red? " * 50, before):
             steps.append(step)
+    assert "does not fit" in str(info.value)  # the details stay
     history, panel = steps[-1]
-    assert history == before and "Not answered: The prompt does not fit" in panel
+    assert history == before and "Not answered: The question is too long for the model: shorten it" in panel
     assert "The question was: Which planet is red? Which" in panel and panel.count("Which planet") < 50
     # a reply left empty (a client's, or one cut off) is no earlier turn either
     assert chat_turns([ChatMessage("user", "a?"), ChatMessage("assistant", " "), ChatMessage("user", "b?"),

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kbqa.errors import KBQAError
+from kbqa.errors import ContextLengthExceeded, KBQAError
 from kbqa.qa import empty_knowledge_base
 from kbqa.schema import ChatMessage, FileResult, IngestReport
 from kbqa.service import KBQAService
@@ -168,8 +168,11 @@ def ask(service: KBQAService, kb: str | None, question: str,
     except KBQAError as exc:
         # Unanswered, the question leaves the chat: a later follow-up must not be read with it.
         shown = question if len(question) <= 300 else question[:300] + "…"
+        if isinstance(exc, ContextLengthExceeded):  # the settings it names are the server's: say what a user can do
+            exc = ContextLengthExceeded(f"The question is too long for the model: shorten it and send it again. "
+                                        f"(Details: {exc})")
         yield history[:-2], sources_html([], f"Not answered: {exc} The question was: {shown}")
-        raise
+        raise exc
 
 
 def delete_document(service: KBQAService, kb: str | None, name: str | None) -> tuple[list[list[object]], str]:
