@@ -54,6 +54,8 @@ class KBQAService:
         self.get_llm = llm
         self._recovered: set[str] = set()
         self._lock = threading.Lock()
+        #: Per knowledge-base slug, ``[files settled, files]`` of each batch being added now.
+        self._adding: dict[str, list[list[int]]] = {}
         self._finish_interrupted()
 
     def _kb(self, name: str) -> KnowledgeBase:
@@ -127,11 +129,31 @@ class KBQAService:
         for f in files:
             pairs.append((Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name))
             local.append(not isinstance(f, tuple))
+        batch = [0, len(pairs)]
+
+        def settled(result: FileResult) -> None:
+            batch[0] += 1
+            if on_file is not None:
+                on_file(result)
+
+        with self._lock:
+            self._adding.setdefault(kb.slug, []).append(batch)
         try:
-            return self.ingestor.ingest(kb, pairs, progress, local=local, on_file=on_file)
+            return self.ingestor.ingest(kb, pairs, progress, local=local, on_file=settled)
         finally:
+            with self._lock:
+                self._adding[kb.slug].remove(batch)
+                if not self._adding[kb.slug]:
+                    del self._adding[kb.slug]
             if new and not kb.deleted:
                 self._settle_first_batch(kb)
+
+    def adding(self, kb_name: str) -> tuple[int, int] | None:
+        """``(files settled, files)`` of the batches being added to a knowledge base now; None when none is."""
+        folder = self.root.folder_for(kb_name)
+        with self._lock:
+            batches = self._adding.get(folder.name, []) if folder is not None else []
+            return (sum(b[0] for b in batches), sum(b[1] for b in batches)) if batches else None
 
     def _settle_first_batch(self, kb: KnowledgeBase) -> None:
         """A new knowledge base that nothing got into is removed (no empty one is left); else it is kept."""

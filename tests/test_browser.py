@@ -190,6 +190,25 @@ def test_a_knowledge_base_chosen_during_an_upload_stays_chosen(page: Any, embedd
     assert "slow.txt" not in page.locator("#docs").inner_text()
 
 
+def test_a_reload_during_an_upload_says_files_are_still_being_added(page: Any, embedder: FakeGatedEmbedder,
+                                                                    tmp_path: Path) -> None:
+    slow = tmp_path / "held.txt"
+    slow.write_text("HOLD: a file still being added when the page reloads.", encoding="utf-8")
+    embedder.gate.clear()
+    try:
+        add_files(page, "重新加载", [slow])
+        wait_text(page.locator("#ingest-results"), "held.txt", 30)  # the bar names it: the upload runs
+        page.reload()
+        page.get_by_role("tab", name="Documents").click()
+        wait_text(page.locator("#docs"), "still adding 1 of 1 file", 20)
+    finally:
+        embedder.gate.set()
+    page.wait_for_timeout(1000)
+    page.locator("#kb-refresh").click()
+    wait_text(page.locator("#docs"), "held.txt", 20)
+    assert "still adding" not in page.locator("#docs").inner_text()
+
+
 def test_enter_keeps_a_new_name_that_begins_like_an_existing_one(page: Any, server: str, tmp_path: Path) -> None:
     import httpx
 

@@ -214,3 +214,21 @@ def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_fi
     rows, _, bad = handlers.ingest(service, "kb", [first, upload(tmp_path, "x.xyz", "?")])
     assert bad.startswith("**Nothing new**: the file is already in **kb**, unchanged. 1 failed")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", docs[0][4])
+
+
+def test_the_files_table_says_while_files_are_still_being_added(service: KBQAService, tmp_path: Path) -> None:
+    seen: list[tuple[object, str]] = []
+
+    def told(_: object) -> None:  # called inside the batch, as each file is settled
+        seen.append((service.adding("kb"), handlers.files_label(service, "kb")))
+
+    files = [tmp_path / "a.md", tmp_path / "b.md"]
+    for f in files:
+        f.write_text(f"text of {f.name}", encoding="utf-8")
+    service.add_files("kb", files, on_file=told)
+    assert seen[0] == ((1, 2), "Files in this knowledge base · still adding 1 of 2 files: press ↻ Refresh to see "
+                               "them once done")
+    assert seen[1] == ((2, 2), "Files in this knowledge base · finishing an upload: press ↻ Refresh to see them "
+                               "once done")
+    assert service.adding("kb") is None and handlers.files_label(service, "kb") == handlers.FILES_LABEL
+    assert handlers.files_label(service, "nothing") == handlers.FILES_LABEL

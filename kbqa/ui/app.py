@@ -69,7 +69,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
 
     def refresh_docs(kb: str | None) -> tuple[Any, Any]:
         rows = handlers.documents(service, kb)
-        return rows, gr.update(choices=[r[0] for r in rows], value=None)
+        return (gr.update(value=rows, label=handlers.files_label(service, kb)),
+                gr.update(choices=[r[0] for r in rows], value=None))
 
     def on_ingest(kb: str | None, files: Any, progress: Any = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008
         """Outputs: results, summary, upload, kb. Each file's line shows once it is settled."""
@@ -198,7 +199,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 summary = gr.Markdown(elem_id="ingest-summary")
                 results = gr.Dataframe(headers=RESULT_HEADERS, label="This upload", interactive=False,
                                        elem_id="ingest-results", wrap=True, column_widths=["18%", "10%", "8%", "64%"])
-                docs = gr.Dataframe(headers=DOC_HEADERS, label="Files in this knowledge base", interactive=False,
+                docs = gr.Dataframe(headers=DOC_HEADERS, label=handlers.FILES_LABEL, interactive=False,
                                     elem_id="docs", wrap=True, column_widths=["38%", "10%", "11%", "13%", "28%"])
                 with gr.Row():
                     doc_choice = gr.Dropdown(label="File", choices=[], elem_id="doc-choice", scale=3)
@@ -230,7 +231,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
         app.load(on_load, [kb, chosen], kb).then(refresh_docs, kb, [docs, doc_choice])
-        kb.change(lambda name: name, kb, chosen)
+        kb.change(None, kb, chosen, js="(name) => name")  # kept in the browser at once, not after the queue
         # The bar shows once, over this upload's results, not copied onto every output.
         ingest.click(on_ingest, [kb, upload], [results, summary, upload, kb],
                      show_progress_on=[results]).then(refresh_docs, kb, [docs, doc_choice])

@@ -52,6 +52,21 @@ def documents(service: KBQAService, kb: str | None) -> list[list[object]]:
     return doc_rows(service.list_documents(kb))
 
 
+FILES_LABEL = "Files in this knowledge base"
+
+
+def files_label(service: KBQAService, kb: str | None) -> str:
+    """The files table's title; it says so while files are still being added (a reload mid-upload showed an
+    empty table, and the files seemed lost)."""
+    busy = service.adding(kb) if kb else None
+    if busy is None:
+        return FILES_LABEL
+    done, total = busy
+    left = (f"still adding {total - done} of {total} file{'s' * (total != 1)}" if done < total
+            else "finishing an upload")
+    return f"{FILES_LABEL} · {left}: press ↻ Refresh to see them once done"
+
+
 def upload_names(files: Sequence[Any] | None) -> list[tuple[Path, str]]:
     """Gradio upload values -> ``(temp path, original file name)`` pairs."""
     pairs = []
