@@ -6,6 +6,7 @@ it with Playwright and Debian's Chromium (``make browser`` installs it).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -74,6 +75,19 @@ class FakeGatedEmbedder(FakeEmbedder):
         if any("HOLD" in t for t in texts):
             assert self.gate.wait(60), "the test never opened the gate"
         return super().embed_documents(texts)
+
+
+@contextlib.contextmanager
+def upload_held(page: Any, embedder: FakeGatedEmbedder, kb_name: str, path: Path) -> Iterator[None]:
+    """Add a file whose embedding waits until the block ends: the upload is running inside it."""
+    path.write_text(f"HOLD: {path.name} is still being added.", encoding="utf-8")
+    embedder.gate.clear()
+    try:
+        add_files(page, kb_name, [path])
+        wait_text(page.locator("#ingest-results"), path.name, 30)  # the progress bar names it
+        yield
+    finally:
+        embedder.gate.set()
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +188,8 @@ def test_each_file_of_an_upload_shows_its_outcome_once_settled(page: Any, embedd
 def test_a_knowledge_base_chosen_during_an_upload_stays_chosen(page: Any, embedder: FakeGatedEmbedder,
                                                                 tmp_path: Path) -> None:
     add_text_file(page, "别处", tmp_path / "other.txt", "A file of the other knowledge base.")
-    slow = tmp_path / "slow.txt"
-    slow.write_text("HOLD: an upload still running when the user moves on.", encoding="utf-8")
-    embedder.gate.clear()
-    try:
-        add_files(page, "上传中", [slow])
-        wait_text(page.locator("#ingest-results"), "slow.txt", 30)  # the bar names it: the upload runs
+    with upload_held(page, embedder, "上传中", tmp_path / "slow.txt"):
         choose_kb(page, "别处")  # and the user goes on with another knowledge base
-    finally:
-        embedder.gate.set()
     wait_text(page.locator("#ingest-summary"), "indexed into 上传中", 30)
     page.wait_for_timeout(1000)
     assert page.locator("#kb-select input").input_value() == "别处"  # not switched back under the user
@@ -192,17 +199,10 @@ def test_a_knowledge_base_chosen_during_an_upload_stays_chosen(page: Any, embedd
 
 def test_a_reload_during_an_upload_says_files_are_still_being_added(page: Any, embedder: FakeGatedEmbedder,
                                                                     tmp_path: Path) -> None:
-    slow = tmp_path / "held.txt"
-    slow.write_text("HOLD: a file still being added when the page reloads.", encoding="utf-8")
-    embedder.gate.clear()
-    try:
-        add_files(page, "重新加载", [slow])
-        wait_text(page.locator("#ingest-results"), "held.txt", 30)  # the bar names it: the upload runs
+    with upload_held(page, embedder, "重新加载", tmp_path / "held.txt"):
         page.reload()
         page.get_by_role("tab", name="Documents").click()
         wait_text(page.locator("#docs"), "still adding 1 of 1 file", 20)
-    finally:
-        embedder.gate.set()
     page.wait_for_timeout(1000)
     page.locator("#kb-refresh").click()
     wait_text(page.locator("#docs"), "held.txt", 20)
