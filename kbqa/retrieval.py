@@ -7,6 +7,7 @@ question and the chunk, so scores mean the same in every mode and one threshold 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -86,6 +87,17 @@ class RetrievalConfig:
     candidates: int = 20
 
 
+#: A number an embedding cannot match but a keyword can: digit groups joined by - . / : _ (a file or account
+#: number "000-30653", "CVE-2023-1234", a version "1.2.3") or a run of five digits or more.
+_IDENTIFIER = re.compile(r"\d+(?:[-_./:]\w*\d\w*)+|\d{5,}")
+
+
+def bm25_weight(question: str, cfg: RetrievalConfig) -> float:
+    """BM25's weight in the fusion: the strong one for Chinese questions and for questions naming an
+    identifier (dense retrieval put the passage holding "000-30653" below unrelated ones); else the English one."""
+    return cfg.bm25_weight if is_chinese(question) or _IDENTIFIER.search(question) else cfg.bm25_weight_en
+
+
 def fuse(rankings: Sequence[tuple[Sequence[str], float]], rrf_k: int) -> list[str]:
     """Weighted reciprocal rank fusion: ``sum(weight / (rrf_k + rank))`` over the rankings (rank from 1).
 
@@ -135,7 +147,7 @@ class Retriever:
         rankings: list[tuple[Sequence[str], float]] = [([c.id for c in dense], cfg.dense_weight)]
         if cfg.mode in ("bm25", "hybrid"):
             hits = self.keywords.get(kb).search(question, n)
-            rankings.append(([i for i, _ in hits], cfg.bm25_weight if is_chinese(question) else cfg.bm25_weight_en))
+            rankings.append(([i for i, _ in hits], bm25_weight(question, cfg)))
         order = [c.id for c in dense] if cfg.mode == "dense" else fuse(rankings, cfg.rrf_k)
         known = {c.id: c for c in dense}
 

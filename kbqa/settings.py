@@ -159,7 +159,8 @@ class RetrievalSettings(_Section):
         "hybrid", description="Dense vectors, BM25 keywords, or both fused.")
     dense_weight: float = Field(1.0, ge=0.0, description="Weight of the dense ranking in reciprocal rank fusion.")
     bm25_weight: float = Field(2.0, ge=0.0, description="Weight of the BM25 ranking for Chinese questions.")
-    bm25_weight_en: float = Field(0.1, ge=0.0, description="Weight of the BM25 ranking for other questions.")
+    bm25_weight_en: float = Field(0.1, ge=0.0, description="Weight of the BM25 ranking for other questions "
+                                  "(those naming an identifier such as 000-30653 take bm25_weight).")
     rrf_k: int = Field(5, ge=1, description="Reciprocal rank fusion constant: score = weight / (rrf_k + rank).")
     candidates: int = Field(20, ge=1, description="Candidates each retriever contributes before fusion.")
     reranker: str | None = Field(None, description="Cross-encoder (hub id or folder) to rerank candidates; None = off.")

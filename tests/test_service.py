@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kbqa.bootstrap import build_service
@@ -786,3 +787,29 @@ def test_a_damaged_index_in_a_knowledge_base_a_crash_left_unfinished_does_not_st
     assert {d.name for d in service.list_documents("good")} == {"rivers.txt"}
     service.delete_kb("bad")
     assert [kb.name for kb in service.list_kbs()] == ["good"]
+
+
+class FakeBlindEmbedder(FakeEmbedder):
+    """One vector for every text: dense retrieval ranks passages in no useful order."""
+
+    def _vector(self, text: str) -> np.ndarray:
+        v = np.ones(self.dim, dtype=np.float32)
+        return v / np.linalg.norm(v)
+
+
+def test_a_question_naming_an_identifier_leans_on_keywords(tmp_path: Path, llm: FakeLLM) -> None:
+    from kbqa.retrieval import RetrievalConfig, bm25_weight
+
+    cfg = RetrievalConfig()
+    for question in ("000-30653", "What is filed under 000-30653?", "CVE-2023-1234", "order 1234567", "长江多长？"):
+        assert bm25_weight(question, cfg) == cfg.bm25_weight, question
+    for question in ("How many bridges?", "What about the 13-year-old boy?", "In 2021?"):
+        assert bm25_weight(question, cfg) == cfg.bm25_weight_en, question
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for n in range(6):
+        (folder / f"note{n}.txt").write_text(f"Note {n} about the quarterly report of the company.", encoding="utf-8")
+    (folder / "zz-cover.txt").write_text("Commission file number 000-30653.", encoding="utf-8")
+    service = build_service(make_settings(tmp_path, mode="hybrid"), embedder=FakeBlindEmbedder(), llm=lambda: llm)
+    service.add_files("kb", sorted(folder.iterdir()))
+    assert service.search("kb", "000-30653", 3)[0].source == "zz-cover.txt"
