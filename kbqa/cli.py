@@ -6,6 +6,7 @@ Errors a user can fix print one line on stderr and exit 1; progress bars go to s
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -36,54 +37,65 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
     folders (``.name``, Thumbs.db) were skipped.
     """
     files: list[Path] = []
-    problems: list[FileResult] = []
-    skipped = 0
+    # Keyed by the normalised path: a folder given twice (or a folder and one inside it) reports each problem
+    # and counts each skipped name once.
+    problems: dict[str, FileResult] = {}
+    skipped: set[str] = set()
+
+    def problem(where: str | Path, reason: str) -> None:
+        problems.setdefault(_key(where), FileResult(str(where), "failed", reason=reason))
+
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             what = "a broken link: its target is missing" if path.is_symlink() else "no such file or folder"
-            problems.append(FileResult(str(raw), "failed", reason=f"{what} (check the path)"))
+            problem(raw, f"{what} (check the path)")
             continue
         if not path.is_dir():
             if path.is_file():
                 files.append(path)
             else:  # a pipe, socket or device: reading it could block or never end
-                problems.append(FileResult(str(raw), "failed", reason=_NOT_A_FILE))
+                problem(raw, _NOT_A_FILE)
             continue
 
         def unreadable(exc: OSError) -> None:
-            problems.append(FileResult(str(exc.filename), "failed", reason=f"folder cannot be read "
-                                       f"({exc.strerror or exc}): check its permissions"))
+            problem(str(exc.filename), f"folder cannot be read ({exc.strerror or exc}): check its permissions")
 
         found = []
         for folder, subfolders, names in os.walk(path, onerror=unreadable):
-            skipped += sum(d.startswith(".") for d in subfolders)  # .git, .venv: counted, not walked
+            # .git, .venv: counted, not walked
+            skipped.update(_key(os.path.join(folder, d)) for d in subfolders if d.startswith("."))
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             for d in subfolders:
                 if os.path.islink(os.path.join(folder, d)):
-                    problems.append(FileResult(os.path.join(folder, d), "failed", reason="a link to a folder, not "
-                                               "followed: give the folder it points to"))
+                    problem(os.path.join(folder, d), "a link to a folder, not followed: give the folder it "
+                            "points to")
             for name in names:
                 sub = Path(folder) / name
                 if name.startswith(".") or name.lower() in _JUNK:
-                    skipped += 1
+                    skipped.add(_key(sub))
                     continue
                 if sub.is_file():
                     found.append(sub)
                 elif not sub.exists():
-                    problems.append(FileResult(str(sub), "failed", reason="a broken link: its target is missing"))
+                    problem(sub, "a broken link: its target is missing")
                 else:
-                    problems.append(FileResult(str(sub), "failed", reason=_NOT_A_FILE))
+                    problem(sub, _NOT_A_FILE)
         files += sorted(found)
-    return _once(files), problems, skipped
+    return _once(files), list(problems.values()), len(skipped)
+
+
+def _key(path: str | Path) -> str:
+    """One spelling of a path (``d/a.txt``, ``./d/a.txt`` and absolute are the same)."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def _once(files: list[Path]) -> list[Path]:
-    """The files without repeats of the same path (spelt ``d/a.txt``, ``./d/a.txt`` or absolute)."""
+    """The files without repeats of the same path."""
     seen: set[str] = set()
     kept = []
     for file in files:
-        key = os.path.normpath(os.path.abspath(file))
+        key = _key(file)
         if key not in seen:
             seen.add(key)
             kept.append(file)
@@ -414,6 +426,21 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kbqa`` and ``python -m kbqa``."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`kbqa docs list | head -3`): stop quietly, as other tools do, not with a traceback.
+        # stdout is pointed at /dev/null, so that Python's own flush at exit does not fail on the closed pipe too.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, io.UnsupportedOperation):  # stdout is no file (a caller's capture)
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a command that a closed pipe stopped
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from kbqa.bootstrap import quiet_environment
 
     quiet_environment()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+from pathlib import Path
 
 from kbqa.errors import DocumentNotFound, KBQAError
 from kbqa.knowledge import KnowledgeBase
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes, name: str) -> str:
     """Remove a file: out of the manifest first, then its chunks, then its copy. Returns its name as held."""
     with kb.lock:
+        given = name
         if name not in kb.manifest.files:  # a path, or a name as the file system spells it: as ingest stored it
             with contextlib.suppress(KBQAError):
                 name = safe_file_name(name)
@@ -26,6 +29,11 @@ def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordInde
             names = sorted(kb.manifest.files)
             held = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
             raise DocumentNotFound(f"Knowledge base '{kb.name}' has no file '{name}' (it holds: {held or 'none'}).")
+        # A path names the file added from there: another folder's file of the same name is not this one.
+        origin = entry.get("origin")
+        if given != name and origin and re.search(r"[\\/]", given) and str(Path(given).resolve()) != origin:
+            raise DocumentNotFound(f"'{name}' in knowledge base '{kb.name}' was added from {origin}, not from "
+                                   f"{given}: give its name ({name}) or that path to delete it.")
         index = keywords.get(kb)
         with kb.pending(entry["sha256"]):
             kb.forget_file(name)

@@ -65,6 +65,8 @@ def test_ingest_names_what_it_cannot_add_under_a_folder(service: KBQAService, fo
 
 def test_ingest_names_a_missing_path_as_given_and_counts_skipped_hidden_files(
         service: KBQAService, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
     (folder / "sub" / "broken.pdf").unlink()
     (folder / ".notes.txt").write_text("hidden", encoding="utf-8")
     (folder / "Thumbs.db").write_bytes(b"\0")
@@ -76,6 +78,12 @@ def test_ingest_names_a_missing_path_as_given_and_counts_skipped_hidden_files(
     assert f"{missing}: failed (no such file or folder (check the path))" in captured.out
     assert "; 1 more could not be added (listed above); 4 hidden or system files or folders" in captured.err
     assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
+    # the folder given twice, and a folder inside it: each problem and each skipped name counted once
+    os.mkfifo(folder / "sub" / "pipe.txt")
+    assert cli.main(["ingest", "--kb", "space", str(folder), str(folder), str(folder / "sub")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("pipe.txt: failed") == 1
+    assert "; 1 more could not be added (listed above); 4 hidden or system files or folders" in captured.err
 
 
 def test_ingest_of_good_unchanged_files_exits_zero(service: KBQAService, folder: Path,
@@ -123,6 +131,10 @@ def test_kb_and_docs_commands(service: KBQAService, folder: Path, capsys: pytest
     assert capsys.readouterr().out.startswith("太空\t1 files\t1 chunks")
     assert cli.main(["docs", "list", "--kb", "太空"]) == 0
     assert capsys.readouterr().out.startswith("planets.md\t1 chunks")
+    # another folder's file of that name is not the one held: nothing is deleted
+    assert cli.main(["docs", "delete", "--kb", "太空", str(folder / "sub" / "planets.md")]) == 1
+    assert f"was added from {folder.resolve() / 'planets.md'}, not from" in capsys.readouterr().err
+    assert [d.name for d in service.list_documents("太空")] == ["planets.md"]
     assert cli.main(["docs", "delete", "--kb", "太空", str(folder / "planets.md")]) == 0  # as it was added
     assert capsys.readouterr().out == "deleted planets.md from 太空\n"  # the file it held, not the path typed
     assert cli.main(["kb", "delete", "太空"]) == 0
@@ -339,3 +351,25 @@ def test_config_and_verbose_go_before_or_after_the_command(capsys: pytest.Captur
     with pytest.raises(SystemExit) as done:
         parse(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("kbqa ")
+
+
+@pytest.mark.parametrize("argv", [["docs", "list", "--kb", "space"], ["kb", "list"],
+                                  ["ask", "--kb", "space", "Which planet is the largest?"]])
+def test_a_reader_that_goes_away_ends_a_listing_quietly(service: KBQAService, folder: Path, argv: list[str],
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # `kbqa docs list | head -0`: no traceback, the status a shell gives a command a closed pipe stopped.
+    import builtins
+
+    cli.main(["ingest", "--kb", "space", str(folder)])
+    capsys.readouterr()
+
+    def closed(*args: object, **kwargs: object) -> None:
+        if kwargs.get("file") is None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(builtins, "print", closed)
+    assert cli.main(argv) == 141
+    monkeypatch.undo()
+    assert "Traceback" not in capsys.readouterr().err
+

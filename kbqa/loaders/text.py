@@ -38,6 +38,23 @@ def read_text(data: bytes, name: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _utf16_text(data: bytes) -> str | None:
+    """``data`` read as UTF-16 without a byte-order mark (little-endian first, as Windows writes it), when that
+    gives text: valid UTF-16, no NUL, and all but a few characters printable or line breaks (binary data read
+    so is full of control and unassigned characters)."""
+    if len(data) % 2:
+        return None
+    for encoding in ("utf-16-le", "utf-16-be"):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        odd = sum(not (c.isprintable() or c in "\n\r\t\f") for c in text)  # a zero-width space is "odd" too
+        if "\x00" not in text and odd <= len(text) / 200:
+            return text
+    return None
+
+
 def _decode(data: bytes, name: str) -> str:
     for bom, encoding in _BOMS:
         if data.startswith(bom):
@@ -47,6 +64,9 @@ def _decode(data: bytes, name: str) -> str:
             if len(data) % 2 == 0 and data[offset::2].count(0) > 0.3 * len(data) // 2 \
                     and b"\x00" not in data[1 - offset::2]:
                 return data.decode(encoding, errors="replace")
+        text = _utf16_text(data)  # mostly Chinese: the NULs of its line breaks and spaces are too few for the above
+        if text is not None:
+            return text
         raise CorruptDocument(f"{name} looks like a binary file, not text (it contains NUL bytes); "
                               "upload the document itself or save it as UTF-8 text.")
     try:
