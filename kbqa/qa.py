@@ -163,6 +163,28 @@ def asks(text: str) -> bool:
     return text.rstrip().endswith(("?", "？")) or bool(_INTERROGATIVE.search(text))
 
 
+#: A number: digits in thousands groups (``4,000``; ``500, 000`` as a small model writes it) or plain, with decimals.
+_FIGURE = re.compile(r"\d{1,3}(?:, ?\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?")
+
+
+def _figures(text: str) -> set[str]:
+    """The numbers of a text, thousands separators dropped (``4,000``, ``4, 000`` and ``4000`` are one)."""
+    return {re.sub(r"[, ]", "", m.group(0)) for m in _FIGURE.finditer(text)}
+
+
+def unsupported_numbers(answer: str, sources: Sequence[str]) -> list[str]:
+    """Numbers of ``answer`` found in none of ``sources`` (citation marks such as ``[1]`` left out): a sum, a
+    conversion or a figure the model made up ("90 Million barrels" from passages saying 30 and 60)."""
+    held = set().union(*(_figures(t) for t in sources)) if sources else set()
+    said = re.sub(r"\[\d+(?:\s*[,，]\s*\d+)*\]", " ", answer)
+    missing: dict[str, str] = {}  # normalised -> as the answer writes it
+    for m in _FIGURE.finditer(said):
+        [figure] = _figures(m.group(0))
+        if figure not in held:
+            missing.setdefault(figure, m.group(0))
+    return list(missing.values())
+
+
 def _bare(text: str) -> str:
     """Letters, digits and CJK characters only, case-folded: to compare texts regardless of spacing and marks."""
     return "".join(c for c in text.casefold() if c.isalnum())
@@ -385,6 +407,10 @@ class QAEngine:
             notice = read_as + ("The model found no answer in the retrieved passages." if refused else
                                 "The model wrote no answer (it stopped at once, or a stop string came first): "
                                 "ask again, or rephrase the question." if not text else "")
+            seen = [question, query, *(m.content for m in earlier), *(c.text for c in used)]
+            if not refused and (missing := unsupported_numbers(text, seen)):
+                notice += (f" Check this answer against the sources: {', '.join(missing[:3])} "
+                           f"{'is' if len(missing) == 1 else 'are'} in none of the passages it was written from.")
             answer = Answer(question, text, used, refused=refused, language=lang, notice=notice.strip(),
                             timings=timings, query=query)
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)

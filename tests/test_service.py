@@ -813,3 +813,28 @@ def test_a_question_naming_an_identifier_leans_on_keywords(tmp_path: Path, llm: 
     service = build_service(make_settings(tmp_path, mode="hybrid"), embedder=FakeBlindEmbedder(), llm=lambda: llm)
     service.add_files("kb", sorted(folder.iterdir()))
     assert service.search("kb", "000-30653", 3)[0].source == "zz-cover.txt"
+
+
+def test_an_answer_with_a_number_the_passages_lack_says_to_check_it(make: Callable[..., KBQAService], docs: Path,
+                                                                     llm: FakeLLM) -> None:
+    service = make()
+    service.add_files("kb", files_in(docs))
+    llm.replies = ["The Yangtze, 6,300 km long [1, 2]."]
+    answer = service.ask("kb", "Which is the longest river in Asia?")
+    assert not answer.refused
+    assert answer.notice == ("Check this answer against the sources: 6,300 is in none of the passages it was "
+                             "written from.")
+    llm.replies = ["The Yangtze [1]."]  # citation marks are no figures
+    assert service.ask("kb", "Which is the longest river in Asia?").notice == ""
+    llm.replies = ["Yes, 6300 km [1]."]  # a figure the question gave
+    assert service.ask("kb", "Is the Yangtze, the longest river in Asia, 6,300 km long?").notice == ""
+
+
+def test_figures_are_compared_as_numbers_not_as_spelt() -> None:
+    from kbqa.qa import unsupported_numbers
+
+    assert unsupported_numbers("500, 000 stations [1].", ["a network of 500,000 chargers"]) == []
+    assert unsupported_numbers("4000 projects", ["4,000 projects have been announced"]) == []
+    assert unsupported_numbers("Articles 3, 4 [1, 2]", ["Article 3", "Article 4"]) == []
+    assert unsupported_numbers("4,000 + 11,000 = 15,000", ["4,000 jobs", "11,000 jobs"]) == ["15,000"]
+    assert unsupported_numbers("6.5 million", ["6.5 million jobs"]) == [] and unsupported_numbers("6.5", ["65"])
