@@ -167,9 +167,14 @@ def asks(text: str) -> bool:
 _FIGURE = re.compile(r"\d{1,3}(?:, ?\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?")
 
 
+def _plain(figure: str) -> str:
+    """A number without its thousands separators (``4,000``, ``4, 000`` and ``4000`` are one)."""
+    return re.sub(r"[, ]", "", figure)
+
+
 def _figures(text: str) -> set[str]:
-    """The numbers of a text, thousands separators dropped (``4,000``, ``4, 000`` and ``4000`` are one)."""
-    return {re.sub(r"[, ]", "", m.group(0)) for m in _FIGURE.finditer(text)}
+    """The numbers of a text, as ``_plain`` writes them."""
+    return {_plain(m.group(0)) for m in _FIGURE.finditer(text)}
 
 
 def unsupported_numbers(answer: str, sources: Sequence[str]) -> list[str]:
@@ -179,9 +184,8 @@ def unsupported_numbers(answer: str, sources: Sequence[str]) -> list[str]:
     said = re.sub(r"\[\d+(?:\s*[,，]\s*\d+)*\]", " ", answer)
     missing: dict[str, str] = {}  # normalised -> as the answer writes it
     for m in _FIGURE.finditer(said):
-        [figure] = _figures(m.group(0))
-        if figure not in held:
-            missing.setdefault(figure, m.group(0))
+        if _plain(m.group(0)) not in held:
+            missing.setdefault(_plain(m.group(0)), m.group(0))
     return list(missing.values())
 
 
@@ -292,7 +296,8 @@ class QAEngine:
         # A reply that is no question (empty, or an essay), or that copies the prompt's own example (a small
         # model answers "那它有多高？" with the example's "埃菲尔铁塔有多高？"), is worth less than the plain
         # concatenation.
-        said = _grams(" ".join([question, *(f"{q} {a}" for q, a in turns)]))
+        chat = " ".join([question, *(f"{q} {a}" for q, a in turns)])
+        said = _grams(chat)
         mine = _grams(rewritten)
         copied = _bare(rewritten) in _bare(template.rewrite) and len(mine & said) < 0.5 * len(mine)
         # A question rewritten as a statement was answered, not rewritten ("那提请抗诉呢？" came back as
@@ -300,7 +305,7 @@ class QAEngine:
         answered = asks(question) and not asks(rewritten)
         # "那第二个元素呢？" read as "…第三个主要元素是什么？": a number or ordinal the chat never had was made up.
         # (One dropped is fine: "the second one" may be replaced by what it is.)
-        invented = bool(_numbers(rewritten) - _numbers(" ".join([question, *(f"{q} {a}" for q, a in turns)])))
+        invented = bool(_numbers(rewritten) - _numbers(chat))
         # The earlier question again ("那第三种情形呢？" read as the question it follows) asks nothing new.
         repeated = _bare(rewritten) in {_bare(q) for q, _ in turns}
         if (not rewritten or len(rewritten) > 2 * len(concat) + 40 or copied or answered or invented

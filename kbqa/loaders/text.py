@@ -39,11 +39,17 @@ def read_text(data: bytes, name: str) -> str:
 
 
 def _utf16_text(data: bytes) -> str | None:
-    """``data`` read as UTF-16 without a byte-order mark (little-endian first, as Windows writes it), when that
-    gives text: valid UTF-16, no NUL, and all but a few characters printable or line breaks (binary data read
-    so is full of control and unassigned characters)."""
+    """``data`` read as UTF-16 without a byte-order mark, or None when it is not such text.
+
+    Mostly ASCII text is told by its NULs: every other byte. Mostly Chinese text has too few of them (only its
+    line breaks and spaces), so it is taken when it decodes as valid UTF-16 (little-endian first, as Windows
+    writes it) with no NUL and all but a few characters printable or line breaks (binary data read so is full
+    of control and unassigned characters)."""
     if len(data) % 2:
         return None
+    for encoding, offset in (("utf-16-le", 1), ("utf-16-be", 0)):
+        if data[offset::2].count(0) > 0.3 * len(data) // 2 and b"\x00" not in data[1 - offset::2]:
+            return data.decode(encoding, errors="replace")
     for encoding in ("utf-16-le", "utf-16-be"):
         try:
             text = data.decode(encoding)
@@ -60,11 +66,7 @@ def _decode(data: bytes, name: str) -> str:
         if data.startswith(bom):
             return data[len(bom):].decode(encoding, errors="replace")
     if b"\x00" in data:
-        for encoding, offset in (("utf-16-le", 1), ("utf-16-be", 0)):  # UTF-16 without a BOM
-            if len(data) % 2 == 0 and data[offset::2].count(0) > 0.3 * len(data) // 2 \
-                    and b"\x00" not in data[1 - offset::2]:
-                return data.decode(encoding, errors="replace")
-        text = _utf16_text(data)  # mostly Chinese: the NULs of its line breaks and spaces are too few for the above
+        text = _utf16_text(data)
         if text is not None:
             return text
         raise CorruptDocument(f"{name} looks like a binary file, not text (it contains NUL bytes); "

@@ -82,8 +82,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             progress(fraction, desc=message)
 
         try:
-            for results, docs, summary in handlers.ingest_steps(service, kb, files, show):
-                if docs is None:
+            for results, finished, summary in handlers.ingest_steps(service, kb, files, show):
+                if not finished:
                     yield results, summary, skip, skip
                     # Drawn again: an update that reached the page before these rows was wiped by them.
                     progress(shown[0], desc=shown[1])

@@ -84,20 +84,16 @@ def ingest(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
     Raises:
         KBQAError: no knowledge base name, or no files.
     """
-    *_, last = ingest_steps(service, kb, files, progress)
-    results, docs, summary = last
-    assert docs is not None  # the last step always carries the files table
-    return results, docs, summary
-
-
-Step = tuple[list[list[object]], list[list[object]] | None, str]
+    *_, (results, _, summary) = ingest_steps(service, kb, files, progress)
+    return results, documents(service, (kb or "").strip()), summary
 
 
 def ingest_steps(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
-                 progress: Callable[[float, str], None] | None = None) -> Iterator[Step]:
+                 progress: Callable[[float, str], None] | None = None
+                 ) -> Iterator[tuple[list[list[object]], bool, str]]:
     """Add uploaded files, showing each file's outcome as soon as it is settled.
 
-    Yields ``(results so far, None, interim summary)`` per file, then ``(results, files table, summary)``.
+    Yields ``(results so far, False, interim summary)`` per file, then ``(results, True, summary)``.
     The files are indexed in a worker thread (the caller's context variables copied, so a web framework's
     progress bar still finds its event); closing the generator early leaves the batch to finish there.
 
@@ -126,10 +122,10 @@ def ingest_steps(service: KBQAService, kb: str | None, files: Sequence[Any] | No
         if isinstance(item, BaseException):
             raise item
         if isinstance(item, IngestReport):
-            yield result_rows(item), documents(service, name), ingest_summary(item, new_kb)
+            yield result_rows(item), True, ingest_summary(item, new_kb)
             return
         done.append(item)
-        yield (result_rows(IngestReport(name, done)), None,
+        yield (result_rows(IngestReport(name, done)), False,
                f"Indexing into **{literal(name)}**: {len(done)} of {len(pairs)} files done…")
 
 
