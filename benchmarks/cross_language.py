@@ -9,8 +9,10 @@ same-language match, so the threshold a passage is held to matters here. Side by
   held to the lower of the two thresholds.
 
 "Passes" = some top-k passage reaches the threshold, so the model is asked. With ``--answers`` each question
-also goes through kbqa's whole pipeline (the current rule): answered right (the gold span in the answer,
-ignoring whitespace, case and thousands separators), refused (by threshold or by the model), or other.
+also goes through kbqa's whole pipeline (the current rule, and ``retrieval.translate``: a question that passes
+nowhere among passages of the other language is translated by the LLM and searched for again): translated,
+answered right (the gold span in the answer, ignoring whitespace, case and thousands separators), refused
+(by threshold or by the model), or other. ``--no-translate`` answers without the translation step.
 
     python benchmarks/cross_language.py [--answers]
 """
@@ -44,7 +46,7 @@ def run_set(service, kb: str, path: Path, answers: bool, said: list[str]) -> dic
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     top_k = service.qa.top_k
     out: dict = {"answerable": 0, "unanswerable": 0, "old": [0, 0], "new": [0, 0], "right": 0, "refused": [0, 0],
-                 "scores": [[], []]}
+                 "translated": [0, 0], "scores": [[], []]}
     for row in rows:
         answerable = row["answer"] is not None
         i = 0 if answerable else 1
@@ -57,6 +59,7 @@ def run_set(service, kb: str, path: Path, answers: bool, said: list[str]) -> dic
         if answers:
             answer = service.ask(kb, row["question"])
             out["refused"][i] += answer.refused
+            out["translated"][i] += "searched for it in" in answer.notice
             if answerable and not answer.refused and norm(row["answer"]) in norm(answer.answer):
                 out["right"] += 1
             gold = f" (gold: {row['answer']})" if answerable else ""
@@ -69,16 +72,19 @@ def run_set(service, kb: str, path: Path, answers: bool, said: list[str]) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--answers", action="store_true", help="also answer every question (the LLM; slow)")
+    parser.add_argument("--no-translate", action="store_true", help="answer without retrieval.translate")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
     lines = ["| questions | answerable | ... pass, question's language | ... pass, lower for another language "
              "| unanswerable | ... pass, question's language | ... pass, lower for another language "
              "| best score answerable (median) / unanswerable (max) |"
-             + (" right | refused (answerable / unanswerable) |" if args.answers else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|---|" if args.answers else "")]
+             + (" translated (answerable / unanswerable) | right | refused (answerable / unanswerable) |"
+                if args.answers else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.answers else "")]
     said: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(paths={"knowledge_root": Path(tmp) / "kb"})
+        settings = load_settings(paths={"knowledge_root": Path(tmp) / "kb"},
+                                 retrieval={"translate": not args.no_translate})
         service = build_service(settings)
         for label, name, doc in SETS:
             kb = re.sub(r"\W+", "-", name)
@@ -88,17 +94,20 @@ def main() -> None:
             med = sorted(r["scores"][0])[len(r["scores"][0]) // 2]
             lines.append(f"| {label} | {a} | {r['old'][0]} | {r['new'][0]} | {u} | {r['old'][1]} | {r['new'][1]} "
                          f"| {med:.3f} / {max(r['scores'][1]):.3f} |"
-                         + (f" {r['right']} of {a} | {r['refused'][0]} / {r['refused'][1]} |" if args.answers else ""))
+                         + (f" {r['translated'][0]} / {r['translated'][1]} | {r['right']} of {a} "
+                            f"| {r['refused'][0]} / {r['refused'][1]} |" if args.answers else ""))
             print(lines[-1], flush=True)
         zh = service.qa.threshold("中文"), service.qa.threshold("English")
         assert is_chinese("中文") and zh[0] >= zh[1]
     body = ("\n".join(lines) + f"\n\nThresholds: {zh[0]:.2f} (Chinese questions), {zh[1]:.2f} (others); top_k "
-            f"{settings.retrieval.top_k}, embedding `{settings.embedding.model}`, LLM `{settings.llm.model}`. "
+            f"{settings.retrieval.top_k}, embedding `{settings.embedding.model}`, LLM `{settings.llm.model}`, "
+            f"retrieval.translate {str(settings.retrieval.translate).lower()}. "
             "\"right\" counts the gold span verbatim (\"13\" for \"13th\" is not counted): read the answers below.\n"
             + ("\nThe answers (kbqa's rule):\n\n" + "\n".join(said) + "\n" if said else ""))
     if not args.no_append:
         append_results("Questions in another language than the document", body,
-                       "python benchmarks/cross_language.py" + (" --answers" if args.answers else ""))
+                       "python benchmarks/cross_language.py" + (" --answers" if args.answers else "")
+                       + (" --no-translate" if args.no_translate else ""))
     else:
         print(body)
 

@@ -32,10 +32,12 @@ from typing import Any, cast
 import anyio
 import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, field_validator
+from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from kbqa.errors import (
@@ -103,6 +105,18 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
         headers = {"x-should-retry": "false"} if exc.status_code >= 500 else None
         return JSONResponse(status_code=exc.status_code, headers=headers,
                             content=error_body(str(exc), exc.status_code, error_code(exc), exc.param))
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        # FastAPI's own errors (a body that is no text in a Unicode encoding: "There was an error parsing the
+        # body") in OpenAI's shape, as every other API error.
+        if not request.url.path.startswith(("/v1", "/kb")):
+            return await http_exception_handler(request, exc)
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            return JSONResponse(status_code=400, content=error_body(
+                "The request body could not be read as JSON: send it encoded as UTF-8.", 400, "invalid_json"))
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                            content=error_body(str(exc.detail), exc.status_code))
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

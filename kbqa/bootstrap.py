@@ -202,5 +202,6 @@ def build_service(settings: Settings, embedder: Embedder | None = None, llm: Cal
         return own
 
     qa = QAEngine(retriever, llm, prompts, top_k=r.top_k, threshold=threshold, params=params,
-                  follow_up=r.follow_up, history_turns=r.history_turns)
+                  follow_up=r.follow_up, history_turns=r.history_turns,
+                  translate=r.translate)
     return KBQAService(root, store, keywords, ingestor, qa, llm)

@@ -6,6 +6,7 @@ Errors a user can fix print one line on stderr and exit 1; progress bars go to s
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import logging
@@ -48,7 +49,7 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            what = "a broken link: its target is missing" if path.is_symlink() else "no such file or folder"
+            what = _dangling(path) if path.is_symlink() else "no such file or folder"
             problem(raw, f"{what} (check the path)")
             continue
         if not path.is_dir():
@@ -78,11 +79,21 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
                 if sub.is_file():
                     found.append(sub)
                 elif not sub.exists():
-                    problem(sub, "a broken link: its target is missing")
+                    problem(sub, _dangling(sub))
                 else:
                     problem(sub, _NOT_A_FILE)
         files += sorted(found)
     return _once(files), list(problems.values()), len(skipped)
+
+
+def _dangling(link: Path) -> str:
+    """Why a link leads to nothing: a missing target, or links that lead back to themselves."""
+    try:
+        os.stat(link)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a link that leads back to itself (a loop of links)"
+    return "a broken link: its target is missing"
 
 
 def _key(path: str | Path) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, model_validator
 
 from kbqa.errors import KBQAError
 from kbqa.llm.base import GenerationParams, Usage
@@ -55,6 +55,13 @@ class Message(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     function_call: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _has_content(self) -> Message:
+        # Only an assistant's message may lack content (it called tools instead); a question cannot.
+        if self.content is None and self.role not in ("assistant", "tool", "function"):
+            raise ValueError(f"a {self.role} message needs content (text, or a list of text parts)")
+        return self
+
     def text(self) -> str:
         """The message's text, joining content parts."""
         if self.content is None or isinstance(self.content, str):
@@ -68,7 +75,7 @@ class ChatRequest(BaseModel):
 
     model: str = CHAT_MODEL
     messages: list[Message]
-    stream: StrictBool = False  # "yes" or 1 is a mistake, not a request to stream
+    stream: StrictBool | None = False  # "yes" or 1 is a mistake, not a request to stream; null is "no"
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
@@ -157,7 +164,7 @@ class EmbeddingRequest(BaseModel):
 
     input: str | list[str] | list[int] | list[list[int]]
     model: str = EMBEDDING_MODEL
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64"] | None = "float"  # null: the default, float
     dimensions: int | None = None
 
 

@@ -4,7 +4,9 @@ Each template has ``system``, ``user`` (with ``{context}`` and ``{question}``, o
 ``{refusal}``), ``refusal`` (the sentence used when the context lacks the answer) and ``context_item``
 (how one retrieved chunk is shown). Optionally, for follow-up questions in a chat, ``rewrite`` (with
 ``{history}`` and ``{question}``: asks the model for a standalone question) and ``history_turn`` (with
-``{question}`` and ``{answer}``: how one earlier turn is shown in ``{history}``). A missing or unknown
+``{question}`` and ``{answer}``: how one earlier turn is shown in ``{history}``). Optionally ``translate``
+(with ``{question}``: asks the model to translate a question into the other language, Chinese for the
+English template and English for the Chinese one, when the documents are in it). A missing or unknown
 placeholder fails at load, not mid-answer.
 """
 
@@ -22,11 +24,12 @@ from kbqa.language import is_chinese
 from kbqa.schema import ChatMessage, SourceChunk
 
 _REQUIRED = {"user": {"context", "question"}, "context_item": {"text"}, "rewrite": {"history", "question"},
-             "history_turn": {"question", "answer"}}
+             "history_turn": {"question", "answer"}, "translate": {"question"}}
 _ALLOWED = {"system": set(), "user": {"context", "question", "refusal"},
             "context_item": {"n", "source", "page", "text"}, "refusal": set(),
-            "rewrite": {"history", "question"}, "history_turn": {"question", "answer"}}
-_OPTIONAL = {"rewrite", "history_turn"}
+            "rewrite": {"history", "question"}, "history_turn": {"question", "answer"},
+            "translate": {"question"}}
+_OPTIONAL = {"rewrite", "history_turn", "translate"}
 #: Characters of an earlier answer shown to the model when rewriting a follow-up question.
 _ANSWER_CHARS = 300
 
@@ -47,6 +50,8 @@ class PromptTemplate:
     #: Asks for a standalone version of a follow-up question (``{history}``, ``{question}``); "" = none.
     rewrite: str = ""
     history_turn: str = ""
+    #: Asks for the question in the other language (``{question}``); "" = none.
+    translate: str = ""
 
     def format_context(self, sources: Sequence[SourceChunk], zh: bool) -> str:
         """The numbered passages, in retrieval order."""
@@ -75,6 +80,17 @@ class PromptTemplate:
         turns = "\n".join(self.history_turn.format(question=q.strip(), answer=_shorten(a.strip()))
                           for q, a in history)
         return [ChatMessage("user", self.rewrite.format(history=turns, question=question.strip()))]
+
+    def translate_messages(self, question: str) -> list[ChatMessage]:
+        """The request for ``question`` in the other language.
+
+        Raises:
+            ConfigError: the template has no ``translate`` prompt.
+        """
+        if not self.translate:
+            raise ConfigError(f"Prompt template '{self.name}' has no 'translate' prompt, which retrieval.translate "
+                              "needs; add it or set retrieval.translate = false.")
+        return [ChatMessage("user", self.translate.format(question=question.strip()))]
 
     def is_refusal(self, answer: str) -> bool:
         """True when the model answered with (essentially) the refusal sentence."""
@@ -124,7 +140,7 @@ def load_prompt(folder: Path, name: str, setting: str = "prompts.*") -> PromptTe
         raise ConfigError(f"Prompt template {path}: 'rewrite' and 'history_turn' go together; give both or neither.")
     return PromptTemplate(name=name, system=data["system"], user=data["user"], refusal=data["refusal"].strip(),
                           context_item=data["context_item"], rewrite=data.get("rewrite", ""),
-                          history_turn=data.get("history_turn", ""))
+                          history_turn=data.get("history_turn", ""), translate=data.get("translate", ""))
 
 
 class PromptBook:

@@ -25,9 +25,9 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableBranch, RunnableLambda, RunnablePassthrough
 from pydantic import ConfigDict
 
-from kbqa.errors import ConfigError, EmptyKnowledgeBase
+from kbqa.errors import ConfigError, ContextLengthExceeded, EmptyKnowledgeBase
 from kbqa.knowledge import KnowledgeBase
-from kbqa.language import HAN_CHARS
+from kbqa.language import HAN_CHARS, is_chinese
 from kbqa.llm.base import LLM, GenerationParams, Usage
 from kbqa.prompts import PromptBook, PromptTemplate
 from kbqa.retrieval import Retriever
@@ -37,8 +37,8 @@ _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 #: How a follow-up question in a chat is turned into the query that retrieval uses.
 FOLLOW_UP_MODES = ("rewrite", "concat", "off")
 #: Labels small models put before a rewritten question, removed from its start.
-_LABEL = re.compile(r"^\s*(?:\*\*)?(?:standalone question|rewritten question|question"
-                    r"|改写后的问题|改写后|完整问题|问题)(?:\*\*)?\s*[:：](?:\*\*)?\s*", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:\*\*)?(?:standalone question|rewritten question|question|translation|translated question"
+                    r"|改写后的问题|改写后|完整问题|问题|译文|翻译)(?:\*\*)?\s*[:：](?:\*\*)?\s*", re.IGNORECASE)
 
 
 def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
@@ -251,11 +251,14 @@ class QAEngine:
             rewrites it into a standalone question, which is searched for and answered), ``concat`` (the
             earlier questions are searched for with it, and the turns are shown to the model), ``off``.
         history_turns: Earlier turns taken into account.
+        translate: When no passage is relevant enough and some passage found is in the other language
+            (Chinese / not Chinese), the LLM translates the question into it and it is searched for again:
+            e5 scores an English question against its Chinese answer below the threshold.
     """
 
     def __init__(self, retriever: Retriever, llm: Callable[[], LLM], prompts: PromptBook, top_k: int,
                  threshold: Threshold, params: GenerationParams, follow_up: str = "rewrite",
-                 history_turns: int = 2) -> None:
+                 history_turns: int = 2, translate: bool = False) -> None:
         if follow_up not in FOLLOW_UP_MODES:
             raise ConfigError(f"retrieval.follow_up must be one of {FOLLOW_UP_MODES}, not {follow_up!r}.")
         lacking = [t.name for t in (prompts.zh, prompts.en) if not t.rewrite]
@@ -263,6 +266,10 @@ class QAEngine:
             raise ConfigError(f"Prompt template(s) {lacking} have no 'rewrite' and 'history_turn' prompts, which "
                               "retrieval.follow_up = \"rewrite\" needs: add them (see prompts/qa_en.toml) or set "
                               "retrieval.follow_up to \"concat\" or \"off\".")
+        lacking = [t.name for t in (prompts.zh, prompts.en) if not t.translate]
+        if translate and lacking:
+            raise ConfigError(f"Prompt template(s) {lacking} have no 'translate' prompt, which retrieval.translate "
+                              "needs: add it (see prompts/qa_en.toml) or set retrieval.translate = false.")
         self.retriever = retriever
         self.get_llm = llm
         self.prompts = prompts
@@ -271,6 +278,7 @@ class QAEngine:
         self.params = params
         self.follow_up = follow_up
         self.history_turns = history_turns
+        self.translate = translate
 
     def _recent(self, history: Sequence[ChatMessage]) -> list[tuple[str, str]]:
         """The turns a follow-up is read with: the last ``history_turns``, each side clipped to ``TURN_CHARS``."""
@@ -313,6 +321,28 @@ class QAEngine:
             return concat, "concat"
         return rewritten, "rewritten"
 
+    def _passing(self, query: str, found: Sequence[SourceChunk], least: float = -1.0) -> list[SourceChunk]:
+        """The chunks that reach the threshold for ``query`` (and ``least``)."""
+        return [c for c in found if c.score >= max(least, self.threshold(query, c.text))]
+
+    def _translation(self, query: str, found: Sequence[SourceChunk]) -> str | None:
+        """``query`` in the other language (Chinese / not Chinese) when some passage ``found`` is in it; else None.
+
+        None also for a reply that is no translation: in the same language, an answer instead of a question
+        ("澳大利亚的首府是悉尼。"), a number the question does not hold, or an essay.
+        """
+        zh = is_chinese(query)
+        if all(is_chinese(c.text) == zh for c in found):
+            return None
+        template, _ = self.prompts.for_question(query)
+        reply = self.get_llm().generate(template.translate_messages(query),
+                                        replace(self.params, max_tokens=96, stop=()))
+        text = clean_rewrite(reply)
+        if (not text or is_chinese(text) == zh or len(text) > 3 * len(query) + 40
+                or (asks(query) and not asks(text)) or _figures(text) - _figures(query)):
+            return None
+        return text
+
     def _chain(self, kb: KnowledgeBase, params: GenerationParams, usage: Usage | None,
                cancel: threading.Event) -> Any:
         llm: Any = _LoadedOnUse(self.get_llm)  # a refusal answers without the model: do not load it for one
@@ -320,13 +350,29 @@ class QAEngine:
 
         def retrieve(x: dict[str, Any]) -> list[SourceChunk]:
             start = time.perf_counter()
-            found = self.retriever.retrieve(kb, x["query"], self.top_k)
+            query = x["query"]
+            found = self.retriever.retrieve(kb, query, self.top_k)
             x["timings"]["retrieve"] = time.perf_counter() - start
+            passed = self._passing(query, found)
+            # A concatenation of earlier questions is no one question to translate.
+            if not passed and self.translate and x["how"] != "concat":
+                start = time.perf_counter()
+                translated = self._translation(query, found)
+                x["timings"]["translate"] = time.perf_counter() - start
+                if translated:
+                    # A small model's translation is a guess: held to the stricter of the two languages'
+                    # thresholds (Chinese questions translated for the English speech let two unrelated
+                    # ones through at English's 0.80, answered from the model's own knowledge).
+                    strict = x["strict"] = max(self.threshold(query), self.threshold(translated))
+                    start = time.perf_counter()
+                    query = x["translated"] = translated
+                    found = self.retriever.retrieve(kb, query, self.top_k)
+                    x["timings"]["retrieve"] += time.perf_counter() - start
+                    passed = self._passing(query, found, strict)
             x["found"] = found
-            passed = [c for c in found if c.score >= self.threshold(x["query"], c.text)]
             # The refusal's notice names the threshold the best passage missed.
             best = max(found, key=lambda c: c.score, default=None)
-            x["threshold"] = self.threshold(x["query"], best.text if best else None)
+            x["threshold"] = x.get("strict", self.threshold(query, best.text if best else None))
             if passed:  # the model will answer: load it now, so a model that cannot load fails before any event
                 self.get_llm()
             return passed
@@ -334,11 +380,20 @@ class QAEngine:
         def prompt(x: dict[str, Any]) -> list[BaseMessage]:
             template: PromptTemplate = x["template"]
             earlier: list[ChatMessage] = x["earlier"]
-            budget = params.max_tokens + sum(llm.count_tokens(m.content) for m in earlier)
-            used = fit_context(llm, template, x["prompt_question"], x["sources"], x["zh"], budget)
-            x["used"] = used
+            taken = sum(llm.count_tokens(m.content) for m in earlier)
+            used = fit_context(llm, template, x["prompt_question"], x["sources"], x["zh"], params.max_tokens, taken)
+            if not used:
+                raise ContextLengthExceeded(
+                    f"The question leaves no room for the passages in the model's context ({llm.context_window} "
+                    "tokens, llm.context_window): shorten it, or raise llm.context_window.")
+            x["notes"]["used"] = used  # x is LangChain's copy of the state; notes is shared with it
             messages = template.messages(x["prompt_question"], template.format_context(used, x["zh"]))
             system = [m for m in messages if m.role == "system"]
+            # The answer gets the room the prompt leaves (a max_tokens as large as the context would
+            # otherwise have pushed every passage out, or made a backend cut the prompt).
+            room = llm.context_window - sum(llm.count_tokens(m.content) + _PER_MESSAGE for m in messages) - taken
+            if room < chat.params.max_tokens:
+                chat.params = replace(params, max_tokens=max(1, room))
             return to_langchain_messages([*system, *earlier, *(m for m in messages if m.role != "system")])
 
         refuse = RunnableLambda(lambda x: x["template"].refusal)
@@ -373,7 +428,7 @@ class QAEngine:
                 earlier += [ChatMessage("user", q), ChatMessage("assistant", a)]
         state: dict[str, Any] = {"question": question, "query": query, "template": template, "zh": lang == "zh",
                                  "prompt_question": query if rewritten else question, "earlier": earlier,
-                                 "timings": {}}
+                                 "how": how, "timings": {}, "notes": {}}
         if how == "rewritten":
             state["timings"]["rewrite"] = time.perf_counter() - start
         pieces: list[str] = []
@@ -395,19 +450,23 @@ class QAEngine:
             parts.close()
         text = "".join(pieces).strip()
         timings = {**state["timings"], "total": time.perf_counter() - start}
-        # "…?”." reads badly: a query that ends a sentence itself takes no full stop after the quote.
-        read_as = (f"Follow-up question read as: “{query}”{'' if query.rstrip()[-1:] in '?？!！.。' else '.'} "
-                   if rewritten else "")
+        read_as = f"Follow-up question read as: {_quoted(query)} " if rewritten else ""
+        translated = state.get("translated")
+        if translated:
+            read_as += (f"No passage was relevant enough to the question as asked; searched for it in "
+                        f"{'Chinese' if is_chinese(translated) else 'English'}: {_quoted(translated)} ")
+            query = translated
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
             # Three decimals: a best score of 0.796 under a threshold of 0.80 must not read "0.80 (best 0.80)".
             notice = (read_as + f"No passage reached the relevance threshold {state['threshold']:.3f}"
                       + (f" (best score {best:.3f})" if best is not None else "")
-                      + "; answered with the refusal sentence without asking the model.")
+                      + ("; answered with the refusal sentence." if translated else
+                         "; answered with the refusal sentence without asking the model."))
             answer = Answer(question, text, [], refused=True, language=lang, notice=notice, timings=timings,
                             query=query)
         else:
-            used = state.get("used", sources)
+            used = state["notes"].get("used", sources)
             refused = template.is_refusal(text)
             notice = read_as + ("The model found no answer in the retrieved passages." if refused else
                                 "The model wrote no answer (it stopped at once, or a stop string came first): "
@@ -421,14 +480,27 @@ class QAEngine:
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)
 
 
-def fit_context(llm: LLM, template: PromptTemplate, question: str, sources: Sequence[SourceChunk], zh: bool,
-                max_tokens: int) -> list[SourceChunk]:
-    """The leading sources that fit the model's context after the prompt and the answer's budget.
+def _quoted(text: str) -> str:
+    """``text`` in quotes, closed with a full stop unless it ends a sentence itself ("…?”." reads badly)."""
+    return f"“{text}”{'' if text.rstrip()[-1:] in '?？!！.。' else '.'}"
 
-    The first source is shortened rather than dropped, so a question always gets some context.
+
+#: Tokens a chat template adds around each message (role markers), an allowance.
+_PER_MESSAGE = 8
+
+
+def fit_context(llm: LLM, template: PromptTemplate, question: str, sources: Sequence[SourceChunk], zh: bool,
+                max_tokens: int, taken: int = 0) -> list[SourceChunk]:
+    """The leading sources that fit the model's context beside the prompt, ``taken`` tokens more (earlier
+    turns of a chat) and the answer's ``max_tokens``, of which the passages yield no more than half the room
+    left: the answer then gets what they leave.
+
+    The first source is shortened rather than dropped, so a question always gets some context (none only
+    when the question alone fills the context).
     """
-    frame = sum(llm.count_tokens(m.content) for m in template.messages(question, "")) + 64
-    budget = llm.context_window - max_tokens - frame
+    frame = sum(llm.count_tokens(m.content) for m in template.messages(question, "")) + taken + 64
+    left = llm.context_window - frame
+    budget = left - min(max_tokens, left // 2)
     used: list[SourceChunk] = []
     for src in sources:
         if llm.count_tokens(template.format_context([*used, src], zh)) <= budget:

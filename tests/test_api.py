@@ -232,6 +232,35 @@ def test_a_value_out_of_range_is_a_bad_request_to_an_openai_client(client, param
     assert info.value.body["param"] == param
 
 
+def test_nulls_openai_accepts_are_accepted_and_a_question_without_content_is_not(  # type: ignore[no-untyped-def]
+        base_url: str, llm: FakeLLM) -> None:
+    # Clients that write unset fields as null send "stream": null; OpenAI takes it as false.
+    hi = [{"role": "user", "content": "Hi"}]
+    llm.replies = ["Hello."]
+    out = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "kbqa", "messages": hi, "stream": None},
+                     timeout=30)
+    assert out.status_code == 200 and out.json()["choices"][0]["message"]["content"] == "Hello."
+    vectors = httpx.post(f"{base_url}/v1/embeddings", json={"input": "Nile", "encoding_format": None}, timeout=30)
+    assert vectors.status_code == 200 and isinstance(vectors.json()["data"][0]["embedding"], list)
+    asked = len(llm.prompts)
+    empty = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
+                       json={"model": "kbqa", "messages": [{"role": "user", "content": None}]})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages.0"
+    assert "needs content" in empty.json()["error"]["message"] and len(llm.prompts) == asked
+    called_tools = [*hi, {"role": "assistant", "content": None, "tool_calls": []}, {"role": "user", "content": "Hi"}]
+    llm.replies = ["Hello again."]
+    again = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "kbqa", "messages": called_tools}, timeout=30)
+    assert again.status_code == 200
+
+
+def test_a_body_in_another_encoding_than_utf8_is_an_openai_error(base_url: str) -> None:
+    body = '{"model": "kbqa", "messages": [{"role": "user", "content": "你好"}]}'.encode("gbk")
+    for path in ("/v1/chat/completions", "/v1/embeddings", "/kb/rivers/search"):
+        out = httpx.post(base_url + path, content=body, headers={"content-type": "application/json"}, timeout=30)
+        assert out.status_code == 400, path
+        assert out.json()["error"]["code"] == "invalid_json" and "UTF-8" in out.json()["error"]["message"], path
+
+
 def test_usage_and_finish_reason_say_what_the_reply_cost(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
     llm.replies = ["one two three four five six"]
     cut = client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": "count"}], max_tokens=3)

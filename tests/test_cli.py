@@ -50,13 +50,16 @@ def test_ingest_names_what_it_cannot_add_under_a_folder(service: KBQAService, fo
 
     (folder / "sub" / "broken.pdf").unlink()
     (folder / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    (folder / "loop-a.txt").symlink_to(folder / "loop-b.txt")
+    (folder / "loop-b.txt").symlink_to(folder / "loop-a.txt")
     (folder / "elsewhere").symlink_to(tmp_path / "other", target_is_directory=True)
     (tmp_path / "other").mkdir()
     os.mkfifo(folder / "pipe.txt")
     assert cli.main(["ingest", "--kb", "space", str(folder)]) == 1
     out = capsys.readouterr().out
-    for name, why in [("gone.txt", "broken link"), ("elsewhere", "link to a folder"), ("pipe.txt", "not a regular")]:
-        assert f"{folder / name}: failed (" in out and why in out
+    for name, why in [("gone.txt", "a broken link: its target is missing"), ("elsewhere", "a link to a folder"),
+                      ("pipe.txt", "not a regular"), ("loop-a.txt", "a link that leads back to itself")]:
+        assert f"{folder / name}: failed ({why}" in out
     assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
     # given by itself, a pipe is named as one too (as typed), not as a missing file
     assert cli.main(["ingest", "--kb", "space", str(folder / "pipe.txt")]) == 1

@@ -149,6 +149,9 @@ def test_templates_without_a_rewrite_prompt_load_but_rewrite_mode_refuses_them(t
     with pytest.raises(ConfigError, match="follow_up"):
         build_service(settings, embedder=FakeEmbedder(), llm=lambda: llm)
     settings.retrieval.follow_up = "concat"
+    with pytest.raises(ConfigError, match="no 'translate' prompt.*retrieval.translate = false"):
+        build_service(settings, embedder=FakeEmbedder(), llm=lambda: llm)
+    settings.retrieval.translate = False
     build_service(settings, embedder=FakeEmbedder(), llm=lambda: llm)
 
 

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from kbqa.bootstrap import build_service
-from kbqa.errors import DocumentNotFound, EmptyKnowledgeBase, IncompatibleIndex, KBQAError, ModelUnavailable
+from kbqa.errors import (
+    ContextLengthExceeded,
+    DocumentNotFound,
+    EmptyKnowledgeBase,
+    IncompatibleIndex,
+    KBQAError,
+    ModelUnavailable,
+)
 from kbqa.knowledge import UNFINISHED
 from kbqa.service import KBQAService
 from kbqa.settings import Settings, load_settings
@@ -337,7 +344,7 @@ def test_chinese_question_gets_the_chinese_template(make: Callable[..., KBQAServ
 def test_no_relevant_chunk_gives_the_refusal_without_calling_the_model(make: Callable[..., KBQAService],
                                                                        docs: Path, llm: FakeLLM) -> None:
     service = make(score_threshold=0.99, score_threshold_zh=0.99)
-    service.add_files("kb", files_in(docs))
+    service.add_files("kb", [docs / "rivers.txt", docs / "planets.md"])  # in the question's language
     answer = service.ask("kb", "Who won the football world cup?")
     assert answer.refused
     assert answer.answer == "I cannot answer this from the knowledge base."
@@ -352,7 +359,7 @@ def test_a_refusal_does_not_even_load_the_model(tmp_path: Path, docs: Path) -> N
 
     service = build_service(make_settings(tmp_path, score_threshold=0.99, score_threshold_zh=0.99),
                             embedder=FakeEmbedder(), llm=load)
-    service.add_files("kb", files_in(docs))
+    service.add_files("kb", [docs / "rivers.txt", docs / "planets.md"])  # no translation to try
     assert service.ask("kb", "Who won the football world cup?").refused
 
 
@@ -382,6 +389,42 @@ def test_context_is_trimmed_to_the_model_window(tmp_path: Path, docs: Path) -> N
     answer = service.ask("kb", "Yangtze Nile Jupiter Mars river planet")
     assert 1 <= len(answer.sources) < 5
     assert sum(small.count_tokens(m.content) for m in small.prompts[-1]) <= 700 - 100
+
+
+def small_model_service(tmp_path: Path, docs: Path, llm: FakeLLM, max_tokens: int) -> KBQAService:
+    settings = make_settings(tmp_path, top_k=5)
+    service = build_service(settings.model_copy(update={"llm": load_settings(llm={"max_tokens": max_tokens}).llm}),
+                            embedder=FakeEmbedder(), llm=lambda: llm)
+    service.add_files("kb", files_in(docs))
+    return service
+
+
+def test_the_sources_shown_are_the_passages_the_model_was_given(tmp_path: Path, docs: Path) -> None:
+    small = FakeLLM(context_window=300)
+    service = small_model_service(tmp_path, docs, small, max_tokens=100)
+    events = list(service.ask_stream("kb", "Yangtze Nile Jupiter Mars river planet"))
+    found, answer = events[0].sources, events[-1].answer
+    assert answer is not None and 1 <= len(answer.sources) < len(found)
+    prompt = small.prompts[-1][-1].content
+    assert all(s.text.strip()[:30] in prompt for s in answer.sources)
+    assert found[len(answer.sources)].text.strip()[:30] not in prompt
+
+
+def test_a_max_tokens_as_large_as_the_context_leaves_the_passages_in_the_prompt(tmp_path: Path, docs: Path) -> None:
+    small = FakeLLM(context_window=700, replies=["North [1]."])
+    service = small_model_service(tmp_path, docs, small, max_tokens=700)
+    answer = service.ask("kb", "Which way does the Nile flow?")
+    assert "The Nile flows north" in small.prompts[-1][-1].content and answer.sources
+    prompt = sum(small.count_tokens(m.content) for m in small.prompts[-1])
+    assert 0 < small.params[-1].max_tokens <= 700 - prompt  # the answer gets the room left
+
+
+def test_a_question_that_fills_the_context_is_refused_as_too_long(tmp_path: Path, docs: Path) -> None:
+    small = FakeLLM(context_window=300)
+    service = small_model_service(tmp_path, docs, small, max_tokens=50)
+    with pytest.raises(ContextLengthExceeded, match="no room for the passages"):
+        service.ask("kb", "Which way does the Nile flow? " * 30)
+    assert small.prompts == []  # the model was not asked without passages
 
 
 def test_knowledge_base_built_with_another_embedder_is_refused(tmp_path: Path, docs: Path, llm: FakeLLM) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kbqa.bootstrap import build_service
 from kbqa.embeddings import EMBEDDED_PROFILES, ModelProfile
+from kbqa.service import KBQAService
 from tests.fakes import FakeEmbedder, FakeLLM
 from tests.test_service import make_settings
 
@@ -56,3 +59,95 @@ def test_a_chinese_question_about_an_english_document_is_answered_not_refused(tm
     service.delete_document("mixed", "nile.txt")
     refused = service.ask("mixed", "尼罗河流向哪里？")
     assert refused.refused and "threshold 0.990" in refused.notice
+
+
+def nile_service(tmp_path: Path, llm: FakeLLM, **retrieval: object) -> KBQAService:
+    """A knowledge base holding one Chinese document, about the Nile."""
+    doc = tmp_path / "尼罗河.txt"
+    doc.write_text("尼罗河向北流，经过埃及。", encoding="utf-8")
+    service = build_service(make_settings(tmp_path, **retrieval), embedder=FakeEmbedder(), llm=lambda: llm)
+    service.add_files("rivers", [doc])
+    return service
+
+
+def test_a_question_that_finds_nothing_in_documents_of_the_other_language_is_translated_and_searched_again(
+        tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["Translation: “尼罗河流向哪里？”", "North, through Egypt [1]."])
+    service = nile_service(tmp_path, llm)
+    assert service.search("rivers", "Where does the Nile flow?", 1)[0].score < 0.2  # no passage as asked
+    answer = service.ask("rivers", "Where does the Nile flow?")
+    translate_prompt, answer_prompt = llm.prompts
+    assert "Translate this question into Chinese" in translate_prompt[-1].content
+    assert "Where does the Nile flow?" in translate_prompt[-1].content
+    assert not answer.refused and answer.answer == "North, through Egypt [1]."
+    assert [s.source for s in answer.sources] == ["尼罗河.txt"]
+    assert "Question: Where does the Nile flow?" in answer_prompt[-1].content  # answered in the user's language
+    assert answer.query == "尼罗河流向哪里？"
+    assert "searched for it in Chinese: “尼罗河流向哪里？”" in answer.notice
+    assert "translate" in answer.timings
+
+
+def test_a_question_is_translated_where_a_passage_found_is_in_the_other_language(tmp_path: Path) -> None:
+    # A knowledge base in both languages: the other passages found first must not keep the Chinese one unread.
+    for name, text in [("codes.txt", "12345 67890"), ("more codes.txt", "24680 13579")]:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    llm = FakeLLM(replies=["尼罗河流向哪里？", "North [1]."])
+    service = nile_service(tmp_path, llm, score_threshold=0.2, score_threshold_zh=0.3)
+    service.add_files("rivers", [tmp_path / "codes.txt", tmp_path / "more codes.txt"])
+    found = service.search("rivers", "Where does the Nile flow?", 3)
+    assert {f.source for f in found[:2]} == {"codes.txt", "more codes.txt"}  # not Chinese, first, none passing
+    assert max(f.score for f in found) < 0.2
+    answer = service.ask("rivers", "Where does the Nile flow?")
+    assert not answer.refused and [s.source for s in answer.sources] == ["尼罗河.txt"]
+
+
+def test_a_translation_is_held_to_the_stricter_of_the_two_thresholds(tmp_path: Path) -> None:
+    # A Chinese question about an English document, translated: the English threshold (0.2) would let the
+    # translation through, the Chinese question's own (0.9) does not.
+    doc = tmp_path / "nile.txt"
+    doc.write_text("The Nile flows north through Egypt.", encoding="utf-8")
+    llm = FakeLLM(replies=["Where does the Nile flow?", "made up"])
+    service = build_service(make_settings(tmp_path, score_threshold=0.2, score_threshold_zh=0.9),
+                            embedder=FakeEmbedder(), llm=lambda: llm)
+    service.add_files("rivers", [doc])
+    assert service.search("rivers", "Where does the Nile flow?", 1)[0].score > 0.7
+    answer = service.ask("rivers", "尼罗河流向哪里？")
+    assert answer.refused and len(llm.prompts) == 1
+    assert "searched for it in English: “Where does the Nile flow?”" in answer.notice
+    assert "threshold 0.900" in answer.notice
+
+
+def test_a_question_refused_among_documents_in_its_own_language_is_not_translated(tmp_path: Path) -> None:
+    llm = FakeLLM()
+    service = nile_service(tmp_path, llm)
+    answer = service.ask("rivers", "木星有多少颗卫星？")
+    assert answer.refused and llm.prompts == []  # the model is not even loaded for it
+    assert answer.notice.endswith("without asking the model.")
+
+
+def test_translation_can_be_turned_off(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["尼罗河流向哪里？"])
+    answer = nile_service(tmp_path, llm, translate=False).ask("rivers", "Where does the Nile flow?")
+    assert answer.refused and llm.prompts == []
+
+
+@pytest.mark.parametrize("reply", [
+    "尼罗河向北流。",  # answered instead of translated
+    "Where does the 尼罗河 flow?",  # not in the other language
+    "尼罗河的3条支流流向哪里？",  # a number the question does not hold
+    "",
+])
+def test_a_reply_that_is_no_translation_is_not_searched_for(tmp_path: Path, reply: str) -> None:
+    llm = FakeLLM(replies=[reply, "made up"])
+    answer = nile_service(tmp_path, llm).ask("rivers", "Where does the Nile flow?")
+    assert answer.refused and len(llm.prompts) == 1
+    assert "searched for it" not in answer.notice
+
+
+def test_a_translation_that_finds_nothing_either_is_refused_and_named(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["木星有多少颗卫星？", "made up"])
+    answer = nile_service(tmp_path, llm).ask("rivers", "How many moons does Jupiter have?")
+    assert answer.refused and answer.answer == "I cannot answer this from the knowledge base."
+    assert len(llm.prompts) == 1
+    assert "searched for it in Chinese: “木星有多少颗卫星？” No passage reached the relevance" in answer.notice
+    assert answer.notice.endswith("; answered with the refusal sentence.")
