@@ -221,6 +221,9 @@ def test_the_files_table_says_while_files_are_still_being_added(service: KBQASer
 
     def told(_: object) -> None:  # called inside the batch, as each file is settled
         seen.append((service.adding("kb"), handlers.files_label(service, "kb")))
+        if len(seen) == 1:  # deleting it meanwhile names the files that will not get in
+            assert "(and the 1 file still being added, which will not be added)?" in handlers.confirm_delete_kb(
+                service, "kb")
 
     files = [tmp_path / "a.md", tmp_path / "b.md"]
     for f in files:

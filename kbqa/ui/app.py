@@ -164,8 +164,10 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         except KBQAError as exc:
             warn(exc)
             return skip, skip, skip, hide, [], sources_html([]), skip, skip, skip
-        return (kb_dropdown(None, keep_typed=False), [], message, hide, [], sources_html([]), [], "",
-                gr.update(choices=[], value=None))
+        # None chosen after it: falling back to another knowledge base would send the next question or upload
+        # to one the user never chose.
+        return (gr.update(choices=handlers.kb_names(service), value=None), [], message, hide, [], sources_html([]),
+                [], "", gr.update(choices=[], value=None))
 
     on_confirm_delete.__annotations__["request"] = gr.Request
 

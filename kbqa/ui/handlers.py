@@ -210,8 +210,12 @@ def confirm_delete_kb(service: KBQAService, kb: str | None) -> str:
     if not kb:
         raise KBQAError("Choose a knowledge base to delete.")
     files = service.list_documents(kb)
-    return (f"Delete knowledge base **{literal(kb)}** and its {len(files)} file{'s' if len(files) != 1 else ''}? "
-            "This cannot be undone.")
+    busy = service.adding(kb)
+    coming = busy[1] - busy[0] if busy else 0
+    also = (f" (and the {coming} file{'s' * (coming != 1)} still being added, which will not be added)"
+            if coming else "")
+    return (f"Delete knowledge base **{literal(kb)}** and its {len(files)} file{'s' if len(files) != 1 else ''}"
+            f"{also}? This cannot be undone.")
 
 
 def delete_kb(service: KBQAService, kb: str | None) -> str:
@@ -219,4 +223,4 @@ def delete_kb(service: KBQAService, kb: str | None) -> str:
     if not kb:
         raise KBQAError("Choose a knowledge base to delete.")
     service.delete_kb(kb)
-    return f"Deleted knowledge base **{literal(kb)}**."
+    return f"Deleted knowledge base **{literal(kb)}**. Choose another above, or type a new name."
