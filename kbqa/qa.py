@@ -325,15 +325,13 @@ class QAEngine:
         """The chunks that reach the threshold for ``query`` (and ``least``)."""
         return [c for c in found if c.score >= max(least, self.threshold(query, c.text))]
 
-    def _translation(self, query: str, found: Sequence[SourceChunk]) -> str | None:
-        """``query`` in the other language (Chinese / not Chinese) when some passage ``found`` is in it; else None.
+    def _translation(self, query: str) -> str | None:
+        """``query`` translated by the LLM into the other language (Chinese / not Chinese).
 
-        None also for a reply that is no translation: in the same language, an answer instead of a question
+        None for a reply that is no translation: in the same language, an answer instead of a question
         ("澳大利亚的首府是悉尼。"), a number the question does not hold, or an essay.
         """
         zh = is_chinese(query)
-        if all(is_chinese(c.text) == zh for c in found):
-            return None
         template, _ = self.prompts.for_question(query)
         reply = self.get_llm().generate(template.translate_messages(query),
                                         replace(self.params, max_tokens=96, stop=()))
@@ -354,10 +352,12 @@ class QAEngine:
             found = self.retriever.retrieve(kb, query, self.top_k)
             x["timings"]["retrieve"] = time.perf_counter() - start
             passed = self._passing(query, found)
-            # A concatenation of earlier questions is no one question to translate.
-            if not passed and self.translate and x["how"] != "concat":
+            # Worth a translation when a passage found is in the other language. A concatenation of earlier
+            # questions is no one question to translate.
+            other = any(is_chinese(c.text) != is_chinese(query) for c in found)
+            if not passed and other and self.translate and x["how"] != "concat":
                 start = time.perf_counter()
-                translated = self._translation(query, found)
+                translated = self._translation(query)
                 x["timings"]["translate"] = time.perf_counter() - start
                 if translated:
                     # A small model's translation is a guess: held to the stricter of the two languages'

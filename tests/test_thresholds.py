@@ -122,7 +122,7 @@ def test_a_question_refused_among_documents_in_its_own_language_is_not_translate
     service = nile_service(tmp_path, llm)
     answer = service.ask("rivers", "木星有多少颗卫星？")
     assert answer.refused and llm.prompts == []  # the model is not even loaded for it
-    assert answer.notice.endswith("without asking the model.")
+    assert answer.notice.endswith("without asking the model.") and "translate" not in answer.timings
 
 
 def test_translation_can_be_turned_off(tmp_path: Path) -> None:
