@@ -91,6 +91,22 @@ def test_follow_up_in_the_chat_is_read_with_the_earlier_turns(tmp_path: Path) ->
     assert "read as" in panel and "Which planet is red and small?" in panel
 
 
+def test_why_an_answer_was_refused_stays_beside_it_in_the_chat(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["Mars [1].", "Is Mars red?", "Yes [1]."])
+    service = build_service(make_settings(tmp_path, score_threshold=0.7), embedder=FakeEmbedder(), llm=lambda: llm)
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    history, _ = list(handlers.ask(service, "kb", "Who won the football world cup in 1990?", []))[-1]
+    assert history[1]["content"] == "I cannot answer this from the knowledge base."
+    why = history[2]
+    assert why["metadata"]["title"] == "No sources: why" and handlers.is_sources_message(why)
+    assert "No passage reached the relevance threshold 0.700" in why["content"]
+    # an answer's notice is kept with its sources too (the panel shows only the latest one's)
+    history, _ = list(handlers.ask(service, "kb", "Which planet is red?", []))[-1]  # a new chat
+    history, _ = list(handlers.ask(service, "kb", "Is it red?", history))[-1]
+    assert history[-1]["metadata"]["title"] == "Sources: planets.md"
+    assert history[-1]["content"].startswith("_Follow-up question read as: “Is Mars red?”_")
+
+
 def test_the_sources_kept_in_the_chat_are_not_read_as_part_of_the_conversation(tmp_path: Path) -> None:
     llm = FakeLLM(replies=["Mars [1].", "Yes."])
     service = build_service(make_settings(tmp_path, follow_up="concat"), embedder=FakeEmbedder(), llm=lambda: llm)

@@ -172,8 +172,8 @@ def ask(service: KBQAService, kb: str | None, question: str,
             elif event.kind == "done" and event.answer is not None:
                 answer = event.answer
                 history[-1] = {"role": "assistant", "content": answer.answer}
-                if answer.sources:  # kept beside the answer, collapsed, once later answers replace the panel
-                    history.append(sources_message(answer.sources))
+                if answer.sources or answer.notice:  # kept beside the answer, collapsed, once later answers
+                    history.append(sources_message(answer.sources, answer.notice))  # replace the panel
                 panel = sources_html(answer.sources, answer.notice)
             yield history, panel
     except KBQAError as exc:

@@ -89,14 +89,16 @@ def sources_html(sources: Sequence[SourceChunk], notice: str = "") -> str:
     return '<div class="kbqa-sources">' + "".join(parts) + "</div>"
 
 
-def sources_message(sources: Sequence[SourceChunk]) -> dict[str, Any]:
-    """The chat message that keeps an answer's sources beside it: collapsed, titled with the files cited.
+def sources_message(sources: Sequence[SourceChunk], notice: str = "") -> dict[str, Any]:
+    """The chat message that keeps an answer's sources and notice beside it: collapsed, titled with the files
+    cited (or, with none, saying why).
 
-    The Sources panel shows the latest answer's passages; this keeps every earlier answer's too.
+    The Sources panel shows the latest answer's passages and notice; this keeps every earlier answer's too.
     """
     files = list(dict.fromkeys(src.source for src in sources))
-    title = f"Sources: {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    lines = []
+    title = (f"Sources: {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+             if files else "No sources: why")
+    lines = [f"_{literal(notice)}_"] if notice else []
     for n, src in enumerate(sources, 1):
         where = f" · {src.location}" if src.location else ""
         excerpt = " ".join(src.text.split())
