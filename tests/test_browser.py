@@ -257,6 +257,8 @@ def test_asking_before_choosing_files_shows_an_error_not_a_traceback(page: Any) 
         page.wait_for_timeout(200)
     assert "No knowledge base named" in page.content()
     assert "Traceback" not in page.content()
+    page.wait_for_timeout(1000)
+    assert page.locator("#question-waiting").inner_text().strip() == ""  # not "Sent…" for a question refused
 
 
 def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None:
@@ -402,6 +404,23 @@ def test_a_question_asked_right_after_clear_chat_is_answered(page: Any, llm: Fak
         wait_text(page.locator("#chatbot"), "Zebra answer.", 30)
         assert "word" not in page.locator("#chatbot").inner_text()
         assert page.locator("#question textarea").input_value() == ""
+    finally:
+        llm.delay = 0.0
+
+
+def test_a_question_sent_while_an_answer_streams_says_it_waits(page: Any, llm: FakeLLM) -> None:
+    choose_kb(page, "甲")
+    # The second question follows up on the first: the model reads it first (the rewrite), then answers.
+    llm.replies, llm.delay = ["word " * 30, "What is second?", "Zebra answer."], 0.1
+    waiting = page.locator("#question-waiting")
+    try:
+        ask(page, "What is first?")
+        wait_text(page.locator("#chatbot"), "word word", 15)
+        ask(page, "What is second?")
+        wait_text(waiting, "asked as soon as the model is free", 5)
+        assert page.locator("#question textarea").input_value() == "What is second?"  # queued, not yet asked
+        wait_text(page.locator("#chatbot"), "Zebra answer.", 30)
+        assert waiting.inner_text().strip() == ""
     finally:
         llm.delay = 0.0
 

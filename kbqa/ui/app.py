@@ -14,7 +14,7 @@ from kbqa.errors import ConfigError, KBQAError
 from kbqa.service import KBQAService
 from kbqa.settings import Settings
 from kbqa.ui import handlers
-from kbqa.ui.render import CSS, DOC_HEADERS, KB_ENTER_JS, RESULT_HEADERS, sources_html
+from kbqa.ui.render import CSS, DOC_HEADERS, KB_ENTER_JS, RESULT_HEADERS, WAITING_JS, sources_html
 
 
 def _gradio() -> Any:
@@ -111,23 +111,27 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
 
     def on_ask(kb: str | None, question: str, history: list[dict[str, str]],
                request: Any) -> Iterator[tuple[Any, ...]]:
+        """Outputs: chatbot, sources, question box, the "waiting" line under it (cleared once this runs)."""
         key, number = conversation(request)
+        skip = gr.skip()
         try:
             first = True
             for chat, panel in handlers.ask(service, kb, question, history):
                 if conversations.get(key, 0) != number:
                     break  # closing the answer's stream stops its generation
                 # The box is emptied once: what the user types meanwhile is the next question, kept.
-                yield chat, panel, "" if first else gr.skip()
+                yield (chat, panel, "", "") if first else (chat, panel, skip, skip)
                 first = False
         except KBQAError as exc:
             # Not answered after the box was emptied (e.g. too long for the model's context): the question
             # goes back into the box, so it can be shortened and sent again.
-            shown = warn(exc)
-            yield shown if first else (gr.skip(), gr.skip(), question)
+            warn(exc)
+            # The last output: Gradio sends only the last of outputs yielded in quick succession.
+            yield skip, skip, skip if first else question, ""
+            return
         # Gradio shows an event's last output again when it ends: skips, so a chat started meanwhile (Clear
         # chat, another knowledge base) is never overwritten with this one.
-        yield gr.skip(), gr.skip(), gr.skip()
+        yield skip, skip, skip, skip
 
     on_ask.__annotations__["request"] = gr.Request  # how Gradio knows to pass the request (gradio is lazy here)
 
@@ -190,6 +194,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                         question = gr.Textbox(placeholder="Ask a question about your documents…",
                                               show_label=False, scale=5, elem_id="question")
                         ask = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
+                    waiting = gr.Markdown("", elem_id="question-waiting")
                     clear = gr.Button("Clear chat", size="sm")
                 with gr.Column(scale=2):
                     gr.Markdown("### Sources")
@@ -237,9 +242,14 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # The bar shows once, over this upload's results, not copied onto every output.
         ingest.click(on_ingest, [kb, upload], [results, summary, upload, kb],
                      show_progress_on=[results]).then(refresh_docs, kb, [docs, doc_choice])
+        # At once, in the browser: a question sent while an answer streams (or while the model still reads the
+        # prompt of one just stopped) waits in the queue, and the page would otherwise not show that it was sent.
+        # Set up before the question's own listener, whose first output clears it (set up after it, this line
+        # came after that listener's outputs when they came at once, as a warning's do, and stayed).
+        gr.on([ask.click, question.submit], None, question, waiting, js=WAITING_JS)
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
         # One listener for the button and Enter: the browser holds back repeats of the same listener only.
-        gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question],
+        gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question, waiting],
               trigger_mode="always_last")
         # A new chat stops a streaming answer: Clear chat, the chat box's own clear icon, and another
         # knowledge base (a follow-up must not be read against the old chat). Not by Gradio's cancels=: a

@@ -119,11 +119,16 @@ CSS = """
 .kbqa-source-text {white-space: pre-wrap; font-size: 0.85em; max-height: 16em; overflow-y: auto;}
 .kbqa-notice {background: var(--color-accent-soft); padding: 6px; border-radius: 6px; margin-bottom: 8px;}
 .kbqa-empty {color: var(--body-text-color-subdued);}
+#question-waiting {color: var(--body-text-color-subdued); font-size: 0.9em; font-style: italic;}
 /* The Soft theme draws "stop" buttons like any other: a deletion should look like one. */
 #delete-doc, #delete-kb {color: var(--color-red-600, #dc2626); border-color: var(--color-red-300, #fca5a5);}
 #confirm-delete-yes {background: var(--color-red-600, #dc2626); color: white;
                      border-color: var(--color-red-600, #dc2626);}
 """
+
+#: The line under the question box as a question is sent (the answer's first step clears it).
+WAITING = "Sent: it is asked as soon as the model is free…"
+WAITING_JS = f"(q) => (q && q.trim()) ? {WAITING!r} : ''"
 
 #: Run once when the page loads. Gradio's dropdown takes Enter as "pick the first name that matches what was
 #: typed": typing "Corpus" (a new name) with "Corpus Mixed" present chose "Corpus Mixed", and files meant for a
