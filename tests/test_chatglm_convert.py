@@ -122,6 +122,23 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path: Path, sp_model: Path)
     assert [p.name for p in tmp_path.iterdir()] == ["src"]
 
 
+def test_a_conversion_another_process_finished_meanwhile_is_used(tmp_path: Path, sp_model: Path) -> None:
+    # Two processes converting the same checkpoint into one cache folder (a server and a CLI command): the one
+    # that finishes second keeps the first one's folder instead of failing.
+    import os
+
+    write_checkpoint(tmp_path / "src", sp_model, shards=2)
+    dst = tmp_path / "cache" / "model"
+
+    def meanwhile(done: int, total: int) -> None:
+        if not dst.exists():
+            convert_chatglm(tmp_path / "src", tmp_path / "other")
+            os.rename(tmp_path / "other", dst)
+
+    assert convert_chatglm(tmp_path / "src", dst, progress=meanwhile) == dst
+    assert is_converted_chatglm(dst) and sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["model"]
+
+
 def test_existing_destination_is_refused(tmp_path: Path, sp_model: Path) -> None:
     write_checkpoint(tmp_path / "src", sp_model)
     (tmp_path / "dst").mkdir()

@@ -11,6 +11,7 @@ renamed when complete, so a half-written conversion is never used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -177,7 +178,9 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
             for written in tmp.glob("*.safetensors"):  # safetensors writes owner-only files; share like the rest
                 written.chmod(0o644)
             if dst.is_dir():
-                dst.rmdir()  # empty, checked above
+                # Empty, checked above; or another process's finished conversion since, which staged_folder keeps.
+                with contextlib.suppress(OSError):
+                    dst.rmdir()
     except (OSError, SafetensorError) as exc:  # the source was read by now: this is the destination's fault
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         room = f"; it needs about {total / 2**30:.1f} GiB free there" if "space" in reason.lower() else ""
