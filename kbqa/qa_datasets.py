@@ -133,6 +133,8 @@ def _load_squad(path: Path) -> EvalDataset:
                 for q, qa in enumerate(_list(_get(paragraph, "qas", "paragraph", []), "qas"), 1):
                     where = f"article {a}, paragraph {p}, question {q}"
                     question = _text(_get(qa, "question", "question"), "'question'")
+                    if not question.strip():
+                        raise KBQAError(f"{path.name}: the question in {where} is blank; give its text or remove it.")
                     given = _list(_get(qa, "answers", "question", []), "answers")
                     texts_given = [_text(_get(ans, "text", "answer"), "the answer's 'text'") for ans in given]
                     answers = tuple(dict.fromkeys(t for t in texts_given if t))
@@ -203,6 +205,8 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
         for key, value in (("question", row["question"]), ("doc", row.get("doc") or "")):
             if not isinstance(value, str):
                 raise KBQAError(f"{path.name} line {n}: '{key}' must be text.")
+        if not row["question"].strip():
+            raise KBQAError(f"{path.name} line {n}: the 'question' is blank.")
         try:
             history = tuple((str(t["question"]), str(t.get("answer") or "")) for t in row.get("history") or [])
         except (TypeError, KeyError, AttributeError) as exc:

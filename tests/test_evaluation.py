@@ -172,6 +172,8 @@ def test_jsonl_mistakes_are_named_with_their_line(tmp_path: Path) -> None:
      "no 'text' field"),
     ({"data": [{"paragraphs": {"context": "c"}}]}, "'paragraphs' is an object, not a list in article 1"),
     ({"data": []}, "holds no questions"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": [{"question": " ", "answers": []}]}]}]},
+     "the question in article 1, paragraph 1, question 1 is blank"),
 ])
 def test_malformed_squad_files_are_named_errors(tmp_path: Path, data: dict, message: str) -> None:  # type: ignore[type-arg]
     (tmp_path / "d.json").write_text(json.dumps(data), encoding="utf-8")
@@ -190,6 +192,7 @@ def test_malformed_squad_files_are_named_errors(tmp_path: Path, data: dict, mess
     ('{"question": "q", "answer": {}}', "line 1: 'answer' must be text or a list of texts"),
     ('{"question": "q", "answer": ["29", 29]}', "line 1: 'answer' must be text or a list of texts"),
     ('["q", "a"]', "line 1 is a list, not an object"),
+    ('{"question": "   ", "answer": "a"}', "line 1: the 'question' is blank"),  # before the documents are read
 ])
 def test_malformed_jsonl_fields_are_named_with_their_line(tmp_path: Path, line: str, message: str) -> None:
     (tmp_path / "doc.txt").write_text("x", encoding="utf-8")
