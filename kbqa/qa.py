@@ -172,15 +172,41 @@ def _plain(figure: str) -> str:
     return re.sub(r"[, ]", "", figure)
 
 
-def _figures(text: str) -> set[str]:
-    """The numbers of a text, as ``_plain`` writes them."""
-    return {_plain(m.group(0)) for m in _FIGURE.finditer(text)}
+#: A number in Chinese characters: 十五, 一千九百五十六, 三万, 二〇二一.
+_HAN_NUMBER = re.compile("[零〇一二两三四五六七八九十百千万亿]+")
+_HAN_DIGITS = {**{c: i for i, c in enumerate("零一二三四五六七八九")}, "〇": 0, "两": 2}
+_HAN_UNITS = {"十": 10, "百": 100, "千": 1000}
+
+
+def han_number(text: str) -> int:
+    """The value of a number in Chinese characters (``_HAN_NUMBER``): 十五 -> 15, 二〇二一 -> 2021."""
+    for big, size in (("亿", 10**8), ("万", 10**4)):
+        if big in text:
+            high, low = text.split(big, 1)
+            return han_number(high or "一") * size + (han_number(low) if low else 0)
+    if not any(c in _HAN_UNITS for c in text):  # digit by digit, as years are written
+        return int("".join(str(_HAN_DIGITS[c]) for c in text) or 0)
+    total = digit = 0
+    for c in text:
+        if c in _HAN_UNITS:
+            total += (digit or 1) * _HAN_UNITS[c]
+            digit = 0
+        else:
+            digit = _HAN_DIGITS[c]
+    return total + digit
+
+
+def _figures(text: str, han: bool = False) -> set[str]:
+    """The numbers of a text written in digits, as ``_plain`` writes them; with ``han``, also those written in
+    Chinese characters (十五: 15), which include any 一 ("一个": 1)."""
+    digits = {_plain(m.group(0)) for m in _FIGURE.finditer(text)}
+    return digits | {str(han_number(m.group(0))) for m in _HAN_NUMBER.finditer(text)} if han else digits
 
 
 def unsupported_numbers(answer: str, sources: Sequence[str]) -> list[str]:
     """Numbers of ``answer`` found in none of ``sources`` (citation marks such as ``[1]`` left out): a sum, a
     conversion or a figure the model made up ("90 Million barrels" from passages saying 30 and 60)."""
-    held = set().union(*(_figures(t) for t in sources)) if sources else set()
+    held = set().union(*(_figures(t, han=True) for t in sources)) if sources else set()
     said = re.sub(r"\[\d+(?:\s*[,，]\s*\d+)*\]", " ", answer)
     missing: dict[str, str] = {}  # normalised -> as the answer writes it
     for m in _FIGURE.finditer(said):
@@ -337,7 +363,7 @@ class QAEngine:
                                         replace(self.params, max_tokens=96, stop=()))
         text = clean_rewrite(reply)
         if (not text or is_chinese(text) == zh or len(text) > 3 * len(query) + 40
-                or (asks(query) and not asks(text)) or _figures(text) - _figures(query)):
+                or (asks(query) and not asks(text)) or _figures(text) - _figures(query, han=True)):
             return None
         return text
 
@@ -475,7 +501,7 @@ class QAEngine:
             if not refused and (missing := unsupported_numbers(text, seen)):
                 notice += (f" Check this answer against the sources: {', '.join(missing[:3])} "
                            f"{'is' if len(missing) == 1 else 'are'} in none of the passages it was written from.")
-            answer = Answer(question, text, used, refused=refused, language=lang, notice=notice.strip(),
+            answer = Answer(question, text, used, refused=refused, language=lang, notice=" ".join(notice.split()),
                             timings=timings, query=query)
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)
 

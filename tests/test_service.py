@@ -881,3 +881,32 @@ def test_figures_are_compared_as_numbers_not_as_spelt() -> None:
     assert unsupported_numbers("Articles 3, 4 [1, 2]", ["Article 3", "Article 4"]) == []
     assert unsupported_numbers("4,000 + 11,000 = 15,000", ["4,000 jobs", "11,000 jobs"]) == ["15,000"]
     assert unsupported_numbers("6.5 million", ["6.5 million jobs"]) == [] and unsupported_numbers("6.5", ["65"])
+
+
+@pytest.mark.parametrize(("han", "value"), [
+    ("十五", 15), ("二十", 20), ("一千九百五十六", 1956), ("二〇二一", 2021), ("三万", 30000), ("一千零五", 1005),
+    ("两百", 200), ("一亿二千万", 120000000)])
+def test_numbers_in_chinese_characters_are_read(han: str, value: int) -> None:
+    from kbqa.qa import han_number
+
+    assert han_number(han) == value
+
+
+def test_an_answer_in_digits_from_a_passage_in_chinese_numerals_is_not_flagged() -> None:
+    # An English answer to an English question about a Chinese passage (a translated search) writes digits.
+    from kbqa.qa import unsupported_numbers
+
+    passage = "人民检察院提出抗诉的，应当在决定之日起十五日内将《抗诉书》连同案件卷宗移送同级人民法院。"
+    assert unsupported_numbers("It sends the protest within 15 days [1].", [passage]) == []
+    assert unsupported_numbers("Within 16 days [1].", [passage]) == ["16"]
+
+
+def test_a_notice_has_single_spaces(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["尼罗河流向哪里？", "North, within 15 days [1]."])
+    doc = tmp_path / "尼罗河.txt"
+    doc.write_text("尼罗河向北流，经过埃及。", encoding="utf-8")
+    service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm)
+    service.add_files("rivers", [doc])
+    answer = service.ask("rivers", "Where does the Nile flow?")
+    assert "searched for it in Chinese" in answer.notice and "Check this answer" in answer.notice
+    assert "  " not in answer.notice
