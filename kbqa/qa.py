@@ -411,7 +411,8 @@ class QAEngine:
             if not used:
                 raise ContextLengthExceeded(
                     f"The question leaves no room for the passages in the model's context ({llm.context_window} "
-                    "tokens, llm.context_window): shorten it, or raise llm.context_window.")
+                    "tokens: llm.context_window, at most the model's own limit): shorten it, or raise "
+                    "llm.context_window where the model allows more.")
             x["notes"]["used"] = used  # x is LangChain's copy of the state; notes is shared with it
             messages = template.messages(x["prompt_question"], template.format_context(used, x["zh"]))
             system = [m for m in messages if m.role == "system"]

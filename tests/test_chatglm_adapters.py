@@ -165,3 +165,16 @@ def test_a_lora_for_another_architecture_is_refused_naming_the_setting(
         "bias": "none", "inference_mode": True}))
     with pytest.raises(ConfigError, match=r"llm.adapter = .* does not fit llm.model: was it trained on another"):
         build_transformers_llm(llm_settings(checkpoint[0], adapter=str(folder)), tmp_path / "cache")
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    (4, "holds weights for layer 4; the model has 2 layers"),  # a deeper model's: peft would drop layers 2-3
+    (1, "has no weights for some of the modules it names"),  # fewer layers than the model's
+])
+def test_a_lora_for_another_number_of_layers_is_refused(tmp_path: Path, checkpoint: tuple, layers: int,
+                                                        message: str) -> None:
+    src, config, _ = checkpoint
+    assert config["num_layers"] == 2
+    write_lora(tmp_path / "lora", {**config, "num_layers": layers})
+    with pytest.raises(ConfigError, match=f"llm.adapter = .* does not fit llm.model.*{message}"):
+        build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "lora")), tmp_path / "cache")

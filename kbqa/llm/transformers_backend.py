@@ -305,17 +305,28 @@ def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
                           "(ChatGLM's ptuning recipe).")
     from peft import PeftModel
 
+    mismatch = f"llm.adapter = '{spec}' does not fit llm.model: was it trained on another base model?"
+    layers = chatglm.lora_layers(folder)
+    if layers and max(layers) >= config.num_hidden_layers:  # peft would drop the extra layers' weights unsaid
+        raise ConfigError(f"{mismatch} (it holds weights for layer {max(layers) + 1}; the model has "
+                          f"{config.num_hidden_layers} layers)")
     with tempfile.TemporaryDirectory() as tmp:
         if is_glm and chatglm.is_chatglm_lora(folder):
             dims = (config.num_attention_heads, config.num_key_value_heads, config.head_dim)
             folder = chatglm.convert_lora(folder, Path(tmp), dims)
         try:
-            with warnings.catch_warnings():  # transformers' deprecation notices, raised inside peft
-                warnings.simplefilter("ignore", FutureWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 model = PeftModel.from_pretrained(model, folder)
         except (RuntimeError, ValueError, KeyError) as exc:  # size mismatches; no matching modules
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
             first = next((line for line in lines if "size mismatch" in line), lines[0])[:300]
-            raise ConfigError(f"llm.adapter = '{spec}' does not fit llm.model: was it trained on another base "
-                              f"model? ({first})") from exc
+            raise ConfigError(f"{mismatch} ({first})") from exc
+    for warning in caught:  # transformers' deprecation notices, raised inside peft, are not the user's business
+        text = str(warning.message)
+        if "missing adapter keys" in text:  # modules it was meant for got none: fewer layers, other names
+            raise ConfigError(f"{mismatch} (it has no weights for some of the modules it names: "
+                              f"{text.split(':', 1)[-1].strip()[:200]}…)")
+        if not issubclass(warning.category, FutureWarning):
+            log.warning("llm.adapter: %s", text[:300])
     return model.merge_and_unload() if placement.quantization == "none" else model

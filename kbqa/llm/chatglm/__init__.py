@@ -14,7 +14,7 @@ from kbqa.llm.chatglm.convert import (
     is_converted_chatglm,
     read_marker,
 )
-from kbqa.llm.chatglm.lora import convert_lora, is_chatglm_lora, is_lora
+from kbqa.llm.chatglm.lora import convert_lora, is_chatglm_lora, is_lora, lora_layers
 from kbqa.llm.chatglm.prompt import ChatGLMCodec, chatglm2_text, chatglm3_ids
 from kbqa.llm.chatglm.ptuning import attach_prefix, is_ptuning_checkpoint, load_prefix
 from kbqa.llm.chatglm.tokenizer import ChatGLMTokenizer
@@ -22,6 +22,6 @@ from kbqa.llm.chatglm.tokenizer import ChatGLMTokenizer
 __all__ = [
     "CONVERTER_VERSION", "MARKER_FILE", "ChatGLMCodec", "ChatGLMTokenizer", "attach_prefix", "attention_dims",
     "chatglm2_text", "chatglm3_ids", "convert_chatglm", "convert_lora", "is_chatglm_checkpoint",
-    "is_chatglm_lora", "is_converted_chatglm", "is_lora", "is_ptuning_checkpoint", "load_prefix",
+    "is_chatglm_lora", "is_converted_chatglm", "is_lora", "is_ptuning_checkpoint", "load_prefix", "lora_layers",
     "read_marker", "read_source",
 ]

@@ -7,6 +7,7 @@ A LoRA on the fused ``query_key_value`` adds ``B @ A``; split by rows, ``B`` giv
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ def _weights_file(folder: Path) -> Path:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
     raise ModelUnavailable(f"{folder} has {ADAPTER_CONFIG} but no adapter_model.safetensors or .bin.")
+
+
+def lora_layers(folder: Path) -> set[int]:
+    """The indices of the transformer layers a LoRA adapter holds weights for (ChatGLM's or native names)."""
+    found = (re.search(r"\.layers\.(\d+)\.", key) for key, _ in iter_tensors(_weights_file(folder)))
+    return {int(m.group(1)) for m in found if m}
 
 
 def is_chatglm_lora(folder: Path) -> bool:
