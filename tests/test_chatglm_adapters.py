@@ -178,3 +178,22 @@ def test_a_lora_for_another_number_of_layers_is_refused(tmp_path: Path, checkpoi
     write_lora(tmp_path / "lora", {**config, "num_layers": layers})
     with pytest.raises(ConfigError, match=f"llm.adapter = .* does not fit llm.model.*{message}"):
         build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "lora")), tmp_path / "cache")
+
+
+def test_a_whole_fine_tune_with_a_ptuning_prefix_says_at_every_load_that_it_is_unused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    sp_model = train_tokenizer(tmp_path / "tokenizer.model")
+    config, _ = write_checkpoint(tmp_path / "full", sp_model, fmt="safetensors", shards=1)
+    weights = load_file(str(tmp_path / "full" / "model.safetensors"))  # the ptuning recipe's whole-model save
+    weights.update(write_ptuning(tmp_path / "prefix", config))
+    save_file(weights, str(tmp_path / "full" / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "full" / "config.json").write_text(json.dumps({**config, "pre_seq_len": 4}), encoding="utf-8")
+    for _ in range(2):  # the second load uses the cached conversion
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="kbqa"):
+            build_transformers_llm(llm_settings(tmp_path / "full"), tmp_path / "cache")
+        assert "holds a P-tuning prefix, which is not used: set llm.adapter" in caplog.text

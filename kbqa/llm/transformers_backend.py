@@ -62,6 +62,10 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
     if settings.adapter:
         with _naming("llm.adapter", settings.adapter, KBQAError):
             model = apply_adapter(model, settings.adapter, placement)
+    elif chatglm.is_converted_chatglm(folder) and chatglm.read_marker(folder).get("ptuning_prefix"):
+        # Said at every load, not only at the conversion: the answers come from the model without the fine-tune.
+        log.warning("llm.model %s holds a P-tuning prefix, which is not used: set llm.adapter to that folder too "
+                    "to use it", settings.model)
     name = embedded_name(settings.model) if is_embedded(settings.model) else Path(settings.model).name
     return TransformersLLM(model, codec, name=name, context_window=settings.context_window)
 

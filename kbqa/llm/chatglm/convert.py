@@ -173,7 +173,9 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
             GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_id).save_pretrained(tmp)
             shutil.copyfile(source.folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             marker = {"converter_version": CONVERTER_VERSION, "version": source.version,
-                      "source": str(source.folder.resolve()), "eos_token_ids": eos}
+                      "source": str(source.folder.resolve()), "eos_token_ids": eos,
+                      # a fine-tune saved whole: its P-tuning prefix is not part of the native model
+                      "ptuning_prefix": bool(source.config.get("pre_seq_len"))}
             (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
             for written in tmp.glob("*.safetensors"):  # safetensors writes owner-only files; share like the rest
                 written.chmod(0o644)
