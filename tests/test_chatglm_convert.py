@@ -256,6 +256,13 @@ def test_a_destination_that_cannot_be_written_is_a_clear_error(tmp_path: Path, s
         convert_chatglm(tmp_path / "src", tmp_path / "a-file" / "dst")
 
 
+def test_a_destination_inside_the_checkpoint_is_refused(tmp_path: Path, sp_model: Path) -> None:
+    write_checkpoint(tmp_path / "src", sp_model)
+    with pytest.raises(ConfigError, match="is inside the checkpoint folder .*: choose a folder outside it"):
+        convert_chatglm(tmp_path / "src", tmp_path / "src" / "native")
+    assert not (tmp_path / "src" / "native").exists()
+
+
 def test_a_disk_without_room_is_refused_before_converting(tmp_path: Path, sp_model: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil

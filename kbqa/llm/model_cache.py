@@ -116,7 +116,8 @@ def convert_chatglm_cached(src: Path, cache_dir: Path, progress: Progress | None
     if chatglm.is_converted_chatglm(dst):
         return dst
     chatglm.convert_chatglm(src, dst, progress, elsewhere="free some space, or set paths.cache_dir "
-                            "(KBQA_PATHS__CACHE_DIR) to a disk with room, or convert it elsewhere with "
+                            "(KBQA_PATHS__CACHE_DIR) to a folder you can write to on a disk with room, or convert "
+                            "it elsewhere with "
                             "`kbqa convert-chatglm` and set llm.model to the result")
     for old in dst.parent.glob(f"{stem}*"):
         if old == dst or not chatglm.is_converted_chatglm(old):

@@ -134,7 +134,8 @@ def read_marker(folder: Path) -> dict[str, Any]:
 
 
 def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
-                    version: Version | None = None, elsewhere: str = "choose a folder on a disk with room") -> Path:
+                    version: Version | None = None,
+                    elsewhere: str = "choose a folder you can write to, on a disk with room") -> Path:
     """Convert a ChatGLM2-6B / ChatGLM3-6B checkpoint into a native ``GlmForCausalLM`` folder.
 
     Args:
@@ -153,6 +154,9 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
     """
     source = read_source(Path(src), version)
     dst = Path(dst)
+    if dst.resolve().is_relative_to(source.folder.resolve()):
+        raise ConfigError(f"{dst} is inside the checkpoint folder {source.folder}: choose a folder outside it (the "
+                          "converted model is a second copy of the weights, not part of the checkpoint).")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConfigError(f"{dst} already exists; choose a new folder or delete it first.")
     tokenizer = ChatGLMTokenizer.from_folder(source.folder, source.version)
