@@ -378,10 +378,12 @@ class QAEngine:
             found = self.retriever.retrieve(kb, query, self.top_k)
             x["timings"]["retrieve"] = time.perf_counter() - start
             passed = self._passing(query, found)
+            strict: float | None = None
             # Worth a translation when a passage found is in the other language. A concatenation of earlier
             # questions is no one question to translate.
-            other = any(is_chinese(c.text) != is_chinese(query) for c in found)
-            if not passed and other and self.translate and x["how"] != "concat":
+            zh = is_chinese(query)
+            if (not passed and self.translate and x["how"] != "concat"
+                    and any(is_chinese(c.text) != zh for c in found)):
                 start = time.perf_counter()
                 translated = self._translation(query)
                 x["timings"]["translate"] = time.perf_counter() - start
@@ -389,7 +391,7 @@ class QAEngine:
                     # A small model's translation is a guess: held to the stricter of the two languages'
                     # thresholds (Chinese questions translated for the English speech let two unrelated
                     # ones through at English's 0.80, answered from the model's own knowledge).
-                    strict = x["strict"] = max(self.threshold(query), self.threshold(translated))
+                    strict = max(self.threshold(query), self.threshold(translated))
                     start = time.perf_counter()
                     query = x["translated"] = translated
                     found = self.retriever.retrieve(kb, query, self.top_k)
@@ -398,7 +400,7 @@ class QAEngine:
             x["found"] = found
             # The refusal's notice names the threshold the best passage missed.
             best = max(found, key=lambda c: c.score, default=None)
-            x["threshold"] = x.get("strict", self.threshold(query, best.text if best else None))
+            x["threshold"] = strict if strict is not None else self.threshold(query, best.text if best else None)
             if passed:  # the model will answer: load it now, so a model that cannot load fails before any event
                 self.get_llm()
             return passed

@@ -126,9 +126,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             # Not answered after the box was emptied (e.g. too long for the model's context): the question
             # goes back into the box, so it can be shortened and sent again.
             warn(exc)
-            # The last output: Gradio sends only the last of outputs yielded in quick succession.
             yield skip, skip, skip if first else question, ""
-            return
         # Gradio shows an event's last output again when it ends: skips, so a chat started meanwhile (Clear
         # chat, another knowledge base) is never overwritten with this one.
         yield skip, skip, skip, skip
