@@ -118,8 +118,9 @@ class LLMSettings(_Section):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.15, ge=1.0, le=2.0, description="Stops small models from looping.")
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
-    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
-        "auto", description="transformers backend: auto = cuda, then mps, then cpu.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="transformers backend: auto = cuda, then mps, then cpu; or cpu, mps, cuda (or cuda:N).")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="transformers backend weights dtype; auto = bf16 on a GPU that has it (Ampere or "
                             "newer), fp16 on older GPUs and on mps, fp32 on a CPU (bf16 when fp32 would not fit "

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.llm import chatglm, model_cache
@@ -80,6 +81,35 @@ def test_choices_that_cannot_work_here_are_refused_clearly(machine: Machine, set
                                                            message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         place(machine, **settings)
+
+
+def test_a_gpu_can_be_chosen_by_number_and_its_own_free_memory_counts() -> None:
+    two_gpus = Machine(cuda=True, cuda_bf16=True, cuda_count=2,
+                       free_memory={"cuda": 2 * GIB, "cuda:0": 2 * GIB, "cuda:1": 20 * GIB})
+    six_b = 6_243_584_000
+    assert place(two_gpus, six_b, device="cuda:1") == Placement(device="cuda:1", dtype="bf16")
+    with pytest.raises(ConfigError, match="only 2.0 GiB is free"):
+        place(two_gpus, six_b, device="cuda:0")
+    with pytest.raises(ConfigError, match=r"sees 2 CUDA GPUs here \(cuda:0 to cuda:1"):
+        place(two_gpus, device="cuda:2")
+    with pytest.raises(ConfigError, match="llm.device = 'cuda:1', but torch sees no CUDA GPU"):
+        place(Machine(), device="cuda:1")
+    with pytest.raises(ValidationError):
+        llm_settings("x", device="gpu1")
+
+
+def test_quantized_weights_go_to_the_gpu_chosen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kbqa.llm import transformers_backend
+
+    seen: dict = {}
+    monkeypatch.setattr(transformers_backend.AutoModelForCausalLM, "from_pretrained",
+                        lambda folder, **kwargs: seen.update(kwargs) or torch.nn.Linear(1, 1))
+    transformers_backend.load_model(tmp_path, Placement(device="cuda:1", dtype="bf16", quantization="4bit"))
+    assert seen["device_map"] == {"": 1}
+    transformers_backend.load_model(tmp_path, Placement(device="cuda", dtype="bf16", quantization="8bit"))
+    assert seen["device_map"] == {"": 0}
+    transformers_backend.load_model(tmp_path, Placement(device="cuda:1", dtype="bf16"))
+    assert seen["device_map"] == "cuda:1"
 
 
 def test_not_enough_memory_is_refused_with_a_way_out() -> None:

@@ -30,7 +30,9 @@ class Machine:
     mps: bool = False
     cuda_bf16: bool = False
     bitsandbytes: bool = False
-    #: Free memory in bytes per device kind ("cpu", "cuda", "mps"); absent = unknown.
+    #: CUDA GPUs torch sees (``cuda:0`` ... ``cuda:N-1``), when ``cuda``.
+    cuda_count: int = 1
+    #: Free memory in bytes per device ("cpu", "mps", "cuda" for the first GPU, "cuda:N"); absent = unknown.
     free_memory: dict[str, int] = field(default_factory=dict)
 
 
@@ -51,13 +53,18 @@ def detect_machine() -> Machine:
     """Probe CUDA, MPS, bitsandbytes and free memory."""
     free: dict[str, int] = {}
     cuda = torch.cuda.is_available()
-    if cuda:
-        free["cuda"] = int(torch.cuda.mem_get_info()[0])
+    count = torch.cuda.device_count() if cuda else 0
+    for index in range(count):
+        free[f"cuda:{index}"] = int(torch.cuda.mem_get_info(index)[0])
+    if count:
+        free["cuda"] = free["cuda:0"]
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     ram = _available_ram()
     if ram is not None:
         free["cpu"] = free["mps"] = ram
-    return Machine(cuda=cuda, mps=mps, cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
+    # bf16 only where every GPU has it (a card before Ampere has none), so auto never picks it for one.
+    bf16 = cuda and all(torch.cuda.get_device_capability(index)[0] >= 8 for index in range(count))
+    return Machine(cuda=cuda, mps=mps, cuda_bf16=bf16, cuda_count=count,
                    bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None, free_memory=free)
 
 
@@ -87,35 +94,41 @@ def choose_placement(llm: LLMSettings, machine: Machine, n_params: int) -> Place
     device = llm.device
     if device == "auto":
         device = "cuda" if machine.cuda else "mps" if machine.mps else "cpu"
-    elif device == "cuda" and not machine.cuda:
-        raise ConfigError("llm.device = 'cuda', but torch sees no CUDA GPU here (a CPU-only torch build, or "
-                          "no driver). Set llm.device = 'auto' or 'cpu'.")
+    elif device.startswith("cuda") and not machine.cuda:
+        raise ConfigError(f"llm.device = '{device}', but torch sees no CUDA GPU here (a CPU-only torch build, "
+                          "or no driver). Set llm.device = 'auto' or 'cpu'.")
+    elif device.startswith("cuda:") and int(device[5:]) >= machine.cuda_count:
+        seen = "cuda:0" if machine.cuda_count == 1 else f"cuda:0 to cuda:{machine.cuda_count - 1}"
+        raise ConfigError(f"llm.device = '{device}', but torch sees {machine.cuda_count} CUDA GPU"
+                          f"{'s' if machine.cuda_count != 1 else ''} here ({seen}; CUDA_VISIBLE_DEVICES "
+                          "renumbers them). Set llm.device to one of those, or 'auto'.")
     elif device == "mps" and not machine.mps:
         raise ConfigError("llm.device = 'mps', but Apple's MPS is not available here. "
                           "Set llm.device = 'auto'.")
     quant = llm.quantization
-    if quant != "none" and device != "cuda":
+    gpu = device.startswith("cuda")
+    if quant != "none" and not gpu:
         raise ConfigError(f"llm.quantization = '{quant}' needs a CUDA GPU (bitsandbytes); this machine "
                           f"runs the model on {device}. Set llm.quantization = 'none'"
                           + (" (and llm.dtype = 'bf16' to halve memory on a CPU)." if device == "cpu" else "."))
     if quant != "none" and not machine.bitsandbytes:
         raise ConfigError(f"llm.quantization = '{quant}' needs bitsandbytes: install kbqa's gpu extra "
                           "(.venv/bin/pip install -e '.[gpu]' in kbqa's folder).")
-    dtype = llm.dtype
+    dtype: str = llm.dtype
     free = machine.free_memory.get(device)
     if dtype == "auto":
-        dtype = {"cuda": "bf16" if machine.cuda_bf16 else "fp16", "mps": "fp16", "cpu": "fp32"}[device]
+        dtype = ("bf16" if machine.cuda_bf16 else "fp16") if gpu else {"mps": "fp16", "cpu": "fp32"}[device]
         if device == "cpu" and free is not None and n_params * 4.2 > free:
             dtype = "bf16"  # fp32 would not fit (a 6B model needs ~25 GB in fp32)
             log.info("loading in bf16: fp32 weights would not fit in the free memory")
     if dtype == "fp16" and device == "cpu":
         raise ConfigError("llm.dtype = 'fp16' is not usable on a CPU (many fp16 kernels are missing or very "
                           "slow there). Set llm.dtype = 'bf16' (half the memory) or 'fp32'.")
-    if dtype == "bf16" and device == "cuda" and not machine.cuda_bf16:
+    if dtype == "bf16" and gpu and not machine.cuda_bf16:
         raise ConfigError("This GPU has no bf16 support (it predates Ampere). Set llm.dtype = 'fp16'.")
     needed = n_params * _PARAM_BYTES[quant if quant != "none" else dtype] * 1.05
     if free is not None and needed > free:
-        if device == "cuda" and quant != "4bit":
+        if gpu and quant != "4bit":
             hint = "use llm.quantization = '8bit' or '4bit'"
         elif dtype == "fp32":
             hint = "set llm.dtype = 'bf16' (half the memory), use a GPU, or a smaller model"

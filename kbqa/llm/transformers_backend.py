@@ -268,7 +268,7 @@ def load_model(folder: Path, placement: Placement) -> Any:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=placement.quantization == "8bit", load_in_4bit=placement.quantization == "4bit",
             bnb_4bit_compute_dtype=placement.torch_dtype, bnb_4bit_quant_type="nf4")
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": int(placement.device.partition(":")[2] or 0)}
     elif placement.device != "cpu":
         kwargs["device_map"] = placement.device
     try:
