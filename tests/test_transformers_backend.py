@@ -500,3 +500,29 @@ def test_embedded_gguf_is_converted_once_and_answers(tmp_path: Path) -> None:
     converted = list((tmp_path / "models").iterdir())
     assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
     assert prepare_model(settings.model, tmp_path) == converted[0]
+
+
+def test_a_damaged_cached_conversion_is_converted_again(glm2: tuple, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "cache"
+    hello, params = [ChatMessage(role="user", content="你好 hello")], greedy_params(llm_settings(glm2[0]), max_tokens=5)
+    first = build_transformers_llm(llm_settings(glm2[0]), cache)
+    expected = first.generate(hello, params)
+    (converted,) = (cache / "models").iterdir()
+    shard = next(converted.glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # cut short (disk trouble, a copy)
+    with caplog.at_level("WARNING"):
+        again = build_transformers_llm(llm_settings(glm2[0]), cache)
+    assert again.generate(hello, params) == expected
+    assert f"{converted} cannot be loaded" in caplog.text
+    assert [p.name for p in (cache / "models").iterdir()] == [converted.name]
+
+
+def test_a_damaged_model_folder_of_the_users_is_named_not_touched(tmp_path: Path) -> None:
+    folder = write_tiny_causal_lm(tmp_path / "tiny")
+    shard = next(folder.glob("*.safetensors"))
+    cut = shard.read_bytes()[:100]
+    shard.write_bytes(cut)
+    with pytest.raises(ModelUnavailable, match=rf"Cannot read {shard} .*damaged or was cut short.*llm.model"):
+        build_transformers_llm(llm_settings(folder), tmp_path / "cache")
+    assert shard.read_bytes() == cut

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from kbqa.errors import ConfigError
+from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.llm.chatglm.checkpoint import read_json
 from kbqa.settings import LLMSettings
 
@@ -143,14 +143,22 @@ def choose_placement(llm: LLMSettings, machine: Machine, n_params: int) -> Place
 
 
 def count_parameters(folder: Path) -> int:
-    """Parameters stored in a model folder (read from safetensors headers; estimated for ``.bin``)."""
+    """Parameters stored in a model folder (read from safetensors headers; estimated for ``.bin``).
+
+    Raises:
+        ModelUnavailable: a safetensors file whose header cannot be read (cut short, damaged).
+    """
     from safetensors import safe_open
 
     total = 0
     for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                total += math.prod(handle.get_slice(key).get_shape())
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    total += math.prod(handle.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors' own error class, or an OSError
+            raise ModelUnavailable(f"Cannot read {path} ({exc}): it is damaged or was cut short; copy or "
+                                   "download it again.") from exc
     if total:
         return total
     config_file = folder / "config.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -22,7 +23,7 @@ from kbqa.llm import chatglm
 from kbqa.llm.base import GenerationParams, Usage, apply_stop
 from kbqa.llm.chatglm.checkpoint import read_json
 from kbqa.llm.model_cache import Progress, prepare_model
-from kbqa.llm.placement import Placement, choose_placement, count_parameters, detect_machine
+from kbqa.llm.placement import Machine, Placement, choose_placement, count_parameters, detect_machine
 from kbqa.llm.prompting import PromptCodec, fit_prompt, load_codec
 from kbqa.models import embedded_name, is_embedded, resolve_local_or_hub
 from kbqa.schema import ChatMessage
@@ -54,11 +55,17 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
     choose_placement(settings, machine, weights)
     with _naming("llm.model", settings.model, ModelUnavailable):
         folder = prepare_model(settings.model, Path(cache_dir), progress)
-    placement = choose_placement(settings, machine, count_parameters(folder))
-    log.info("loading %s on %s (%s, quantization %s)", folder, placement.device, placement.dtype,
-             placement.quantization)
-    model = load_model(folder, placement)
-    codec = load_codec(folder, model)
+        try:
+            placement, model, codec = _load(settings, machine, folder)
+        except ModelUnavailable as exc:
+            if not folder.is_relative_to(Path(cache_dir) / "models"):
+                raise
+            # A conversion of ours that no longer loads (a file damaged or removed since): make it again.
+            log.warning("the cached conversion %s cannot be loaded (%s): converting %s again", folder, exc,
+                        settings.model)
+            shutil.rmtree(folder)
+            folder = prepare_model(settings.model, Path(cache_dir), progress)
+            placement, model, codec = _load(settings, machine, folder)
     if settings.adapter:
         with _naming("llm.adapter", settings.adapter, KBQAError):
             model = apply_adapter(model, settings.adapter, placement)
@@ -68,6 +75,14 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
                     "to use it", settings.model)
     name = embedded_name(settings.model) if is_embedded(settings.model) else Path(settings.model).name
     return TransformersLLM(model, codec, name=name, context_window=settings.context_window)
+
+
+def _load(settings: LLMSettings, machine: Machine, folder: Path) -> tuple[Placement, Any, PromptCodec]:
+    placement = choose_placement(settings, machine, count_parameters(folder))
+    log.info("loading %s on %s (%s, quantization %s)", folder, placement.device, placement.dtype,
+             placement.quantization)
+    model = load_model(folder, placement)
+    return placement, model, load_codec(folder, model)
 
 
 #: peft adapter types that add virtual tokens instead of changing weights (``PeftConfig.is_prompt_learning``).
