@@ -153,6 +153,27 @@ def test_html_in_another_charset_than_it_declares_is_read_as_its_bytes_are(tmp_p
     assert load_document(tmp_path / "utf8.html")[0].text == "退款政策\n商品在七天内可以无理由退货，运费由买家承担。"
 
 
+@pytest.mark.parametrize("declared", ['<meta charset="gb2312">', '<meta charset="GBK">',
+                                      '<meta http-equiv="Content-Type" content="text/html; charset=iso-8859-1">'])
+def test_html_saved_as_utf8_but_declaring_an_older_charset_is_read_as_utf8(tmp_path: Path, declared: str) -> None:
+    html = f'<html><head>{declared}<title>Refunds</title></head><body><p>Refund policy: seven days. 退款政策说明</p>'
+    (tmp_path / "page.html").write_bytes(html.encode("utf-8"))
+    assert load_document(tmp_path / "page.html")[0].text == "Refunds\nRefund policy: seven days. 退款政策说明"
+
+
+def test_html_in_the_charset_it_declares_is_read_in_it(tmp_path: Path) -> None:
+    (tmp_path / "gbk.html").write_bytes('<meta charset="gb2312"><p>退款政策，七天内。</p>'.encode("gbk"))
+    assert load_document(tmp_path / "gbk.html")[0].text == "退款政策，七天内。"
+    (tmp_path / "fr.html").write_bytes('<meta charset="windows-1252"><p>Délai : 7 jours – très court</p>'
+                                       .encode("cp1252"))
+    assert load_document(tmp_path / "fr.html")[0].text == "Délai : 7 jours – très court"
+
+
+def test_html_title_is_the_pages_not_an_inline_icons(tmp_path: Path) -> None:
+    page = write(tmp_path, "a.html", "<body><svg><title>Close icon</title></svg><p>Refunds take 7 days.</p>")
+    assert load_document(page)[0].text == "Refunds take 7 days."
+
+
 def test_inline_xbrl_cover_page_yields_its_facts_and_no_css() -> None:
     [section] = load_document(CORPUS / "en_galaxy_gaming_10k_cover.html")
     text = section.text

@@ -229,17 +229,10 @@ def load_html(path: Path, name: str, ocr: bool) -> list[Section]:
 
     # Inline XBRL files start with an XML declaration, which only makes BeautifulSoup warn.
     raw = re.sub(rb"^\s*<\?xml[^>]*\?>", b"", path.read_bytes())
-    soup = BeautifulSoup(raw, "lxml")
-    bad = soup.get_text().count("\ufffd")
-    if bad > max(3, len(raw) // 1000):
-        declared = soup.original_encoding
-        try:
-            soup = BeautifulSoup(read_text(raw, name), "lxml")
-            logger.warning("%s: its bytes are not in its declared charset (%s); read in the one detected",
-                           name, declared)
-        except CorruptDocument:
-            pass  # no better reading: keep the declared one
-    title = re.sub(r"\s+", " ", soup.title.get_text()).strip() if soup.title else ""
+    soup = BeautifulSoup(_html_text_of(raw, name), "lxml")
+    # The page's own title, not an inline icon's (<svg><title>Close</title></svg>).
+    title_tag = next((t for t in soup.find_all("title") if t.find_parent("svg") is None), None)
+    title = re.sub(r"\s+", " ", title_tag.get_text()).strip() if title_tag else ""
     for tag in [*soup.find_all(_HIDDEN_TAGS), *soup.find_all(hidden=True),
                 *soup.find_all(style=_HIDDEN_STYLE)]:
         if not tag.decomposed:
@@ -250,6 +243,34 @@ def load_html(path: Path, name: str, ocr: bool) -> list[Section]:
     if title and (not lines or lines[0].casefold() != title.casefold()):
         lines.insert(0, title)
     return [Section("\n".join(lines))]
+
+
+_DECLARED_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([\w.:-]+)""", re.I)
+#: Declared names read as browsers read them (WHATWG): GB2312 pages are GBK, Latin-1 pages Windows-1252.
+_CHARSET_ALIASES = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "iso-8859-1": "cp1252",
+                    "latin1": "cp1252", "ascii": "cp1252", "us-ascii": "cp1252"}
+
+
+def _html_text_of(raw: bytes, name: str) -> str:
+    """An HTML file's characters: UTF-8 when its bytes are, else the charset it declares when they are in it,
+    else the encoding they are found to be in (as a text file's), so a page saved in another encoding than
+    it says (a UTF-8 page still saying ``gb2312``, a GBK page saying ``utf-8``) reads right."""
+    if not raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        found = _DECLARED_CHARSET.search(raw[:65536])
+        declared = found.group(1).decode("ascii", "replace").lower() if found else ""
+        if declared and declared.replace("_", "-") not in ("utf-8", "utf8"):
+            try:
+                return raw.decode(_CHARSET_ALIASES.get(declared, declared))
+            except (UnicodeDecodeError, LookupError):
+                pass
+        if declared:
+            logger.warning("%s: its bytes are not in its declared charset (%s); read in the one detected",
+                           name, declared)
+    return read_text(raw, name)
 
 
 def _html_text(node: object, out: list[str]) -> None:
