@@ -127,6 +127,39 @@ def test_docx_keeps_paragraphs_headings_and_tables_in_body_order(tmp_path: Path)
     assert section.text == "第一章 总则\nBefore the table.\nmerged | c\n1 |  | 3\nAfter the table."
 
 
+def test_docx_table_rows_and_cells_inside_content_controls_are_read(tmp_path: Path) -> None:
+    import docx
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    def wrap(element: object, *tags: str) -> None:  # element moved inside w:sdt/w:sdtContent (or w:customXml)
+        outer = OxmlElement(tags[0])
+        element.addprevious(outer)  # type: ignore[attr-defined]
+        inner = outer
+        for tag in tags[1:]:
+            inner.append(child := OxmlElement(tag))
+            inner = child
+        inner.append(element)
+
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=2)
+    for (r, c), text in {(0, 0): "Name", (0, 1): "Price", (1, 0): "Widget", (1, 1): "42 USD",
+                         (2, 0): "Gadget", (2, 1): "7 USD"}.items():
+        table.cell(r, c).text = text
+    rows = table._tbl.findall(qn("w:tr"))
+    wrap(rows[1], "w:sdt", "w:sdtContent")  # a repeating section's row
+    wrap(rows[2], "w:customXml")
+    wrap(rows[0].findall(qn("w:tc"))[1], "w:sdt", "w:sdtContent")  # a cell's content control
+    paragraph = document.add_paragraph("Case 000")
+    paragraph.runs[0]._r.append(OxmlElement("w:noBreakHyphen"))
+    paragraph.add_run("30653 filed; re")
+    paragraph.runs[-1]._r.append(OxmlElement("w:softHyphen"))
+    paragraph.add_run("opened")
+    document.save(str(tmp_path / "t.docx"))
+    [section] = load_document(tmp_path / "t.docx")
+    assert section.text == "Name | Price\nWidget | 42 USD\nGadget | 7 USD\nCase 000-30653 filed; reopened"
+
+
 def test_html_keeps_visible_text_only(tmp_path: Path) -> None:
     html = """<html><head><title>T</title><style>p {color: red}</style></head><body>
       <script>var x = 1;</script><noscript>enable js</noscript><template><p>tmpl</p></template>

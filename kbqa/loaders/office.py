@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,10 @@ class _DocxReader:
         self.part, self.picture_text = part, picture_text
         self.p, self.tbl, self.tr, self.tc = qn("w:p"), qn("w:tbl"), qn("w:tr"), qn("w:tc")
         self.sdt, self.sdt_content, self.textbox = qn("w:sdt"), qn("w:sdtContent"), qn("w:txbxContent")
-        self.text_tags = {qn("w:t"): None, qn("w:tab"): "\t", qn("w:br"): "\n", qn("w:cr"): "\n"}
+        self.custom_xml = qn("w:customXml")
+        # A non-breaking hyphen is a character of the text (case 000-30653); a soft one shows only at a line end.
+        self.text_tags = {qn("w:t"): None, qn("w:tab"): "\t", qn("w:br"): "\n", qn("w:cr"): "\n",
+                          qn("w:noBreakHyphen"): "-", qn("w:softHyphen"): ""}
         self.fallback = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
         self.blip, self.embed = qn("a:blip"), qn("r:embed")
         self.vml_image, self.vml_id = "{urn:schemas-microsoft-com:vml}imagedata", qn("r:id")
@@ -58,7 +61,21 @@ class _DocxReader:
             elif child.tag == self.sdt:  # a content control: its blocks are inside w:sdtContent
                 for content in child.iterchildren(self.sdt_content):
                     lines.extend(self.blocks(content))
+            elif child.tag == self.custom_xml:
+                lines.extend(self.blocks(child))
         return lines
+
+    def _unwrapped(self, parent: Any, tag: str) -> Iterator[Any]:
+        """``parent``'s children of ``tag``, also those wrapped in content controls or custom XML (Word's
+        repeating sections wrap table rows, and a cell can be wrapped too)."""
+        for child in parent:
+            if child.tag == tag:
+                yield child
+            elif child.tag == self.sdt:
+                for content in child.iterchildren(self.sdt_content):
+                    yield from self._unwrapped(content, tag)
+            elif child.tag == self.custom_xml:
+                yield from self._unwrapped(child, tag)
 
     def _own(self, element: Any, p: Any) -> bool:
         """Whether ``element`` belongs to paragraph ``p`` itself: not to a text box in it, nor to a fallback
@@ -88,10 +105,10 @@ class _DocxReader:
 
     def table(self, tbl: Any) -> list[str]:
         lines = []
-        for row in tbl.iterchildren(self.tr):
+        for row in self._unwrapped(tbl, self.tr):
             # One entry per cell as written (a merged cell once); an empty cell stays, so the others keep
             # their columns. A table inside a cell is read into the cell's text.
-            cells = [" ".join(" ".join(self.blocks(tc)).split()) for tc in row.iterchildren(self.tc)]
+            cells = [" ".join(" ".join(self.blocks(tc)).split()) for tc in self._unwrapped(row, self.tc)]
             if any(cells):
                 lines.append(" | ".join(cells))
         return lines
