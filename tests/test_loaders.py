@@ -268,9 +268,20 @@ def test_utf8_with_a_damaged_byte_is_still_utf8(data: bytes, expected: str) -> N
     ("Le café était très crémeux, déjà prêt à être dégusté près de la fenêtre.", "cp1252"),
     ("El niño comió piña en España; ¿qué más? Über Straße und Größe.", "cp1252"),
     ("Zażółć gęślą jaźń: łódź płynie przez śliską rzekę.", "cp1250"),  # Polish stays Polish
+    # Short text whose accented pairs are also GB2312 characters (öß as 鲞, éé as 殚): still Western.
+    ("Artikel;Größe\nHemd;M\n", "cp1252"),
+    ("Le fichier a été créé hier.", "cp1252"),
+    ("créé", "cp1252"),
+    ("A类", "gbk"),  # and a short Chinese text whose bytes also read as Western letters (AÀà) stays Chinese
 ])
 def test_western_and_central_european_single_byte_text(text: str, encoding: str) -> None:
     assert read_text(text.encode(encoding), "t.txt") == text
+
+
+def test_a_stray_nul_byte_in_utf8_text_is_left_out_but_binary_data_is_refused() -> None:
+    assert read_text("退款 policy: seven days.\x00\n".encode(), "t.txt") == "退款 policy: seven days.\n"
+    with pytest.raises(CorruptDocument, match="binary"):
+        read_text(bytes(range(256)) * 4, "t.txt")
 
 
 def test_cp1252_with_a_few_curly_quotes_is_not_read_as_damaged_utf8() -> None:

@@ -69,6 +69,13 @@ def _decode(data: bytes, name: str) -> str:
         text = _utf16_text(data)
         if text is not None:
             return text
+        if data.count(0) <= max(2, len(data) // 1000):  # a stray NUL or two in UTF-8 text (a bad export)
+            try:
+                text = data.replace(b"\x00", b"").decode("utf-8")
+                logger.warning("%s holds %d NUL byte(s), left out", name, data.count(0))
+                return text
+            except UnicodeDecodeError:
+                pass
         raise CorruptDocument(f"{name} looks like a binary file, not text (it contains NUL bytes); "
                               "upload the document itself or save it as UTF-8 text.")
     try:
@@ -89,9 +96,9 @@ def _decode(data: bytes, name: str) -> str:
     if damaged_utf8 and gbk is None:
         logger.warning("%s is UTF-8 with %d damaged byte sequence(s), shown as \ufffd", name, bad)
         return text
-    if gbk is not None:
-        return gbk
     western = _western(data)
+    if gbk is not None and not (western is not None and _mostly_rare_han(gbk)):
+        return gbk
     if western is not None:
         return western
     from charset_normalizer import from_bytes
@@ -133,6 +140,17 @@ def _gbk(data: bytes) -> str | None:
         return None
     wide = [c for c in text if ord(c) > 0x7F]
     return text if sum(_in_gb2312(c) for c in wide) >= 0.8 * len(wide) else None
+
+
+def _mostly_rare_han(text: str) -> bool:
+    """Whether most Han characters of ``text`` are GB2312's rare ones (level 2, lead bytes 0xD8 and up).
+
+    Two accented lowercase letters of Windows-1252 text (``öß``, ``éé``: bytes 0xE0-0xFF) read as one such
+    character (``Größe`` as ``Gr鲞e``); Chinese text is almost all level-1 characters (the 3,755 common ones).
+    """
+    leads = [c.encode("gb2312")[0] for c in text if ord(c) > 0x7F and _in_gb2312(c)]
+    han = [lead for lead in leads if lead >= 0xB0]
+    return bool(han) and sum(lead >= 0xD8 for lead in han) > len(han) / 2
 
 
 def _in_gb2312(char: str) -> bool:
