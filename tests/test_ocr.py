@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -129,3 +130,29 @@ def test_scanned_pdf_without_ocr_engine_names_the_cause(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)
     with pytest.raises(ModelUnavailable):
         load_document(CORPUS / "ocr" / "en_scanned_paper_page.pdf", ocr=True)
+
+
+def test_without_an_ocr_engine_a_documents_text_is_kept_and_its_pictures_named(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import docx
+    from pypdf import PdfReader, PdfWriter
+
+    monkeypatch.setattr(ocr, "_engine", None)
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (200, 100), "white").save(picture)
+    document = docx.Document()
+    document.add_paragraph("The refund period is 7 days.")
+    document.add_picture(str(picture))
+    document.save(str(tmp_path / "pic.docx"))
+    scan = io.BytesIO()
+    Image.new("RGB", (600, 200), "white").save(scan, "PDF")
+    writer = PdfWriter()
+    writer.add_page(PdfReader(CORPUS / "en_langchain_llm_apps_primer.pdf").pages[0])
+    writer.add_page(PdfReader(scan).pages[0])
+    writer.write(str(tmp_path / "mixed.pdf"))
+    with caplog.at_level("WARNING"):
+        assert [s.text for s in load_document(tmp_path / "pic.docx", ocr=True)] == ["The refund period is 7 days."]
+        assert [s.page for s in load_document(tmp_path / "mixed.pdf", ocr=True)] == [1]
+    assert "pic.docx: the text of its 1 picture(s) is not read: OCR needs" in caplog.text
+    assert "mixed.pdf: page(s) 2 have too little text and could not be OCR'd" in caplog.text

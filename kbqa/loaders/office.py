@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kbqa.errors import CorruptDocument
+from kbqa.errors import CorruptDocument, ModelUnavailable
 from kbqa.loaders.images import ocr_quietly
 from kbqa.loaders.tidy import tidy_text
 from kbqa.schema import Section
+
+logger = logging.getLogger(__name__)
 
 
 def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
@@ -27,10 +30,20 @@ def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
         raise CorruptDocument(f"{name} is not a readable Word .docx file ({exc}); open it in Word, save it "
                               "as .docx and upload it again.") from exc
 
+    missed: list[ModelUnavailable] = []
+
     def picture_text(blob: bytes) -> str:
-        return tidy_text(ocr_quietly(blob, f"an image in {name}"))
+        try:
+            return tidy_text(ocr_quietly(blob, f"an image in {name}"))
+        except ModelUnavailable as exc:  # no OCR engine: the text is still read, the pictures are not
+            missed.append(exc)
+            return ""
 
     lines = _DocxReader(document.part, picture_text if ocr else None).blocks(document.element.body)
+    if missed:
+        if not "".join(lines).strip():
+            raise missed[0]
+        logger.warning("%s: the text of its %d picture(s) is not read: %s", name, len(missed), missed[0])
     return [Section("\n".join(lines))]
 
 

@@ -43,7 +43,7 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
     except Exception as exc:
         raise CorruptDocument(f"{name} is damaged or truncated ({type(exc).__name__}: {exc}); "
                               "re-save or re-download it and upload again.") from exc
-    sections, failed, ocr_error = [], 0, None
+    sections, failed, ocr_error, unread = [], 0, None, []
     for number, page in enumerate(pages, 1):
         try:
             text = tidy_text(page.extract_text() or "")
@@ -55,9 +55,13 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
                 scanned = _ocr_pdf_page(page, f"page {number} of {name}")
             except ModelUnavailable as exc:  # raised below only if the whole PDF is unreadable
                 scanned, ocr_error = "", exc
+                unread.append(number)
             text = scanned if len(scanned) > len(text) else text
         if text:
             sections.append(Section(text, page=number))
+    if sections and ocr_error is not None:
+        logger.warning("%s: page(s) %s have too little text and could not be OCR'd: %s", name,
+                       ", ".join(map(str, unread)), ocr_error)
     if not sections:
         if ocr_error is not None:
             raise ocr_error
