@@ -31,9 +31,11 @@ def delete_document(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordInde
             raise DocumentNotFound(f"Knowledge base '{kb.name}' has no file '{name}' (it holds: {held or 'none'}).")
         # A path names the file added from there: another folder's file of the same name is not this one.
         origin = entry.get("origin")
-        if given != name and origin and re.search(r"[\\/]", given) and str(Path(given).resolve()) != origin:
-            raise DocumentNotFound(f"'{name}' in knowledge base '{kb.name}' was added from {origin}, not from "
-                                   f"{given}: give its name ({name}) or that path to delete it.")
+        if given != name and re.search(r"[\\/]", given) and str(Path(given).resolve()) != origin:
+            raise DocumentNotFound(
+                f"'{name}' in knowledge base '{kb.name}' was " + (
+                    f"added from {origin}, not from {given}: give its name ({name}) or that path to delete it."
+                    if origin else f"uploaded, not added from {given}: give its name ({name}) to delete it."))
         index = keywords.get(kb)
         with kb.pending(entry["sha256"]):
             kb.forget_file(name)
@@ -49,8 +51,8 @@ def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
     and original-file copies out of step with the manifest."""
     if not kb.manifest.pending:
         return
-    committed = {f["sha256"] for f in kb.manifest.files.values()}
     with kb.lock:
+        committed = {f["sha256"] for f in kb.manifest.files.values()}
         removed = 0
         for sha in list(kb.manifest.pending):
             if sha not in committed:

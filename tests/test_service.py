@@ -291,6 +291,17 @@ def test_path_traversal_upload_name_is_stored_under_its_base_name(make: Callable
     assert not (tmp_path / "etc").exists()
 
 
+def test_an_uploaded_file_is_deleted_by_its_name_not_by_some_path(make: Callable[..., KBQAService],
+                                                                 docs: Path) -> None:
+    service = make()
+    service.add_files("kb", [(docs / "rivers.txt", "rivers.txt")])  # an upload: no folder it came from
+    with pytest.raises(DocumentNotFound, match=r"was uploaded, not added from /elsewhere/rivers.txt: give its "
+                                               r"name \(rivers.txt\)"):
+        service.delete_document("kb", "/elsewhere/rivers.txt")
+    assert [d.name for d in service.list_documents("kb")] == ["rivers.txt"]
+    assert service.delete_document("kb", "rivers.txt") == "rivers.txt"
+
+
 def test_file_over_the_size_limit_is_refused_without_reading_it(tmp_path: Path, llm: FakeLLM) -> None:
     settings = make_settings(tmp_path).model_copy(update={"ingest": load_settings(ingest={"max_file_mb": 1}).ingest})
     service = build_service(settings, embedder=FakeEmbedder(), llm=lambda: llm)
