@@ -83,7 +83,7 @@ def load_dataset(path: Path, docs: Path | None = None) -> EvalDataset:
     if not path.is_file():
         raise KBQAError(f"Dataset {path} not found.")
     jsonl = path.suffix.lower() == ".jsonl"
-    dataset = _load_jsonl(path, docs or path.parent) if jsonl else _load_squad(path)
+    dataset = _load_jsonl(path, docs or path.parent, beside=docs is None) if jsonl else _load_squad(path)
     if not dataset.items:
         raise KBQAError(f"{path.name} holds no questions.")
     return dataset
@@ -185,7 +185,9 @@ def _json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
+def _load_jsonl(path: Path, docs: Path, beside: bool = False) -> EvalDataset:
+    """A JSONL dataset over the documents in ``docs`` (``beside``: the dataset's own folder, whose README
+    describes the dataset and is no document of it, unless a question names it)."""
     items = []
     wanted: set[str] = set()
     for n, line in enumerate(_read_text(path).splitlines(), 1):
@@ -217,9 +219,10 @@ def _load_jsonl(path: Path, docs: Path) -> EvalDataset:
             wanted.add(row["doc"])
     if not Path(docs).is_dir():
         raise KBQAError(f"{docs} is not a folder: pass --docs FOLDER holding the dataset's documents.")
-    # Only documents kbqa can read go into the knowledge base (a dataset folder also holds its .jsonl, README...).
+    # Only documents kbqa can read go into the knowledge base (a dataset folder also holds its .jsonl).
     files = sorted(p for p in Path(docs).iterdir()
-                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."))
+                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+                   and not (beside and p.stem.upper() == "README" and p.name not in wanted))
     missing = wanted - {p.name for p in files}
     if missing:
         raise KBQAError(f"Gold documents missing from {docs} (read one level deep, without subfolders): "

@@ -223,6 +223,16 @@ def test_jsonl_documents_are_the_readable_files_of_the_folder(tmp_path: Path) ->
     assert [p.name for p in ev.load_dataset(tmp_path / "d.jsonl").files] == ["doc.txt", "notes.md"]
 
 
+def test_a_dataset_folders_readme_is_no_document_unless_given_as_the_documents_folder(tmp_path: Path) -> None:
+    for name in ("doc.txt", "README.md"):
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "x", "doc": "doc.txt"}\n', encoding="utf-8")
+    assert [p.name for p in ev.load_dataset(tmp_path / "d.jsonl").files] == ["doc.txt"]
+    assert [p.name for p in ev.load_dataset(tmp_path / "d.jsonl", tmp_path).files] == ["README.md", "doc.txt"]
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "x", "doc": "README.md"}\n', encoding="utf-8")
+    assert [p.name for p in ev.load_dataset(tmp_path / "d.jsonl").files] == ["README.md", "doc.txt"]
+
+
 def test_squad_errors_name_the_article_and_paragraph_counting_from_one(tmp_path: Path) -> None:
     good = {"context": "北京是首都。", "qas": [{"question": "首都？", "answers": [{"text": "北京"}]}]}
     data = {"data": [{"paragraphs": [good, good]}, {"paragraphs": [good]}, {"paragraphs": [{"qas": []}]}]}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+from kbqa.language import HAN_CHARS
+
+_CJK = HAN_CHARS
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 _CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20"
 _CJK_ANY = f"{_CJK}{_CJK_PUNCT}"
