@@ -160,6 +160,12 @@ def test_docx_table_rows_and_cells_inside_content_controls_are_read(tmp_path: Pa
     assert section.text == "Name | Price\nWidget | 42 USD\nGadget | 7 USD\nCase 000-30653 filed; reopened"
 
 
+def test_a_pdf_without_pages_says_so(tmp_path: Path) -> None:
+    PdfWriter().write(str(tmp_path / "zero.pdf"))
+    with pytest.raises(EmptyDocument, match="zero.pdf has no pages"):
+        load_document(tmp_path / "zero.pdf")
+
+
 def test_html_keeps_visible_text_only(tmp_path: Path) -> None:
     html = """<html><head><title>T</title><style>p {color: red}</style></head><body>
       <script>var x = 1;</script><noscript>enable js</noscript><template><p>tmpl</p></template>

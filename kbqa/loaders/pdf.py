@@ -43,6 +43,8 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
     except Exception as exc:
         raise CorruptDocument(f"{name} is damaged or truncated ({type(exc).__name__}: {exc}); "
                               "re-save or re-download it and upload again.") from exc
+    if not pages:
+        raise EmptyDocument(f"{name} has no pages; check that it is the right file.")
     sections, failed, ocr_error, unread = [], 0, None, []
     for number, page in enumerate(pages, 1):
         try:
