@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ from zipfile import BadZipFile
 import numpy as np
 import scipy.sparse
 
+from kbqa.language import HAN_CHARS
 from kbqa.tokenize import TOKENIZER_ID, tokenize
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ _FORMAT = 1
 _TF_MAX = np.iinfo(np.uint16).max
 _STALE_TEMP_S = 600.0  # a temporary file this old is left by a killed save
 _BATCH = 2048  # chunks counted per numpy conversion (bounds the Python objects alive at once)
+_HAN = re.compile(f"[{HAN_CHARS}]")
 _FORGET_TERMS = 10_000  # forget unused terms once more than this many (and half the vocabulary)
 
 
@@ -87,6 +90,7 @@ class BM25Index:
         self._tf = np.empty(0, np.uint16)
         self._doc_len = np.empty(0, np.int32)
         self._snapshot: _Snapshot | None = None
+        self._chinese: tuple[_Snapshot, tuple[int, int]] | None = None  # chinese_chunks() of a snapshot
 
     def __len__(self) -> int:
         return len(self._row_of)
@@ -207,6 +211,31 @@ class BM25Index:
             hits = hits[np.argpartition(scores[hits], len(hits) - k)[len(hits) - k :]]
         hits = hits[np.lexsort((hits, -scores[hits]))]
         return [(snap.ids[row], float(scores[row])) for row in hits]
+
+    def chinese_chunks(self) -> tuple[int, int]:
+        """How many chunks are mostly Chinese (at least half their tokens hold Han characters), of how many.
+
+        Counted over the postings (O(postings), tens of milliseconds at 100k chunks) once per state of the
+        index: whether a question may be about documents in the other language than its own.
+        """
+        snap = self._snapshot or self._build()
+        counted = self._chinese
+        if counted is not None and counted[0] is snap:
+            return counted[1]
+        n_rows, n_terms = len(snap.ids), len(snap.idf)
+        with self._lock:  # the vocabulary grows under the lock; a snapshot reads only its first n_terms
+            terms = list(snap.vocab.items())
+        han = np.zeros(n_terms, bool)
+        for term, term_id in terms:
+            if term_id < n_terms and _HAN.search(term):
+                han[term_id] = True
+        tf = snap.tf.astype(np.float64)
+        total = np.bincount(snap.rows, weights=tf, minlength=n_rows)
+        in_han = han[np.repeat(np.arange(n_terms), np.diff(snap.indptr))]
+        han_tf = np.bincount(snap.rows[in_han], weights=tf[in_han], minlength=n_rows)
+        result = int(np.count_nonzero((total > 0) & (2 * han_tf >= total))), n_rows
+        self._chinese = (snap, result)
+        return result
 
     def _build(self) -> _Snapshot:
         """Merge pending adds and deletes, then compute idf and length norms (the search state)."""

@@ -277,8 +277,8 @@ class QAEngine:
             rewrites it into a standalone question, which is searched for and answered), ``concat`` (the
             earlier questions are searched for with it, and the turns are shown to the model), ``off``.
         history_turns: Earlier turns taken into account.
-        translate: When no passage is relevant enough and some passage found is in the other language
-            (Chinese / not Chinese), the LLM translates the question into it and it is searched for again:
+        translate: When no passage is relevant enough and the knowledge base holds passages in the other
+            language (Chinese / not Chinese), the LLM translates the question into it and it is searched for again:
             e5 scores an English question against its Chinese answer below the threshold.
     """
 
@@ -351,6 +351,11 @@ class QAEngine:
         """The chunks that reach the threshold for ``query`` (and ``least``)."""
         return [c for c in found if c.score >= max(least, self.threshold(query, c.text))]
 
+    def _holds_other_language(self, kb: KnowledgeBase, zh: bool) -> bool:
+        """Whether ``kb`` holds chunks in the other language than a question's (Chinese: ``zh``)."""
+        chinese, total = self.retriever.keywords.get(kb).chinese_chunks()
+        return (total - chinese if zh else chinese) > 0
+
     def _translation(self, query: str) -> str | None:
         """``query`` translated by the LLM into the other language (Chinese / not Chinese).
 
@@ -379,11 +384,12 @@ class QAEngine:
             x["timings"]["retrieve"] = time.perf_counter() - start
             passed = self._passing(query, found)
             strict: float | None = None
-            # Worth a translation when a passage found is in the other language. A concatenation of earlier
-            # questions is no one question to translate.
+            # Worth a translation when the knowledge base holds passages in the other language (those found
+            # may all be in the question's own: a few English rows among Chinese documents). A concatenation
+            # of earlier questions is no one question to translate.
             zh = is_chinese(query)
             if (not passed and self.translate and x["how"] != "concat"
-                    and any(is_chinese(c.text) != zh for c in found)):
+                    and (any(is_chinese(c.text) != zh for c in found) or self._holds_other_language(kb, zh))):
                 start = time.perf_counter()
                 translated = self._translation(query)
                 x["timings"]["translate"] = time.perf_counter() - start

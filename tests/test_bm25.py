@@ -36,6 +36,19 @@ def _ids(hits: list[tuple[str, float]]) -> list[str]:
     return [chunk_id for chunk_id, _ in hits]
 
 
+def test_chinese_chunks_are_counted_and_the_count_follows_changes(tmp_path: Path) -> None:
+    index = _index()
+    assert index.chinese_chunks() == (3, 6)  # zh:3, Chinese with a few English words, counts as Chinese
+    index.delete(["zh:1", "zh:2"])
+    assert index.chinese_chunks() == (1, 4)
+    index.add(["en:4"], ["Rivers flow into the sea."])
+    assert index.chinese_chunks() == (1, 5)
+    index.folder = tmp_path
+    index.save()
+    assert BM25Index.open(tmp_path).chinese_chunks() == (1, 5)
+    assert BM25Index().chinese_chunks() == (0, 0)
+
+
 def test_exact_keyword_hit_ranks_first() -> None:
     hits = _index().search("Who is Ketanji Brown Jackson?", 3)
     assert _ids(hits) == ["sotu:3"]

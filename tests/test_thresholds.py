@@ -101,6 +101,24 @@ def test_a_question_is_translated_where_a_passage_found_is_in_the_other_language
     assert not answer.refused and [s.source for s in answer.sources] == ["尼罗河.txt"]
 
 
+def test_a_question_is_translated_where_only_passages_in_its_own_language_were_found(tmp_path: Path) -> None:
+    # Chinese documents with a few English passages (a CSV's English rows): an English question finds only
+    # those, none relevant enough, yet the answer is in a Chinese document.
+    for n, text in enumerate(["Bug: crash 42.", "Typo in API.", "Sync bug 5.", "Lag, crash."]):
+        (tmp_path / f"issue{n}.txt").write_text(text, encoding="utf-8")
+    llm = FakeLLM(replies=["尼罗河流向哪里？", "North [1]."])
+    service = nile_service(tmp_path, llm, score_threshold=0.3, score_threshold_zh=0.3)
+    service.add_files("rivers", [tmp_path / f"issue{n}.txt" for n in range(4)])
+    found = service.search("rivers", "Where does the Nile flow?", 3)
+    assert all(f.source.startswith("issue") for f in found) and max(f.score for f in found) < 0.3
+    answer = service.ask("rivers", "Where does the Nile flow?")
+    assert not answer.refused and [s.source for s in answer.sources] == ["尼罗河.txt"]
+    assert "searched for it in Chinese" in answer.notice
+    service.delete_document("rivers", "尼罗河.txt")  # English only now: refused without a translation
+    refused = service.ask("rivers", "Where does the Nile flow?")
+    assert refused.refused and len(llm.prompts) == 2 and "translate" not in refused.timings
+
+
 def test_a_translation_is_held_to_the_stricter_of_the_two_thresholds(tmp_path: Path) -> None:
     # A Chinese question about an English document, translated: the English threshold (0.2) would let the
     # translation through, the Chinese question's own (0.9) does not.
