@@ -284,6 +284,10 @@ def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None
     assert "Deleted knowledge base" in page.content()
     # None is chosen then, not another one: the next question or upload must go where the user says.
     assert page.locator("#kb-select input").input_value() == ""
+    page.wait_for_timeout(500)
+    page.reload()  # and the browser no longer remembers the deleted one as its choice
+    page.wait_for_timeout(3000)
+    assert page.locator("#kb-select input").input_value() != "待删除"
 
 
 def test_deleting_a_file_asks_first(page: Any, tmp_path: Path) -> None:

@@ -236,7 +236,9 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
         kb.change(refresh_docs, kb, [docs, doc_choice])
         app.load(on_load, [kb, chosen], kb).then(refresh_docs, kb, [docs, doc_choice])
-        kb.change(None, kb, chosen, js="(name) => name")  # kept in the browser at once, not after the queue
+        # Kept in the browser at once, not after the queue. None chosen (after a deletion) is kept as " ": the
+        # browser state does not store an empty value, and the deleted name would come back at the next reload.
+        kb.change(None, kb, chosen, js="(name) => name || ' '")
         # The bar shows once, over this upload's results, not copied onto every output.
         ingest.click(on_ingest, [kb, upload], [results, summary, upload, kb],
                      show_progress_on=[results]).then(refresh_docs, kb, [docs, doc_choice])
