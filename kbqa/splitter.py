@@ -84,9 +84,15 @@ class Splitter:
 
 #: Pieces this short without a single letter are debris: a printed page number, a closing code fence.
 _DEBRIS_CHARS = 20
+#: So are pieces of any length whose characters are almost all digits and marks: a chart's axis labels
+#: (``-60%-40%-20%0%20%…``). A table of figures keeps its row labels, a quarter or more of its characters.
+_DEBRIS_LETTER_SHARE = 0.1
 
 
 def _is_debris(text: str) -> bool:
-    """A piece with no letter (in any script) and under ``_DEBRIS_CHARS`` characters: it would answer
-    nothing, yet its vector sits close to many questions' and gets it cited."""
-    return len(text.strip()) < _DEBRIS_CHARS and not any(c.isalpha() for c in text)
+    """A piece with no letter (in any script) and under ``_DEBRIS_CHARS`` characters, or one whose letters
+    are under a tenth of its characters: it would answer nothing, yet its vector sits close to many
+    questions' and gets it cited."""
+    visible = "".join(text.split())
+    letters = sum(c.isalpha() for c in visible)
+    return (len(visible) < _DEBRIS_CHARS and not letters) or letters < _DEBRIS_LETTER_SHARE * len(visible)

@@ -69,3 +69,11 @@ def test_letterless_debris_is_not_indexed_unless_it_is_all_there_is() -> None:
     assert [c.index for c in chunks] == [0, 1]
     assert [c.text for c in splitter.split([Section("12345")], "n.txt", "h2")] == ["12345"]
     assert [c.text for c in splitter.split([Section("答：是。\n\n2023")], "z.txt", "h3")] == ["答：是。\n\n2023"]
+
+
+def test_a_charts_axis_labels_are_debris_but_a_table_of_figures_is_not() -> None:
+    axis = "-60%-40%-20%0%20%40%60%80%100%120%140%160%180%200%\n2021-07 2021-11 2022-03\n高测股份 沪深300"
+    table = "营业收入(百万元) 746 1,567 3,684 5,056\n净利润(百万元) 59 173 471 717\nEPS(元) 0.43 1.07 2.91 4.43"
+    chunks = Splitter(chunk_size=200, chunk_overlap=0).split([Section(axis, page=1), Section(table, page=2)],
+                                                             "report.pdf", "h")
+    assert [c.page for c in chunks] == [2]
