@@ -160,6 +160,25 @@ def test_docx_table_rows_and_cells_inside_content_controls_are_read(tmp_path: Pa
     assert section.text == "Name | Price\nWidget | 42 USD\nGadget | 7 USD\nCase 000-30653 filed; reopened"
 
 
+def test_running_headers_and_footers_are_kept_once_where_they_first_appear() -> None:
+    from kbqa.loaders.pdf import drop_running_lines
+
+    bodies = ["Revenue grew.\nCosts fell.", "Risks are listed.\nSee below.", "Outlook is fair.\nNo change.",
+              "Notes follow.\nEnd of notes."]
+    pages = [f"ACME Annual Report 2023\n{body}\nPage {n} of 4" for n, body in enumerate(bodies, 1)]
+    assert drop_running_lines(pages) == [f"ACME Annual Report 2023\n{bodies[0]}\nPage 1 of 4", *bodies[1:]]
+    # A line repeated on fewer than half the pages, or in a document of two pages, is content.
+    assert drop_running_lines(pages[:2]) == pages[:2]
+    some = ["Summary\nText a.", "Summary\nText b.", "Other\nText c.", "Else\nText d.", "More\nText e."]
+    assert drop_running_lines(some) == some
+
+
+def test_the_research_reports_running_header_is_read_once() -> None:
+    sections = load_document(CORPUS / "zh_research_report_gaoce_688556.pdf")
+    text = "\n".join(s.text for s in sections)
+    assert text.count("公司点评  高测股份（688556.SH）") == 1 and sections[2].text.startswith("财务报表分析和预测")
+
+
 def test_a_pdf_without_pages_says_so(tmp_path: Path) -> None:
     PdfWriter().write(str(tmp_path / "zero.pdf"))
     with pytest.raises(EmptyDocument, match="zero.pdf has no pages"):

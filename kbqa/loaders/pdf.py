@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 
 from kbqa.errors import CorruptDocument, EmptyDocument, EncryptedDocument, KBQAError, ModelUnavailable
@@ -45,13 +47,17 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
                               "re-save or re-download it and upload again.") from exc
     if not pages:
         raise EmptyDocument(f"{name} has no pages; check that it is the right file.")
-    sections, failed, ocr_error, unread = [], 0, None, []
+    extracted, failed = [], 0
     for number, page in enumerate(pages, 1):
         try:
-            text = tidy_text(page.extract_text() or "")
+            extracted.append(page.extract_text() or "")
         except Exception:
             logger.warning("%s: no text from page %d", name, number, exc_info=True)
-            text, failed = "", failed + 1
+            extracted.append("")
+            failed += 1
+    sections, ocr_error, unread = [], None, []
+    for number, (page, raw) in enumerate(zip(pages, drop_running_lines(extracted), strict=True), 1):
+        text = tidy_text(raw)
         if ocr and len("".join(text.split())) < _MIN_PAGE_CHARS:
             try:
                 scanned = _ocr_pdf_page(page, f"page {number} of {name}")
@@ -74,6 +80,48 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
             "OCR found no text in it." if ocr else "OCR is off; turn OCR on (ingest.ocr = true, "
                                                  "KBQA_INGEST__OCR=true) and upload it again."))
     return sections
+
+
+#: Lines at each end of a page where running headers and footers are looked for.
+_EDGE_LINES = 2
+
+
+def drop_running_lines(pages: list[str]) -> list[str]:
+    """The pages' texts without their running headers and footers, kept where each first appears.
+
+    A line among the first or last ``_EDGE_LINES`` of at least half the pages with text (three or more),
+    the same but for its numbers (``公司点评 高测股份（688556.SH）``, ``2 / 4 请务必阅读…``, ``Page 3 of 9``),
+    repeats on every page: as a passage of its own or at the head of one, it answers nothing yet sits close
+    to every question about the document.
+    """
+    lines = [text.split("\n") for text in pages]
+    with_text = sum(any(line.strip() for line in page) for page in lines)
+    if with_text < 3:
+        return pages
+
+    def key(line: str) -> str:
+        return re.sub(r"\d+", "#", "".join(line.split()))
+
+    def edges(page: list[str]) -> list[int]:
+        filled = [i for i, line in enumerate(page) if line.strip()]
+        return sorted(set(filled[:_EDGE_LINES] + filled[-_EDGE_LINES:]))
+
+    counts = Counter(k for page in lines for k in {key(page[i]) for i in edges(page)})
+    running = {k for k, n in counts.items() if n >= max(3, (with_text + 1) // 2)}
+    if not running:
+        return pages
+    seen: set[str] = set()
+    out = []
+    for page in lines:
+        drop = set()
+        for i in edges(page):
+            k = key(page[i])
+            if k in running:
+                if k in seen:
+                    drop.add(i)
+                seen.add(k)
+        out.append("\n".join(line for i, line in enumerate(page) if i not in drop))
+    return out
 
 
 def _ocr_pdf_page(page: object, where: str) -> str:
