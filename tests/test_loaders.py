@@ -77,6 +77,18 @@ def test_tidy_text_removes_letter_spacing_but_keeps_word_gaps() -> None:
     assert tidy_text("English  text\n\n\n\nstays  as it is") == "English  text\n\nstays  as it is"
 
 
+def test_tidy_text_joins_western_lines_broken_inside_a_sentence() -> None:
+    text = ("A large language model (LLM) is a subtype of\nartificial intelligence model that generates text\n"
+            "with human-like proficiency. Models such as GPT-\n2 were trained on it.\n"
+            "A.A.3 Chains\nThe most important part is this\n- a list item\n"
+            "Revenue by year in millions of dollars\n2021 2022 2023 746 1,567 3,684")
+    assert tidy_text(text).split("\n") == [
+        "A large language model (LLM) is a subtype of artificial intelligence model that generates text with "
+        "human-like proficiency. Models such as GPT-2 were trained on it.",
+        "A.A.3 Chains", "The most important part is this", "- a list item",
+        "Revenue by year in millions of dollars", "2021 2022 2023 746 1,567 3,684"]
+
+
 def test_tidy_text_keeps_short_headings_and_table_rows_apart() -> None:
     text = ("投资要点\n事件：公司拟与壶关县人民政府签署协议书\n"
             "绝对涨幅(%) 7.18 32.88 80.86\n相对涨幅(%) 8.10 25.93")

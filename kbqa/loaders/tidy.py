@@ -24,9 +24,10 @@ _TABLE_ROW = re.compile(r"(\s[-+]?[\d,.]+%?){2,}$")
 def tidy_text(text: str) -> str:
     """Clean text extracted from a PDF or by OCR.
 
-    Strips each line, maps private-use glyphs (symbol-font bullets) to "•", and collapses blank
-    runs. When the text is Chinese, also joins lines broken inside a sentence and removes the
-    spaces that extraction puts between Chinese characters and around numbers.
+    Strips each line, maps private-use glyphs (symbol-font bullets) to "•", collapses blank runs and
+    joins Western lines broken inside a sentence. When the text is Chinese, also joins its lines broken
+    inside a sentence and removes the spaces that extraction puts between Chinese characters and around
+    numbers.
 
     Args:
         text: Raw extracted text.
@@ -40,7 +41,31 @@ def tidy_text(text: str) -> str:
         lines = _join_wrapped(lines)
         lines = [_SPACE_AT_PUNCT.sub("", _unspace(line)) for line in lines]
         lines = [_SPACE_AFTER_NUMBER.sub(r"\1", _SPACE_BEFORE_NUMBER.sub("", line)) for line in lines]
+    lines = _join_latin_wrapped(lines)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _latin_wrapped(line: str, following: str) -> bool:
+    """Whether ``following`` continues ``line``'s sentence in Western text: it starts with a lower-case letter
+    (or anything after a hyphen: ``GPT-`` / ``2``) after a long line (not a heading) that ends inside a
+    sentence (``had 117`` / ``million parameters``)."""
+    first = following[:1]
+    return (len(line) >= 25 and ("a" <= first <= "z" or (line[-1] == "-" and first.isalnum())) and "  " not in line
+            and (line[-1].isalnum() or line[-1] in ",-–—(/'\"’”)")
+            and not _LIST_START.match(following) and not _TABLE_ROW.search(following))
+
+
+def _join_latin_wrapped(lines: list[str]) -> list[str]:
+    joined: list[str] = []
+    previous = ""
+    for line in lines:
+        if joined and _latin_wrapped(previous, line):
+            # A hyphen at a line's end stays (well-known); no space after it.
+            joined[-1] += line if previous.endswith("-") else f" {line}"
+        else:
+            joined.append(line)
+        previous = line
+    return joined
 
 
 def _unspace(line: str) -> str:
