@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from pypdf import PdfReader, PdfWriter
 
 from kbqa.errors import CorruptDocument, EmptyDocument, EncryptedDocument, KBQAError, UnsupportedFile
 from kbqa.loaders import SUPPORTED_SUFFIXES, load_document, read_text, tidy_text
+from kbqa.schema import Section
 from tests.conftest import CORPUS
 
 #: The documents to ingest: top-level files except the JSON datasets and the corpus's own README.
@@ -189,6 +191,29 @@ def test_the_research_reports_running_header_is_read_once() -> None:
     sections = load_document(CORPUS / "zh_research_report_gaoce_688556.pdf")
     text = "\n".join(s.text for s in sections)
     assert text.count("公司点评  高测股份（688556.SH）") == 1 and sections[2].text.startswith("财务报表分析和预测")
+
+
+def test_a_sentence_cut_by_a_page_break_is_repeated_whole_on_the_next_page() -> None:
+    from kbqa.loaders.pdf import carry_broken_sentences
+
+    pages = [Section("Intro.\nFor example, GPT-3 (June 2020) had 117", page=2),
+             Section("1051\n\nmillion parameters, respectively.\nMore.", page=3),
+             Section("模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了", page=4),
+             Section("一千七百五十亿个，远超上一代。", page=5),
+             Section("资料来源：公司年报（2020-2021），德邦研究所", page=6),  # a note, then a heading
+             Section("信息披露\n分析师与研究助理简介", page=7)]
+    assert [s.text for s in carry_broken_sentences(pages)] == [
+        "Intro.\nFor example, GPT-3 (June 2020) had 117",
+        "1051\n\nFor example, GPT-3 (June 2020) had 117 million parameters, respectively.\nMore.",
+        "模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了",
+        "模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了一千七百五十亿个，远超上一代。",
+        "资料来源：公司年报（2020-2021），德邦研究所", "信息披露\n分析师与研究助理简介"]
+    assert carry_broken_sentences([pages[0], replace(pages[1], page=5)])[1] == replace(pages[1], page=5)
+
+
+def test_the_primers_sentence_across_a_page_break_is_in_one_chunk() -> None:
+    sections = load_document(CORPUS / "en_langchain_llm_apps_primer.pdf")
+    assert "GPT-3 (June 2020) had 117 million, 1.5 billion, and 175 billion parameters" in sections[2].text
 
 
 def test_a_pdf_without_pages_says_so(tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ import io
 import logging
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from kbqa.errors import CorruptDocument, EmptyDocument, EncryptedDocument, KBQAError, ModelUnavailable
+from kbqa.loaders import tidy
 from kbqa.loaders.images import ocr_quietly
 from kbqa.loaders.tidy import tidy_text
 from kbqa.schema import Section
@@ -67,6 +69,7 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
             text = scanned if len(scanned) > len(text) else text
         if text:
             sections.append(Section(text, page=number))
+    sections = carry_broken_sentences(sections)
     if sections and ocr_error is not None:
         logger.warning("%s: page(s) %s have too little text and could not be OCR'd: %s", name,
                        ", ".join(map(str, unread)), ocr_error)
@@ -80,6 +83,38 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
             "OCR found no text in it." if ocr else "OCR is off; turn OCR on (ingest.ocr = true, "
                                                  "KBQA_INGEST__OCR=true) and upload it again."))
     return sections
+
+
+#: The most of a sentence cut by a page break that is repeated on the next page.
+_CARRY_CHARS = 300
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
+
+
+def carry_broken_sentences(sections: list[Section]) -> list[Section]:
+    """Pages whose first sentence began on the page before get that beginning repeated at their head.
+
+    A page is split on its own (a chunk's page is where its text is), so a sentence across a page break
+    was cut in two halves that answer nothing alone ("GPT-3 had 117" / "million, ... 175 billion
+    parameters"). The beginning (up to ``_CARRY_CHARS`` characters) stays on its own page too.
+    """
+    out = list(sections)
+    for i in range(len(out) - 1):
+        this, following = out[i], out[i + 1]
+        if following.page != (this.page or 0) + 1:
+            continue
+        last = this.text.rstrip().rsplit("\n", 1)[-1].strip()
+        lines = following.text.split("\n")
+        # A printed page number may come first.
+        k = next((j for j, line in enumerate(lines) if line.strip() and not line.strip().isdigit()), None)
+        if k is None or not tidy.continues_on_next_page(last, lines[k]):
+            continue
+        start = _SENTENCE_END.split(last)[-1][-_CARRY_CHARS:]
+        latin = not tidy.is_cjk(lines[k][0])
+        if latin and len(start) == _CARRY_CHARS and " " in start:
+            start = start.split(" ", 1)[1]  # from a whole word
+        lines[k] = start + (" " if latin and not start.endswith("-") else "") + lines[k]
+        out[i + 1] = replace(following, text="\n".join(lines))
+    return out
 
 
 #: Lines at each end of a page where running headers and footers are looked for.

@@ -45,6 +45,24 @@ def tidy_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+def is_cjk(char: str) -> bool:
+    """Whether ``char`` is a Han character."""
+    return bool(_CJK_CHAR.match(char))
+
+
+def continues_on_next_page(line: str, following: str) -> bool:
+    """Whether ``following``, the first line of a page (tidied), continues the sentence that ``line``, the last
+    of the page before, ends in. Stricter for Chinese than a line break inside a page: neither a source or
+    note line (``资料来源：…``) nor the page's heading (a short line without a closing mark) is a
+    continuation."""
+    if not (line and following):
+        return False
+    if _latin_wrapped(line, following):
+        return True
+    return (_wrapped(line, following) and not _LABEL_START.match(line)
+            and (following[-1] in "。！？；，、：）”" or _width(following) >= 0.75 * _width(line)))
+
+
 def _latin_wrapped(line: str, following: str) -> bool:
     """Whether ``following`` continues ``line``'s sentence in Western text: it starts with a lower-case letter
     (or anything after a hyphen: ``GPT-`` / ``2``) after a long line (not a heading) that ends inside a
