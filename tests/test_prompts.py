@@ -31,6 +31,10 @@ def test_shipped_templates_load_in_both_languages() -> None:
     ("第十条规定了什么？", "zh"),
     ("ChatGLM2-6B 的上下文长度是多少？", "zh"),
     ("What does 我 mean in the sentence above?", "en"),
+    ("What does “增持” mean?", "en"),
+    ("报错 No module named 'configs.model_config' 是哪个 issue", "zh"),  # the quoted error is no English question
+    ("运行 pip install -r requirements.txt 时报错 No matching distribution found？", "zh"),
+    ("Why doesn't `pip install` work?", "en"),
 ])
 def test_template_is_picked_by_question_language(question: str, lang: str) -> None:
     _, picked = PromptBook.load(PROMPTS).for_question(question)
