@@ -132,7 +132,9 @@ def page(server: str) -> Iterator[Any]:
 
 def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> None:
     doc = tmp_path / "rivers.txt"
-    doc.write_text("The Yangtze is the longest river in Asia.\n\nThe Nile flows north.", encoding="utf-8")
+    gauge = "-".join(f"{n}%" for n in range(0, 400, 20))  # a long unbroken run, as a chart's labels are
+    doc.write_text(f"The Yangtze is the longest river in Asia. Its gauges read {gauge}.\n\nThe Nile flows north.",
+                   encoding="utf-8")
     bad = tmp_path / "notes.xyz"
     bad.write_text("unknown format", encoding="utf-8")
 
@@ -155,6 +157,10 @@ def test_upload_then_ask_shows_answer_and_sources(page: Any, tmp_path: Path) -> 
     wait_text(sources, "rivers.txt", 10)
     text = sources.inner_text()
     assert "score" in text and "The Yangtze is the longest river in Asia." in text
+    # a long unbroken run wraps inside its card instead of running past its edge
+    overflow = sources.evaluate("s => [...s.querySelectorAll('.kbqa-source-text')]"
+                                ".map(t => t.scrollWidth - t.clientWidth)")
+    assert overflow and max(overflow) <= 1, overflow
     # the answer keeps its sources beside it in the chat, collapsed: opened, they show file, chunk, score, text
     kept = page.locator("#chatbot").get_by_text("Sources: rivers.txt")
     kept.wait_for(timeout=10_000)

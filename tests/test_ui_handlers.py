@@ -98,7 +98,7 @@ def test_why_an_answer_was_refused_stays_beside_it_in_the_chat(tmp_path: Path) -
     history, _ = list(handlers.ask(service, "kb", "Who won the football world cup in 1990?", []))[-1]
     assert history[1]["content"] == "I cannot answer this from the knowledge base."
     why = history[2]
-    assert why["metadata"]["title"] == "No sources: why" and handlers.is_sources_message(why)
+    assert why["metadata"]["title"] == "No sources (click to see why)" and handlers.is_sources_message(why)
     assert "No passage reached the relevance threshold 0.700" in why["content"]
     # an answer's notice is kept with its sources too (the panel shows only the latest one's)
     history, _ = list(handlers.ask(service, "kb", "Which planet is red?", []))[-1]  # a new chat

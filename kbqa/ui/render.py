@@ -97,7 +97,7 @@ def sources_message(sources: Sequence[SourceChunk], notice: str = "") -> dict[st
     """
     files = list(dict.fromkeys(src.source for src in sources))
     title = (f"Sources: {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-             if files else "No sources: why")
+             if files else "No sources (click to see why)")
     lines = [f"_{literal(notice)}_"] if notice else []
     for n, src in enumerate(sources, 1):
         where = f" · {src.location}" if src.location else ""
@@ -116,7 +116,8 @@ def is_sources_message(message: dict[str, Any]) -> bool:
 CSS = """
 .kbqa-source {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; margin-bottom: 8px;}
 .kbqa-source-head {font-size: 0.9em; margin-bottom: 4px;}
-.kbqa-source-text {white-space: pre-wrap; font-size: 0.85em; max-height: 16em; overflow-y: auto;}
+.kbqa-source-text {white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.85em; max-height: 16em;
+                    overflow-y: auto;}
 .kbqa-notice {background: var(--color-accent-soft); padding: 6px; border-radius: 6px; margin-bottom: 8px;}
 .kbqa-empty {color: var(--body-text-color-subdued);}
 #question-waiting {color: var(--body-text-color-subdued); font-size: 0.9em; font-style: italic;}
