@@ -79,6 +79,13 @@ def test_tidy_text_removes_letter_spacing_but_keeps_word_gaps() -> None:
     assert tidy_text("English  text\n\n\n\nstays  as it is") == "English  text\n\nstays  as it is"
 
 
+def test_markdown_comments_and_report_bookmarks_are_left_out(tmp_path: Path) -> None:
+    page = write(tmp_path, "rules.md", "# 规则\n\n<!-- INFO END -->\n\n第一条 内容。<!-- a\nnote -->")
+    assert load_document(page)[0].text.split() == ["#", "规则", "第一条", "内容。"]
+    assert load_document(write(tmp_path, "c.txt", "<!-- kept: a text file shows it -->"))[0].text.startswith("<!--")
+    assert tidy_text("[Table_Main]\n\n证券研究报告\n[Table_Base] 股票数据") == "证券研究报告\n股票数据"
+
+
 def test_tidy_text_joins_western_lines_broken_inside_a_sentence() -> None:
     text = ("A large language model (LLM) is a subtype of\nartificial intelligence model that generates text\n"
             "with human-like proficiency. Models such as GPT-\n2 were trained on it.\n"

@@ -161,9 +161,15 @@ def _in_gb2312(char: str) -> bool:
         return False
 
 
+_MD_COMMENT = re.compile(r"<!--.*?-->", re.S)
+
+
 def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
-    """A .txt or .md file as one section holding its whole text."""
+    """A .txt or .md file as one section holding its whole text (Markdown's comments, which a reader never
+    sees, left out)."""
     text = read_text(path.read_bytes(), name)
+    if path.suffix.lower() == ".md":
+        text = _MD_COMMENT.sub("", text)
     if not text.strip():
         raise EmptyDocument(f"{name} is empty; add some text to it and upload it again.")
     return [Section(text)]

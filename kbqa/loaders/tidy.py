@@ -18,6 +18,8 @@ _SPACE_BEFORE_NUMBER = re.compile(f"(?<=[{_CJK_ANY}]) (?=\\d[\\d,.%~-]* ?[{_CJK_
 _SPACE_AFTER_NUMBER = re.compile(f"(?:(?<=[{_CJK_ANY}])|^)(\\d[\\d,.%~-]*) (?=[{_CJK_ANY}])")
 _LIST_START = re.compile(r"^(\d+[.、)）](?!\d)|[•·\-*])")
 _LABEL_START = re.compile(r"^[^，。：:]{1,8}[：:]")
+#: Word bookmarks that research-report templates leave in the text layer ("[Table_Main]", "[Table_Finance]").
+_BOOKMARK = re.compile(r"\[Table_[A-Za-z]+\] ?")
 _TABLE_ROW = re.compile(r"(\s[-+]?[\d,.]+%?){2,}$")
 
 
@@ -36,6 +38,7 @@ def tidy_text(text: str) -> str:
         The cleaned text.
     """
     text = re.sub("[\ue000-\uf8ff]", "•", text)
+    text = _BOOKMARK.sub("", text)
     lines = [line.strip() for line in text.split("\n")]
     if _CJK_CHAR.search(text):
         lines = _join_wrapped(lines)
