@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -84,15 +85,20 @@ class Splitter:
 
 #: Pieces this short without a single letter are debris: a printed page number, a closing code fence.
 _DEBRIS_CHARS = 20
-#: So are pieces of any length whose characters are almost all digits and marks: a chart's axis labels
-#: (``-60%-40%-20%0%20%…``). A table of figures keeps its row labels, a quarter or more of its characters.
+#: So are pieces almost all digits and marks that hold a long run of them without a space: a chart's axis
+#: labels as a PDF's text layer glues them (``-60%-40%-20%0%20%…``). A table of figures, even one whose row
+#: labels are years, has its cells apart.
 _DEBRIS_LETTER_SHARE = 0.1
+_GLUED_FIGURES = re.compile(r"[\d.,%+\-–~/:]{30,}")
 
 
 def _is_debris(text: str) -> bool:
     """A piece with no letter (in any script) and under ``_DEBRIS_CHARS`` characters, or one whose letters
-    are under a tenth of its characters: it would answer nothing, yet its vector sits close to many
-    questions' and gets it cited."""
+    are under a tenth of its characters around a long glued run of figures: it would answer nothing, yet its
+    vector sits close to many questions' and gets it cited."""
     visible = "".join(text.split())
     letters = sum(c.isalpha() for c in visible)
-    return (len(visible) < _DEBRIS_CHARS and not letters) or letters < _DEBRIS_LETTER_SHARE * len(visible)
+    if len(visible) < _DEBRIS_CHARS and not letters:
+        return True
+    return letters < _DEBRIS_LETTER_SHARE * len(visible) and any(
+        sum(c.isdigit() for c in run.group()) >= 10 for run in _GLUED_FIGURES.finditer(text))

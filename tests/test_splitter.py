@@ -77,3 +77,10 @@ def test_a_charts_axis_labels_are_debris_but_a_table_of_figures_is_not() -> None
     chunks = Splitter(chunk_size=200, chunk_overlap=0).split([Section(axis, page=1), Section(table, page=2)],
                                                              "report.pdf", "h")
     assert [c.page for c in chunks] == [2]
+    years = "\n".join(f"| {y} | {1000 + y * 3:,} | {y * 7 % 900:,} | {y % 17}.{y % 10}% |" for y in range(1990, 2024))
+    kept = Splitter(chunk_size=500, chunk_overlap=0).split([Section(f"| Year | Revenue |\n|---|---|\n{years}")],
+                                                         "figures.md", "h2")
+    assert any("| 2005 |" in c.text for c in kept) and len(kept) >= 3  # a table of years is no chart axis
+    wide = "| " + " | ".join(str(y) for y in range(2000, 2012)) + " |\n" + "|---" * 12 + "|\n" + "| 1 " * 12 + "|"
+    splitter = Splitter(chunk_size=500, chunk_overlap=0)
+    assert len(splitter.split([Section(wide), Section("Notes on it.")], "w.md", "h3")) == 2
