@@ -192,6 +192,13 @@ def test_running_headers_and_footers_are_kept_once_where_they_first_appear() -> 
     assert drop_running_lines(pages[:2]) == pages[:2]
     some = ["Summary\nText a.", "Summary\nText b.", "Other\nText c.", "Else\nText d.", "More\nText e."]
     assert drop_running_lines(some) == some
+    # Only a page number may differ: a statement's balance lines, the same but for their amounts, are data.
+    balances = ["1,000.00", "925.00", "847.00", "766.00", "682.00"]
+    statement = [f"Balance brought forward {a}\nPayment -{n}2.50\nBalance carried forward {b}"
+                 for n, (a, b) in enumerate(zip(balances, balances[1:], strict=False))]
+    assert drop_running_lines(statement) == statement
+    assert drop_running_lines(["第1页 共3页\nA。", "第2页 共3页\nB。", "- 3 -\nC。", "第4页 共3页\nD。"]) == [
+        "第1页 共3页\nA。", "B。", "C。", "D。"]  # printed page numbers: one running line
 
 
 def test_the_research_reports_running_header_is_read_once() -> None:
@@ -201,7 +208,7 @@ def test_the_research_reports_running_header_is_read_once() -> None:
 
 
 def test_a_sentence_cut_by_a_page_break_is_repeated_whole_on_the_next_page() -> None:
-    from kbqa.loaders.pdf import carry_broken_sentences
+    from kbqa.loaders.pdf import carry_broken_sentences, line_key
 
     pages = [Section("Intro.\nFor example, GPT-3 (June 2020) had 117", page=2),
              Section("1051\n\nmillion parameters, respectively.\nMore.", page=3),
@@ -216,6 +223,12 @@ def test_a_sentence_cut_by_a_page_break_is_repeated_whole_on_the_next_page() -> 
         "模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了一千七百五十亿个，远超上一代。",
         "资料来源：公司年报（2020-2021），德邦研究所", "信息披露\n分析师与研究助理简介"]
     assert carry_broken_sentences([pages[0], replace(pages[1], page=5)])[1] == replace(pages[1], page=5)
+    # A running footer kept on the first page is not the sentence the next page goes on with.
+    footer = "Acme Corporation Annual Report 2023 - Confidential"
+    with_footer = [Section(f"Costs rose by 4 per cent as the year went on, and margins fell as\n{footer}", page=1),
+                   Section("the company expanded.", page=2)]
+    carried = carry_broken_sentences(with_footer, {line_key(footer)})
+    assert carried[1].text == "Costs rose by 4 per cent as the year went on, and margins fell as the company expanded."
 
 
 def test_the_primers_sentence_across_a_page_break_is_in_one_chunk() -> None:

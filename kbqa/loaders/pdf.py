@@ -58,7 +58,8 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
             extracted.append("")
             failed += 1
     sections, ocr_error, unread = [], None, []
-    for number, (page, raw) in enumerate(zip(pages, drop_running_lines(extracted), strict=True), 1):
+    running = running_lines(extracted)
+    for number, (page, raw) in enumerate(zip(pages, drop_running_lines(extracted, running), strict=True), 1):
         text = tidy_text(raw)
         if ocr and len("".join(text.split())) < _MIN_PAGE_CHARS:
             try:
@@ -69,7 +70,7 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
             text = scanned if len(scanned) > len(text) else text
         if text:
             sections.append(Section(text, page=number))
-    sections = carry_broken_sentences(sections)
+    sections = carry_broken_sentences(sections, running)
     if sections and ocr_error is not None:
         logger.warning("%s: page(s) %s have too little text and could not be OCR'd: %s", name,
                        ", ".join(map(str, unread)), ocr_error)
@@ -90,7 +91,7 @@ _CARRY_CHARS = 300
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
 
 
-def carry_broken_sentences(sections: list[Section]) -> list[Section]:
+def carry_broken_sentences(sections: list[Section], running: set[str] = frozenset()) -> list[Section]:  # type: ignore[assignment]
     """Pages whose first sentence began on the page before get that beginning repeated at their head.
 
     A page is split on its own (a chunk's page is where its text is), so a sentence across a page break
@@ -102,7 +103,9 @@ def carry_broken_sentences(sections: list[Section]) -> list[Section]:
         this, following = out[i], out[i + 1]
         if following.page != (this.page or 0) + 1:
             continue
-        last = this.text.rstrip().rsplit("\n", 1)[-1].strip()
+        # The page's last line of text, not a running footer kept on its first page.
+        last = next((line.strip() for line in reversed(this.text.split("\n"))
+                     if line.strip() and line_key(line) not in running), "")
         lines = following.text.split("\n")
         # A printed page number may come first.
         k = next((j for j, line in enumerate(lines) if line.strip() and not line.strip().isdigit()), None)
@@ -119,38 +122,46 @@ def carry_broken_sentences(sections: list[Section]) -> list[Section]:
 
 #: Lines at each end of a page where running headers and footers are looked for.
 _EDGE_LINES = 2
+#: A page number as running headers and footers print it: "Page 3 of 9", "2 / 4", "第3页", a line "- 3 -".
+_PAGE_NUMBER = re.compile(r"(?i)\bpage\s*\d+(?:\s*of\s*\d+)?|\b\d+\s*/\s*\d+\b"
+                          r"|第\s*\d+\s*页(?:\s*[,，]?\s*共\s*\d+\s*页)?|^[\s\-–—]*\d+[\s\-–—]*$")
 
 
-def drop_running_lines(pages: list[str]) -> list[str]:
-    """The pages' texts without their running headers and footers, kept where each first appears.
+def line_key(line: str) -> str:
+    """A line as running headers and footers are compared: its page number and spacing left out."""
+    return "".join(_PAGE_NUMBER.sub("#", line.strip()).split())
 
-    A line among the first or last ``_EDGE_LINES`` of at least half the pages with text (three or more),
-    the same but for its numbers (``公司点评 高测股份（688556.SH）``, ``2 / 4 请务必阅读…``, ``Page 3 of 9``),
-    repeats on every page: as a passage of its own or at the head of one, it answers nothing yet sits close
-    to every question about the document.
-    """
+
+def _edges(page: list[str]) -> list[int]:
+    filled = [i for i, line in enumerate(page) if line.strip()]
+    return sorted(set(filled[:_EDGE_LINES] + filled[-_EDGE_LINES:]))
+
+
+def running_lines(pages: list[str]) -> set[str]:
+    """The ``line_key`` of each running header and footer of a document's pages: a line among the first or
+    last ``_EDGE_LINES`` of at least half the pages with text (three or more), the same but for its page
+    number (``公司点评 高测股份（688556.SH）``, ``2 / 4 请务必阅读…``, ``Page 3 of 9``)."""
     lines = [text.split("\n") for text in pages]
     with_text = sum(any(line.strip() for line in page) for page in lines)
     if with_text < 3:
-        return pages
+        return set()
+    counts = Counter(k for page in lines for k in {line_key(page[i]) for i in _edges(page)} if k)
+    return {k for k, n in counts.items() if n >= max(3, (with_text + 1) // 2)}
 
-    def key(line: str) -> str:
-        return re.sub(r"\d+", "#", "".join(line.split()))
 
-    def edges(page: list[str]) -> list[int]:
-        filled = [i for i, line in enumerate(page) if line.strip()]
-        return sorted(set(filled[:_EDGE_LINES] + filled[-_EDGE_LINES:]))
-
-    counts = Counter(k for page in lines for k in {key(page[i]) for i in edges(page)})
-    running = {k for k, n in counts.items() if n >= max(3, (with_text + 1) // 2)}
+def drop_running_lines(pages: list[str], running: set[str] | None = None) -> list[str]:
+    """The pages' texts without their running headers and footers (``running_lines``), kept where each
+    first appears: repeated on every page, as a passage of its own or at the head of one, such a line answers
+    nothing yet sits close to every question about the document."""
+    running = running_lines(pages) if running is None else running
     if not running:
         return pages
     seen: set[str] = set()
     out = []
-    for page in lines:
+    for page in (text.split("\n") for text in pages):
         drop = set()
-        for i in edges(page):
-            k = key(page[i])
+        for i in _edges(page):
+            k = line_key(page[i])
             if k in running:
                 if k in seen:
                     drop.add(i)
