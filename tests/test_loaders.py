@@ -96,6 +96,11 @@ def test_tidy_text_joins_western_lines_broken_inside_a_sentence() -> None:
         "human-like proficiency. Models such as GPT-2 were trained on it.",
         "A.A.3 Chains", "The most important part is this", "- a list item",
         "Revenue by year in millions of dollars", "2021 2022 2023 746 1,567 3,684"]
+    code = ("To install the dependencies of the demo, run:\npip install -r requirements.txt\n"
+            "python web_demo.py --port 7860\nresult = chain.run(question)\nprint(result)")
+    assert tidy_text(code) == code  # commands and code keep their lines
+    quoted = "For example, the sample given under the category of\n‘autonomous agents’ implements AutoGPT."
+    assert tidy_text(quoted) == quoted.replace("\n", " ")
 
 
 def test_tidy_text_keeps_short_headings_and_table_rows_apart() -> None:

@@ -92,7 +92,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
 
 
 def carry_broken_sentences(sections: list[Section], running: set[str] = frozenset()) -> list[Section]:  # type: ignore[assignment]
-    """Pages whose first sentence began on the page before get that beginning repeated at their head.
+    """Pages whose first sentence began on the page before get that beginning (from the last sentence end
+    of that page's last line) repeated at their head.
 
     A page is split on its own (a chunk's page is where its text is), so a sentence across a page break
     was cut in two halves that answer nothing alone ("GPT-3 had 117" / "million, ... 175 billion

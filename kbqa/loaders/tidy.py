@@ -1,9 +1,10 @@
-"""Clean-up of text extracted from PDFs or by OCR: stray glyphs, blank runs and broken Chinese lines."""
+"""Clean-up of text extracted from PDFs or by OCR: stray glyphs, blank runs and lines broken inside sentences."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 from kbqa.language import HAN_CHARS
 
@@ -66,27 +67,46 @@ def continues_on_next_page(line: str, following: str) -> bool:
             and (following[-1] in "。！？；，、：）”" or _width(following) >= 0.75 * _width(line)))
 
 
-def _latin_wrapped(line: str, following: str) -> bool:
+def _latin_wrapped(line: str, following: str, width: int = 0) -> bool:
     """Whether ``following`` continues ``line``'s sentence in Western text: it starts with a lower-case letter
-    (or anything after a hyphen: ``GPT-`` / ``2``) after a long line (not a heading) that ends inside a
-    sentence (``had 117`` / ``million parameters``)."""
+    (or anything after a hyphen: ``GPT-`` / ``2``, or a quote mark and a lower-case letter) after a long line
+    (not a heading; at least 0.6 of ``width``, the text's usual line length) that ends inside a sentence
+    (``had 117`` / ``million parameters``). Lines of code or commands are never joined."""
     first = following[:1]
-    return (len(line) >= 25 and ("a" <= first <= "z" or (line[-1] == "-" and first.isalnum())) and "  " not in line
-            and (line[-1].isalnum() or line[-1] in ",-–—(/'\"’”)")
-            and not _LIST_START.match(following) and not _TABLE_ROW.search(following))
+    if first in "'\"‘“":
+        first = following[1:2]
+    return (len(line) >= max(25, 0.6 * width) and ("a" <= first <= "z" or (line[-1] == "-" and first.isalnum()))
+            and "  " not in line and (line[-1].isalnum() or line[-1] in ",-–—(/'\"’”)")
+            and not _LIST_START.match(following) and not _TABLE_ROW.search(following)
+            and not _CODE.search(line) and not _CODE.search(following))
+
+
+#: A line of code or a command (``pip install -r requirements.txt``, ``result = chain.run(question)``).
+_CODE = re.compile(r"^\s*(?:\$|>>>|#!|import\s|from\s\S+\simport\s|def\s|class\s|pip\d?\s|python\d?\s|conda\s"
+                   r"|cd\s|git\s|npm\s|curl\s|sudo\s)|[={}<>]|\w\((?!s\))|\(\)|\s--?[A-Za-z]"
+                   r"|\.(?:py|txt|sh|json|toml|md|ya?ml|csv|js)\b")
+
+
+def _join_lines(lines: list[str], wrapped: Callable[[str, str], bool], glue: Callable[[str], str]) -> list[str]:
+    """``lines`` with each line that ``wrapped`` says continues the one before joined onto it (``glue`` of
+    that line between them); built in one pass, so a page of many thousand lines costs no more than a few."""
+    groups: list[list[str]] = []
+    previous = ""
+    for line in lines:
+        if groups and wrapped(previous, line):
+            groups[-1] += [glue(previous), line]
+        else:
+            groups.append([line])
+        previous = line
+    return ["".join(group) for group in groups]
 
 
 def _join_latin_wrapped(lines: list[str]) -> list[str]:
-    joined: list[str] = []
-    previous = ""
-    for line in lines:
-        if joined and _latin_wrapped(previous, line):
-            # A hyphen at a line's end stays (well-known); no space after it.
-            joined[-1] += line if previous.endswith("-") else f" {line}"
-        else:
-            joined.append(line)
-        previous = line
-    return joined
+    lengths = sorted(len(line) for line in lines if line)
+    width = lengths[int(0.9 * (len(lengths) - 1))] if lengths else 0
+    # A hyphen at a line's end stays (well-known); no space after it.
+    return _join_lines(lines, lambda line, following: _latin_wrapped(line, following, width),
+                       lambda line: "" if line.endswith("-") else " ")
 
 
 def _unspace(line: str) -> str:
@@ -121,12 +141,4 @@ def _wrapped(line: str, following: str) -> bool:
 
 
 def _join_wrapped(lines: list[str]) -> list[str]:
-    joined: list[str] = []
-    previous = ""
-    for line in lines:
-        if joined and _wrapped(previous, line):
-            joined[-1] += line
-        else:
-            joined.append(line)
-        previous = line
-    return joined
+    return _join_lines(lines, _wrapped, lambda line: "")
