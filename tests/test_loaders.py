@@ -80,8 +80,10 @@ def test_tidy_text_removes_letter_spacing_but_keeps_word_gaps() -> None:
 
 
 def test_markdown_comments_and_report_bookmarks_are_left_out(tmp_path: Path) -> None:
-    page = write(tmp_path, "rules.md", "# 规则\n\n<!-- INFO END -->\n\n第一条 内容。<!-- a\nnote -->")
+    page = write(tmp_path, "rules.md", "# 规则\n\n<!-- INFO END -->\n\n第一条 内容。\n<!-- a\nnote -->\n")
     assert load_document(page)[0].text.split() == ["#", "规则", "第一条", "内容。"]
+    quoted = "Start a comment with `<!--` and end it with `-->`.\n\n```html\n<!-- shown as written -->\n```\n"
+    assert load_document(write(tmp_path, "html.md", quoted))[0].text == quoted
     assert load_document(write(tmp_path, "c.txt", "<!-- kept: a text file shows it -->"))[0].text.startswith("<!--")
     assert tidy_text("[Table_Main]\n\n证券研究报告\n[Table_Base] 股票数据") == "证券研究报告\n股票数据"
 

@@ -161,7 +161,19 @@ def _in_gb2312(char: str) -> bool:
         return False
 
 
-_MD_COMMENT = re.compile(r"<!--.*?-->", re.S)
+#: A Markdown comment on lines of its own, and fenced code blocks (whose text shows as written).
+_MD_COMMENT = re.compile(r"^[ \t]*<!--.*?-->[ \t]*$", re.S | re.M)
+_MD_FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", re.S | re.M)
+
+
+def _without_md_comments(text: str) -> str:
+    """Markdown text less the comments on lines of their own, outside code blocks (a reader never sees them;
+    a comment marker quoted in code or inline code stays)."""
+    parts, end = [], 0
+    for fence in _MD_FENCE.finditer(text):
+        parts += [_MD_COMMENT.sub("", text[end:fence.start()]), fence.group()]
+        end = fence.end()
+    return "".join([*parts, _MD_COMMENT.sub("", text[end:])])
 
 
 def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
@@ -169,7 +181,7 @@ def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
     sees, left out)."""
     text = read_text(path.read_bytes(), name)
     if path.suffix.lower() == ".md":
-        text = _MD_COMMENT.sub("", text)
+        text = _without_md_comments(text)
     if not text.strip():
         raise EmptyDocument(f"{name} is empty; add some text to it and upload it again.")
     return [Section(text)]
