@@ -352,9 +352,11 @@ class QAEngine:
         return [c for c in found if c.score >= max(least, self.threshold(query, c.text))]
 
     def _holds_other_language(self, kb: KnowledgeBase, zh: bool) -> bool:
-        """Whether ``kb`` holds chunks in the other language than a question's (Chinese: ``zh``)."""
+        """Whether ``kb`` holds chunks in the other language than a question's (Chinese: ``zh``): any in a
+        small knowledge base, 1% or 20 of them in a large one (a few stray lines in a large knowledge base
+        in one language would make every question it cannot answer cost a translation)."""
         chinese, total = self.retriever.keywords.get(kb).chinese_chunks()
-        return (total - chinese if zh else chinese) > 0
+        return (total - chinese if zh else chinese) >= max(1, min(20, total // 100))
 
     def _translation(self, query: str) -> str | None:
         """``query`` translated by the LLM into the other language (Chinese / not Chinese).

@@ -119,6 +119,19 @@ def test_a_question_is_translated_where_only_passages_in_its_own_language_were_f
     assert refused.refused and len(llm.prompts) == 2 and "translate" not in refused.timings
 
 
+def test_a_few_stray_passages_in_the_other_language_of_a_large_knowledge_base_bring_no_translation(
+        tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"  # 300 English chunks; with one Chinese one, under 1% of them
+    log.write_text("\n\n".join(f"Entry {n}: the pump at station {n} was serviced and its filter replaced."
+                                for n in range(700)), encoding="utf-8")
+    llm = FakeLLM(replies=["尼罗河流向哪里？", "North [1]."])
+    service = nile_service(tmp_path, llm, score_threshold=0.95, score_threshold_zh=0.95)
+    service.add_files("rivers", [log])
+    assert sum(d.chunks for d in service.list_documents("rivers")) > 300
+    refused = service.ask("rivers", "Where does the Nile flow?")
+    assert refused.refused and llm.prompts == [] and "translate" not in refused.timings
+
+
 def test_a_translation_is_held_to_the_stricter_of_the_two_thresholds(tmp_path: Path) -> None:
     # A Chinese question about an English document, translated: the English threshold (0.2) would let the
     # translation through, the Chinese question's own (0.9) does not.

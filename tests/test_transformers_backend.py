@@ -514,7 +514,7 @@ def test_a_damaged_cached_conversion_is_converted_again(glm2: tuple, tmp_path: P
     with caplog.at_level("WARNING"):
         again = build_transformers_llm(llm_settings(glm2[0]), cache)
     assert again.generate(hello, params) == expected
-    assert f"{converted} cannot be loaded" in caplog.text
+    assert f"{converted} is damaged" in caplog.text
     assert [p.name for p in (cache / "models").iterdir()] == [converted.name]
 
 
@@ -526,3 +526,22 @@ def test_a_damaged_model_folder_of_the_users_is_named_not_touched(tmp_path: Path
     with pytest.raises(ModelUnavailable, match=rf"Cannot read {shard} .*damaged or was cut short.*llm.model"):
         build_transformers_llm(llm_settings(folder), tmp_path / "cache")
     assert shard.read_bytes() == cut
+
+
+def test_a_whole_cached_conversion_that_cannot_load_here_is_kept(glm2: tuple, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from kbqa.llm import transformers_backend
+
+    cache = tmp_path / "cache"
+    build_transformers_llm(llm_settings(glm2[0]), cache)
+    (converted,) = (cache / "models").iterdir()
+    made = converted.stat().st_mtime_ns
+
+    def too_big(folder: Path, placement: Placement) -> None:
+        raise ModelUnavailable(f"Cannot load {folder} (llm.model): some modules are dispatched on the CPU")
+
+    monkeypatch.setattr(transformers_backend, "load_model", too_big)
+    with pytest.raises(ModelUnavailable, match="dispatched on the CPU"):
+        build_transformers_llm(llm_settings(glm2[0]), cache)
+    assert [p.name for p in (cache / "models").iterdir()] == [converted.name]
+    assert converted.stat().st_mtime_ns == made  # not converted again: minutes and gigabytes for a 6B model

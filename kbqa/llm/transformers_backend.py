@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import shutil
@@ -57,11 +58,12 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
         folder = prepare_model(settings.model, Path(cache_dir), progress)
         try:
             placement, model, codec = _load(settings, machine, folder)
-        except ModelUnavailable as exc:
-            if not folder.is_relative_to(Path(cache_dir) / "models"):
+        except ModelUnavailable:
+            damage = _damage(folder) if folder.is_relative_to(Path(cache_dir) / "models") else None
+            if damage is None:  # not ours, or whole: the model itself cannot load here (e.g. too big for the GPU)
                 raise
-            # A conversion of ours that no longer loads (a file damaged or removed since): make it again.
-            log.warning("the cached conversion %s cannot be loaded (%s): converting %s again", folder, exc,
+            # A conversion of ours whose files were damaged or removed since: make it again.
+            log.warning("the cached conversion %s is damaged (%s): converting %s again", folder, damage,
                         settings.model)
             shutil.rmtree(folder)
             folder = prepare_model(settings.model, Path(cache_dir), progress)
@@ -75,6 +77,26 @@ def build_transformers_llm(settings: LLMSettings, cache_dir: Path,
                     "to use it", settings.model)
     name = embedded_name(settings.model) if is_embedded(settings.model) else Path(settings.model).name
     return TransformersLLM(model, codec, name=name, context_window=settings.context_window)
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with the files of a model folder (a JSON file that does not parse, a safetensors file cut
+    short, a shard its index names but that is missing), or None when they look whole."""
+    from safetensors import safe_open
+
+    try:
+        for path in folder.glob("*.json"):
+            index = json.loads(path.read_text(encoding="utf-8"))
+            if path.name.endswith(".index.json"):
+                missing = sorted({f for f in index.get("weight_map", {}).values() if not (folder / f).is_file()})
+                if missing:
+                    return f"{missing[0]} is missing"
+        for path in folder.glob("*.safetensors"):
+            with safe_open(str(path), framework="pt"):
+                pass
+    except Exception as exc:  # a JSON, Unicode, OS or safetensors error: damaged
+        return f"{exc}"
+    return None
 
 
 def _load(settings: LLMSettings, machine: Machine, folder: Path) -> tuple[Placement, Any, PromptCodec]:
