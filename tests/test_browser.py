@@ -428,8 +428,12 @@ def test_a_question_sent_while_an_answer_streams_says_it_waits(page: Any, llm: F
         wait_text(page.locator("#chatbot"), "word word", 15)
         ask(page, "What is second?")
         wait_text(waiting, "asked as soon as the model is free", 5)
+        assert "replaces" not in waiting.inner_text()
         assert page.locator("#question textarea").input_value() == "What is second?"  # queued, not yet asked
+        ask(page, "What is second, really?")  # sent again meanwhile: this one runs instead, and the line says so
+        wait_text(waiting, "replaces the question sent before it", 5)
         wait_text(page.locator("#chatbot"), "Zebra answer.", 30)
+        assert "What is second, really?" in page.locator("#chatbot").inner_text()
         assert waiting.inner_text().strip() == ""
     finally:
         llm.delay = 0.0

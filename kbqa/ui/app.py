@@ -246,7 +246,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # prompt of one just stopped) waits in the queue, and the page would otherwise not show that it was sent.
         # Set up before the question's own listener, whose first output clears it (set up after it, this line
         # came after that listener's outputs when they came at once, as a warning's do, and stayed).
-        gr.on([ask.click, question.submit], None, question, waiting, js=WAITING_JS)
+        gr.on([ask.click, question.submit], None, [question, waiting], waiting, js=WAITING_JS)
         # "always_last": a question sent while an answer streams runs after it, with the chat as it is then.
         # One listener for the button and Enter: the browser holds back repeats of the same listener only.
         gr.on([ask.click, question.submit], on_ask, [kb, question, chatbot], [chatbot, sources, question, waiting],

@@ -129,7 +129,9 @@ CSS = """
 
 #: The line under the question box as a question is sent (the answer's first step clears it).
 WAITING = "Sent: it is asked as soon as the model is free…"
-WAITING_JS = f"(q) => (q && q.trim()) ? {WAITING!r} : ''"
+#: ... and when one sent before is still waiting: only the last one sent runs.
+REPLACES = "Sent: it replaces the question sent before it, and is asked as soon as the model is free…"
+WAITING_JS = f"(q, w) => !(q && q.trim()) ? '' : (w && w.trim()) ? {REPLACES!r} : {WAITING!r}"
 
 #: Run once when the page loads. Gradio's dropdown takes Enter as "pick the first name that matches what was
 #: typed": typing "Corpus" (a new name) with "Corpus Mixed" present chose "Corpus Mixed", and files meant for a
