@@ -103,6 +103,15 @@ def test_tidy_text_joins_western_lines_broken_inside_a_sentence() -> None:
     assert tidy_text(code) == code  # commands and code keep their lines
     quoted = "For example, the sample given under the category of\n‘autonomous agents’ implements AutoGPT."
     assert tidy_text(quoted) == quoted.replace("\n", " ")
+    # Words broken where the line ran out are mended, compounds and addresses keep their hyphen; after a full
+    # line, a capital or a citation goes on with the sentence; a line with the page's number stands apart.
+    column = ("Kurbasic et al. Clinical Proteomics (2015) 12:13 Page 6 of 14\n"
+              "the changes between the pri-\nmary tumours and the self-\nplay games were found by the bespoke\n"
+              "AI models of the study by OpenAI\n[5], as seen at the github.com/llm-\nexamples page today.")
+    assert tidy_text(column).split("\n") == [
+        "Kurbasic et al. Clinical Proteomics (2015) 12:13 Page 6 of 14",
+        "the changes between the primary tumours and the self-play games were found by the bespoke AI models of "
+        "the study by OpenAI [5], as seen at the github.com/llm-examples page today."]
 
 
 def test_tidy_text_keeps_short_headings_and_table_rows_apart() -> None:
@@ -223,12 +232,12 @@ def test_a_sentence_cut_by_a_page_break_is_repeated_whole_on_the_next_page() -> 
              Section("一千七百五十亿个，远超上一代。", page=5),
              Section("资料来源：公司年报（2020-2021），德邦研究所", page=6),  # a note, then a heading
              Section("信息披露\n分析师与研究助理简介", page=7)]
-    assert [s.text for s in carry_broken_sentences(pages)] == [
-        "Intro.\nFor example, GPT-3 (June 2020) had 117",
-        "1051\n\nFor example, GPT-3 (June 2020) had 117 million parameters, respectively.\nMore.",
-        "模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了",
-        "模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了一千七百五十亿个，远超上一代。",
-        "资料来源：公司年报（2020-2021），德邦研究所", "信息披露\n分析师与研究助理简介"]
+    carried = carry_broken_sentences(pages)
+    assert [(s.page, s.text) for s in carried] == [
+        (2, "Intro."),  # the half sentence moves: alone, "had 117" was taken for GPT-3's size
+        (3, "1051\n\nFor example, GPT-3 (June 2020) had 117 million parameters, respectively.\nMore."),
+        (5, "模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了一千七百五十亿个，远超上一代。"),
+        (6, "资料来源：公司年报（2020-2021），德邦研究所"), (7, "信息披露\n分析师与研究助理简介")]
     assert carry_broken_sentences([pages[0], replace(pages[1], page=5)])[1] == replace(pages[1], page=5)
     # A running footer kept on the first page is not the sentence the next page goes on with.
     footer = "Acme Corporation Annual Report 2023 - Confidential"

@@ -93,11 +93,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
 
 def carry_broken_sentences(sections: list[Section], running: set[str] = frozenset()) -> list[Section]:  # type: ignore[assignment]
     """Pages whose first sentence began on the page before get that beginning (from the last sentence end
-    of that page's last line) repeated at their head.
+    of that page's last line) moved to their head.
 
     A page is split on its own (a chunk's page is where its text is), so a sentence across a page break
     was cut in two halves that answer nothing alone ("GPT-3 had 117" / "million, ... 175 billion
-    parameters"). The beginning (up to ``_CARRY_CHARS`` characters) stays on its own page too.
+    parameters"), and the first half misled: "117" was given as GPT-3's size. Up to ``_CARRY_CHARS``
+    characters move; a page left with no text is dropped.
     """
     out = list(sections)
     for i in range(len(out) - 1):
@@ -105,8 +106,12 @@ def carry_broken_sentences(sections: list[Section], running: set[str] = frozense
         if following.page != (this.page or 0) + 1:
             continue
         # The page's last line of text, not a running footer kept on its first page.
-        last = next((line.strip() for line in reversed(this.text.split("\n"))
-                     if line.strip() and line_key(line) not in running), "")
+        own = this.text.split("\n")
+        at = next((j for j in range(len(own) - 1, -1, -1)
+                   if own[j].strip() and line_key(own[j]) not in running), None)
+        if at is None:
+            continue
+        last = own[at].strip()
         lines = following.text.split("\n")
         # A printed page number may come first.
         k = next((j for j, line in enumerate(lines) if line.strip() and not line.strip().isdigit()), None)
@@ -118,7 +123,9 @@ def carry_broken_sentences(sections: list[Section], running: set[str] = frozense
             start = start.split(" ", 1)[1]  # from a whole word
         lines[k] = start + (" " if latin and not start.endswith("-") else "") + lines[k]
         out[i + 1] = replace(following, text="\n".join(lines))
-    return out
+        own[at] = last[: len(last) - len(start)].rstrip()
+        out[i] = replace(this, text="\n".join(own).strip())
+    return [section for section in out if section.text.strip()]
 
 
 #: Lines at each end of a page where running headers and footers are looked for.

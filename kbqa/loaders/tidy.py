@@ -67,34 +67,53 @@ def continues_on_next_page(line: str, following: str) -> bool:
             and (following[-1] in "。！？；，、：）”" or _width(following) >= 0.75 * _width(line)))
 
 
-def _latin_wrapped(line: str, following: str, width: int = 0) -> bool:
-    """Whether ``following`` continues ``line``'s sentence in Western text: it starts with a lower-case letter
-    (or anything after a hyphen: ``GPT-`` / ``2``, or a quote mark and a lower-case letter) after a long line
-    (not a heading; at least 0.6 of ``width``, the text's usual line length) that ends inside a sentence
-    (``had 117`` / ``million parameters``). Lines of code or commands are never joined."""
+def _latin_wrapped(line: str, following: str, width: float = 0) -> bool:
+    """Whether ``following`` continues ``line``'s sentence in Western text.
+
+    ``line`` is long (not a heading: at least 0.6 of ``width``, the text's median line length, and 25
+    characters) and ends inside a sentence; ``following`` starts with a lower-case letter (``had 117`` /
+    ``million parameters``), or anything after a hyphen (``GPT-`` / ``2``), or a quote mark and a lower-case
+    letter, or, after a line as long as most (at least 0.9 of ``width``), with a capital or an inline citation
+    (``development of bespoke`` / ``AI applications``, ``by OpenAI`` / ``[5], and``). Lines of code or
+    commands, list items, table rows and lines holding a page's number ("Page 6 of 14") are never joined.
+    """
     first = following[:1]
     if first in "'\"‘“":
         first = following[1:2]
-    return (len(line) >= max(25, 0.6 * width) and ("a" <= first <= "z" or (line[-1] == "-" and first.isalnum()))
-            and "  " not in line and (line[-1].isalnum() or line[-1] in ",-–—(/'\"’”)")
-            and not _LIST_START.match(following) and not _TABLE_ROW.search(following)
-            and not _CODE.search(line) and not _CODE.search(following))
+    if not (len(line) >= max(25, 0.6 * width) and "  " not in line
+            and (line[-1].isalnum() or line[-1] in ",-–—(/'\"’”)")):
+        return False
+    starts = "a" <= first <= "z" or (line[-1] == "-" and first.isalnum()) or (
+        len(line) >= 0.9 * width and line[-1] != "-" and (first.isupper() or bool(_CITATION.match(following))))
+    return (starts and not _LIST_START.match(following) and not _TABLE_ROW.search(following)
+            and not any(_CODE.search(x) or _PAGE_OF.search(x) for x in (line, following)))
 
 
 #: A line of code or a command (``pip install -r requirements.txt``, ``result = chain.run(question)``).
 _CODE = re.compile(r"^\s*(?:\$|>>>|#!|import\s|from\s\S+\simport\s|def\s|class\s|pip\d?\s|python\d?\s|conda\s"
-                   r"|cd\s|git\s|npm\s|curl\s|sudo\s)|[={}<>]|\w\((?!s\))|\(\)|\s--?[A-Za-z]"
+                   r"|cd\s|git\s|npm\s|curl\s|sudo\s)|[={}]|[A-Za-z_]\w*\((?!s\))|\(\)|\s--?[A-Za-z]"
                    r"|\.(?:py|txt|sh|json|toml|md|ya?ml|csv|js)\b")
+_PAGE_OF = re.compile(r"(?i)\bpage\s*\d+\s*of\s*\d+")
+_CITATION = re.compile(r"\[\d+(?:[,–-]\d+)*\][,.;:)]")
+#: Words that stay hyphenated at a line's end (self-play, well-known); other words broken there are mended.
+_COMPOUND_HEADS = frozenset(("self", "well", "non", "cross", "multi", "state", "real", "end", "user", "open",
+                             "high", "low", "long", "short", "large", "small", "full", "half", "semi", "co",
+                             "pre", "post", "anti", "sub", "inter", "intra", "over", "under", "one", "two"))
 
 
-def _join_lines(lines: list[str], wrapped: Callable[[str, str], bool], glue: Callable[[str], str]) -> list[str]:
-    """``lines`` with each line that ``wrapped`` says continues the one before joined onto it (``glue`` of
-    that line between them); built in one pass, so a page of many thousand lines costs no more than a few."""
+def _join_lines(lines: list[str], wrapped: Callable[[str, str], bool],
+                glue: Callable[[str, str], tuple[int, str]]) -> list[str]:
+    """``lines`` with each line that ``wrapped`` says continues the one before joined onto it, ``glue`` giving
+    how many characters to cut from the end of the line before and what goes between; built in one pass, so a
+    page of many thousand lines costs no more than a few."""
     groups: list[list[str]] = []
     previous = ""
     for line in lines:
         if groups and wrapped(previous, line):
-            groups[-1] += [glue(previous), line]
+            cut, between = glue(previous, line)
+            if cut:
+                groups[-1][-1] = groups[-1][-1][:-cut]
+            groups[-1] += [between, line]
         else:
             groups.append([line])
         previous = line
@@ -103,10 +122,26 @@ def _join_lines(lines: list[str], wrapped: Callable[[str, str], bool], glue: Cal
 
 def _join_latin_wrapped(lines: list[str]) -> list[str]:
     lengths = sorted(len(line) for line in lines if line)
-    width = lengths[int(0.9 * (len(lengths) - 1))] if lengths else 0
-    # A hyphen at a line's end stays (well-known); no space after it.
-    return _join_lines(lines, lambda line, following: _latin_wrapped(line, following, width),
-                       lambda line: "" if line.endswith("-") else " ")
+    width = lengths[len(lengths) // 2] if lengths else 0
+    words = set(re.findall(r"[A-Za-z]+(?:-[A-Za-z]+)*", " ".join(lines).lower()))
+
+    def glue(line: str, following: str) -> tuple[int, str]:
+        if not line.endswith("-"):
+            return 0, " "
+        head = re.search(r"(?:^|\s)\S*?([A-Za-z]+)-$", line)
+        if head and re.search(r"[/@]|\.\w", head.group()):
+            return 0, ""  # a web address or a file name: its hyphens are its own
+        tail = re.match(r"[A-Za-z]+", following)
+        if not (head and tail and head.group(1)[-1].islower() and tail.group()[0].islower()):
+            return 0, ""  # GPT- / 2: the hyphen is the word's own
+        left, right = head.group(1).lower(), tail.group().lower()
+        # A word broken where the line ran out (pri- / mary) is mended, unless it is written with the hyphen
+        # elsewhere in the text or starts with a word that makes compounds (self- / play).
+        if f"{left}-{right}" in words or (left in _COMPOUND_HEADS and f"{left}{right}" not in words):
+            return 0, ""
+        return 1, ""
+
+    return _join_lines(lines, lambda line, following: _latin_wrapped(line, following, width), glue)
 
 
 def _unspace(line: str) -> str:
@@ -141,4 +176,4 @@ def _wrapped(line: str, following: str) -> bool:
 
 
 def _join_wrapped(lines: list[str]) -> list[str]:
-    return _join_lines(lines, _wrapped, lambda line: "")
+    return _join_lines(lines, _wrapped, lambda line, following: (0, ""))
