@@ -123,15 +123,25 @@ class _Bar:
     the models a service prepares lazily (a first-use conversion during ``ask``) show a bar too.
     """
 
-    def __init__(self, desc: str, unit_scale: float = 100.0) -> None:
+    def __init__(self, desc: str, unit_scale: float = 100.0, log_steps: bool = False) -> None:
         self.desc = desc
         self.scale = unit_scale
         self.bar: Any = None
         self.mute = False
+        #: Where stderr is no terminal (a log file, CI), tqdm draws nothing: ``log_steps`` writes a line at
+        #: every tenth instead, so a run of many minutes shows that it goes on.
+        self.log_steps = log_steps and not sys.stderr.isatty()
+        self.logged = -1
 
     def __call__(self, fraction: float, message: str = "") -> None:
         if _STOPPING.stop:  # Ctrl-C or kill: stop a model preparation running in a worker thread too
             raise Terminated if _STOPPING.terminated else KeyboardInterrupt
+        if self.log_steps:
+            step = int(min(max(fraction, 0.0), 1.0) * 10)
+            if step > self.logged:
+                self.logged = step
+                print(f"{self.desc}: {step * 10}%" + (f" ({message[:60]})" if message else ""), file=sys.stderr,
+                      flush=True)
         if self.bar is None:
             from tqdm import tqdm
 
@@ -307,9 +317,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         settings.paths.knowledge_root = Path(tmp)
         service = build_service(settings)
-        bar = _Bar(f"ingest {dataset.name}")
+        bar = _Bar(f"ingest {dataset.name}", log_steps=True)
         try:
             ingest_s = ev.build_knowledge_base(service, dataset, "eval", bar)
+            bar(1.0, "done")
         finally:
             bar.close()
         # What the knowledge base recorded: the model, marked "#int8" when an int8 copy encoded the chunks
@@ -319,16 +330,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "embedding": ev.embedding_label(recorded or settings.embedding.model),
             "retrieval_mode": settings.retrieval.mode, "chunk_size": settings.splitter.chunk_size,
             "documents": len(dataset.texts) + len(dataset.files), "ingest_seconds": round(ingest_s, 1)}
-        bar = _Bar("retrieval")
+        bar = _Bar("retrieval", log_steps=True)
         try:
             result.update(ev.evaluate_retrieval(service, "eval", items, progress=bar))
+            bar(1.0, "done")
         finally:
             bar.close()
         if not args.retrieval_only:
             result["llm"] = settings.llm.model
-            bar = _Bar("answers")
+            bar = _Bar("answers", log_steps=True)
             try:
                 result.update(ev.evaluate_answers(service, "eval", items, progress=bar))
+                bar(1.0, "done")
             finally:
                 bar.close()
     if args.json:

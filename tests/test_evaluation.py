@@ -377,3 +377,17 @@ def test_cli_eval_shows_the_int8_encoder_rounded_seconds_and_answerable_question
     assert rows["embedding"] == "embedded:multilingual-e5-small (int8 chunks)"
     assert re.fullmatch(r"\d+\.\d", rows["ingest_seconds"])
     assert rows["answerable_questions"] == "3" and rows["documents"] == "2"
+
+
+def test_cli_eval_logs_its_progress_in_tenths_where_stderr_is_no_terminal(
+        tmp_path: Path, squad: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from kbqa import bootstrap, cli
+
+    monkeypatch.setattr(bootstrap, "build_service", lambda settings: build_service(
+        make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: FakeLLM(replies=["长江"] * 8)))
+    assert cli.main(["eval", "--dataset", str(squad)]) == 0
+    err = capsys.readouterr().err.splitlines()  # pytest's capture is no terminal, as a CI log is not
+    for stage in ("ingest", "retrieval", "answers"):
+        steps = [line for line in err if line.startswith(stage)]
+        assert steps and steps[-1].split(": ")[1].startswith("100%"), err
+        assert len(steps) <= 11
