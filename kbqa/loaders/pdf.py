@@ -6,6 +6,7 @@ import io
 import logging
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,12 +87,12 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
     return sections
 
 
-#: The most of a sentence cut by a page break that is repeated on the next page.
+#: The most of a sentence cut by a page break that moves to the next page.
 _CARRY_CHARS = 300
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
 
 
-def carry_broken_sentences(sections: list[Section], running: set[str] = frozenset()) -> list[Section]:  # type: ignore[assignment]
+def carry_broken_sentences(sections: list[Section], running: Collection[str] = ()) -> list[Section]:
     """Pages whose first sentence began on the page before get that beginning (from the last sentence end
     of that page's last line) moved to their head.
 
