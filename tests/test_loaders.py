@@ -239,6 +239,9 @@ def test_a_sentence_cut_by_a_page_break_is_repeated_whole_on_the_next_page() -> 
         (5, "模型的参数量在过去几年中增长得非常快，例如第三代模型的参数量达到了一千七百五十亿个，远超上一代。"),
         (6, "资料来源：公司年报（2020-2021），德邦研究所"), (7, "信息披露\n分析师与研究助理简介")]
     assert carry_broken_sentences([pages[0], replace(pages[1], page=5)])[1] == replace(pages[1], page=5)
+    heading = [Section("The results are summarised in the tables of section 3", page=1),
+               Section("Discussion\nThe results show it.", page=2)]
+    assert carry_broken_sentences(heading) == heading  # a page's first line in capitals may be its heading
     # A running footer kept on the first page is not the sentence the next page goes on with.
     footer = "Acme Corporation Annual Report 2023 - Confidential"
     with_footer = [Section(f"Costs rose by 4 per cent as the year went on, and margins fell as\n{footer}", page=1),

@@ -61,13 +61,13 @@ def continues_on_next_page(line: str, following: str) -> bool:
     continuation."""
     if not (line and following):
         return False
-    if _latin_wrapped(line, following):
+    if _latin_wrapped(line, following, capitals=False):  # a page's first line in capitals may be its heading
         return True
     return (_wrapped(line, following) and not _LABEL_START.match(line)
             and (following[-1] in "。！？；，、：）”" or _width(following) >= 0.75 * _width(line)))
 
 
-def _latin_wrapped(line: str, following: str, width: float = 0) -> bool:
+def _latin_wrapped(line: str, following: str, width: float = 0, capitals: bool = True) -> bool:
     """Whether ``following`` continues ``line``'s sentence in Western text.
 
     ``line`` is long (not a heading: at least 0.6 of ``width``, the text's median line length, and 25
@@ -84,7 +84,8 @@ def _latin_wrapped(line: str, following: str, width: float = 0) -> bool:
             and (line[-1].isalnum() or line[-1] in ",-–—(/'\"’”)")):
         return False
     starts = "a" <= first <= "z" or (line[-1] == "-" and first.isalnum()) or (
-        len(line) >= 0.9 * width and line[-1] != "-" and (first.isupper() or bool(_CITATION.match(following))))
+        capitals and len(line) >= 0.9 * width and line[-1] != "-"
+        and (first.isupper() or bool(_CITATION.match(following))))
     return (starts and not _LIST_START.match(following) and not _TABLE_ROW.search(following)
             and not any(_CODE.search(x) or _PAGE_OF.search(x) for x in (line, following)))
 
