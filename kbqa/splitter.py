@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from kbqa.language import HAN_CHARS
 from kbqa.schema import Chunk, Section
 
 #: Paragraphs, then lines, then sentence ends (Chinese and Western), then clause marks, then spaces.
@@ -36,13 +37,35 @@ class Splitter:
             keep_separator="end", strip_whitespace=True, length_function=len)
 
     def split_text(self, text: str) -> list[str]:
-        """Pieces of ``text``, none longer than ``chunk_size``, blank pieces dropped."""
-        pieces = [p for p in self._splitter.split_text(text) if p.strip()]
+        """Pieces of ``text``, none longer than ``chunk_size``, blank pieces dropped.
+
+        A short line without a closing mark (a heading, a page's header) that would be left alone because the
+        line after it does not fit beside it is kept with that line's first sentences instead: alone, a
+        heading is a passage that answers nothing yet resembles many questions.
+        """
+        pieces = [p.replace(_BOUND, "\n") for p in self._splitter.split_text(self._bind_headings(text)) if p.strip()]
         # The recursive splitter honours the limit; this guard keeps the promise if it ever does not.
         out: list[str] = []
         for piece in pieces:
             out.extend(piece[i:i + self.chunk_size] for i in range(0, len(piece), self.chunk_size))
         return self._fit(out)
+
+    def _bind_headings(self, text: str) -> str:
+        if "\n" not in text:
+            return text
+        lines = text.split("\n")
+        for i in range(len(lines) - 1):
+            line, following = lines[i].strip(), lines[i + 1].strip()
+            # A heading (short, then a paragraph that starts anew), or a short line the next would leave alone;
+            # not a table's row (its cells apart by wide gaps, or ending in a figure), nor a list of short lines.
+            if not (line and following) or line[-1] in _CLOSING or "  " in line or _ENDS_IN_FIGURE.search(line):
+                continue
+            heading = (len(line) <= _HEADING_CHARS and len(following) >= 80
+                       and (following[0].isupper() or following[0].isdigit() or bool(_HAN.match(following))))
+            if heading or (len(line) <= self.chunk_size // 4
+                           and len(lines[i]) + 1 + len(lines[i + 1]) > self.chunk_size):
+                lines[i] += _BOUND  # joined below without its line break: the splitter does not cut there
+        return "\n".join(lines).replace(_BOUND + "\n", _BOUND)
 
     def _fit(self, pieces: list[str]) -> list[str]:
         if self.too_long is None or not pieces:
@@ -82,6 +105,13 @@ class Splitter:
                         None if too_long is None else lambda texts: too_long([f"{lead}\n{t}" for t in texts]))
         return [f"{lead}\n{piece}" for piece in body.split_text(section.text[len(lead):])]
 
+
+#: Stands for a line break the splitter must not cut at (a heading bound to its paragraph); no text holds it.
+_BOUND = "\x1f"
+_CLOSING = ".!?。！？；;:：…\"”'’"
+_HEADING_CHARS = 60
+_ENDS_IN_FIGURE = re.compile(r"[\d,.%]$")
+_HAN = re.compile(f"[{HAN_CHARS}]")
 
 #: Pieces this short without a single letter are debris: a printed page number, a closing code fence.
 _DEBRIS_CHARS = 20

@@ -84,3 +84,16 @@ def test_a_charts_axis_labels_are_debris_but_a_table_of_figures_is_not() -> None
     wide = "| " + " | ".join(str(y) for y in range(2000, 2012)) + " |\n" + "|---" * 12 + "|\n" + "| 1 " * 12 + "|"
     splitter = Splitter(chunk_size=500, chunk_overlap=0)
     assert len(splitter.split([Section(wide), Section("Notes on it.")], "w.md", "h3")) == 2
+
+
+def test_a_heading_stays_with_its_paragraph_and_table_rows_stay_apart() -> None:
+    paragraph = " ".join(f"Sentence {n} of the introduction says something about the topic." for n in range(12))
+    text = f"Some earlier text that ends here.\nI. INTRODUCTION\n{paragraph}"
+    chunks = Splitter(chunk_size=500, chunk_overlap=0).split_text(text)
+    assert not any(c.rstrip().endswith("I. INTRODUCTION") for c in chunks)  # never a chunk's last line
+    assert any(c.startswith("I. INTRODUCTION\nSentence 0 ") for c in chunks)
+    header = "Kurbasic et al. Clinical Proteomics (2015)"  # a short line the long next one would leave alone
+    chunks = Splitter(chunk_size=500, chunk_overlap=0).split_text(f"{header}\n{paragraph}")
+    assert chunks[0].startswith(f"{header}\nSentence 0 ") and len(chunks[0]) <= 500
+    rows = "\n".join(f"营业收入 {n},567 {n + 1},684  净利润 {n}73 {n + 4}71" for n in range(1, 40))
+    assert all(c.rstrip()[-1].isdigit() for c in Splitter(chunk_size=200, chunk_overlap=0).split_text(rows))

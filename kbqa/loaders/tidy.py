@@ -72,20 +72,21 @@ def _latin_wrapped(line: str, following: str, width: float = 0, capitals: bool =
 
     ``line`` is long (not a heading: at least 0.6 of ``width``, the text's median line length, and 25
     characters) and ends inside a sentence; ``following`` starts with a lower-case letter (``had 117`` /
-    ``million parameters``), or anything after a hyphen (``GPT-`` / ``2``), or a quote mark and a lower-case
-    letter, or, after a line as long as most (at least 0.9 of ``width``), with a capital or an inline citation
-    (``development of bespoke`` / ``AI applications``, ``by OpenAI`` / ``[5], and``). Lines of code or
-    commands, list items, table rows and lines holding a page's number ("Page 6 of 14") are never joined.
+    ``million parameters``), or anything after a hyphen (``GPT-`` / ``2``), or a quote mark or bracket and a
+    lower-case letter, or, after a line as long as most (at least 0.9 of ``width``; not a caption or a line with
+    a web address), with a capital or an inline citation (``development of bespoke`` / ``AI applications``,
+    ``by OpenAI`` / ``[5], and``). Lines of code or commands, list items, table rows and lines holding a
+    page's number ("Page 6 of 14") are never joined.
     """
     first = following[:1]
-    if first in "'\"‘“":
+    if first in "'\"‘“(":
         first = following[1:2]
     if not (len(line) >= max(25, 0.6 * width) and "  " not in line
             and (line[-1].isalnum() or line[-1] in ",-–—(/'\"’”)")):
         return False
     starts = "a" <= first <= "z" or (line[-1] == "-" and first.isalnum()) or (
-        capitals and len(line) >= 0.9 * width and line[-1] != "-"
-        and (first.isupper() or bool(_CITATION.match(following))))
+        capitals and len(line) >= 0.9 * width and line[-1] != "-" and not _CAPTION.match(line)
+        and "://" not in line and (first.isupper() or bool(_CITATION.match(following))))
     return (starts and not _LIST_START.match(following) and not _TABLE_ROW.search(following)
             and not any(_CODE.search(x) or _PAGE_OF.search(x) for x in (line, following)))
 
@@ -94,6 +95,8 @@ def _latin_wrapped(line: str, following: str, width: float = 0, capitals: bool =
 _CODE = re.compile(r"^\s*(?:\$|>>>|#!|import\s|from\s\S+\simport\s|def\s|class\s|pip\d?\s|python\d?\s|conda\s"
                    r"|cd\s|git\s|npm\s|curl\s|sudo\s)|[={}]|[A-Za-z_]\w*\((?!s\))|\(\)|\s--?[A-Za-z]"
                    r"|\.(?:py|txt|sh|json|toml|md|ya?ml|csv|js)\b")
+#: A figure's or table's caption, a line of its own ("Fig. 1 Example of a Simple Sequential Chain").
+_CAPTION = re.compile(r"(?i)^(?:fig\.?|figure|table|图|表)\s*\d")
 _PAGE_OF = re.compile(r"(?i)\bpage\s*\d+\s*of\s*\d+")
 _CITATION = re.compile(r"\[\d+(?:[,–-]\d+)*\][,.;:)]")
 #: Words that stay hyphenated at a line's end (self-play, well-known); other words broken there are mended.
