@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -32,7 +31,7 @@ from zipfile import BadZipFile
 import numpy as np
 import scipy.sparse
 
-from kbqa.language import HAN_CHARS
+from kbqa.language import HAN
 from kbqa.tokenize import TOKENIZER_ID, tokenize
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ _FORMAT = 1
 _TF_MAX = np.iinfo(np.uint16).max
 _STALE_TEMP_S = 600.0  # a temporary file this old is left by a killed save
 _BATCH = 2048  # chunks counted per numpy conversion (bounds the Python objects alive at once)
-_HAN = re.compile(f"[{HAN_CHARS}]")
 _FORGET_TERMS = 10_000  # forget unused terms once more than this many (and half the vocabulary)
 
 
@@ -227,7 +225,7 @@ class BM25Index:
             terms = list(snap.vocab.items())
         han = np.zeros(n_terms, bool)
         for term, term_id in terms:
-            if term_id < n_terms and _HAN.search(term):
+            if term_id < n_terms and HAN.search(term):
                 han[term_id] = True
         tf = snap.tf.astype(np.float64)
         total = np.bincount(snap.rows, weights=tf, minlength=n_rows)

@@ -170,9 +170,9 @@ class RetrievalSettings(_Section):
                                "(rewrite), searched for together with the earlier questions (concat), or alone (off).")
     history_turns: int = Field(2, ge=0, le=10, description="Earlier turns of a chat a follow-up is read with.")
     translate: bool = Field(
-        True, description="A question that finds no passage relevant enough, where some passage found is in the "
-                          "other language (Chinese / not Chinese), is translated by the LLM into it and searched for "
-                          "again.")
+        True, description="A question that finds no passage relevant enough, where a passage found is in the other "
+                          "language (Chinese / not Chinese) or the knowledge base holds such passages, is translated "
+                          "by the LLM into it and searched for again.")
 
 
 class PromptSettings(_Section):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from kbqa.language import HAN_CHARS
+from kbqa.language import HAN
 from kbqa.schema import Chunk, Section
 
 #: Paragraphs, then lines, then sentence ends (Chinese and Western), then clause marks, then spaces.
@@ -61,7 +61,7 @@ class Splitter:
             if not (line and following) or line[-1] in _CLOSING or "  " in line or _ENDS_IN_FIGURE.search(line):
                 continue
             heading = (len(line) <= _HEADING_CHARS and len(following) >= 80
-                       and (following[0].isupper() or following[0].isdigit() or bool(_HAN.match(following))))
+                       and (following[0].isupper() or following[0].isdigit() or bool(HAN.match(following))))
             if heading or (len(line) <= self.chunk_size // 4
                            and len(lines[i]) + 1 + len(lines[i + 1]) > self.chunk_size):
                 lines[i] += _BOUND  # joined below without its line break: the splitter does not cut there
@@ -111,7 +111,6 @@ _BOUND = "\x1f"
 _CLOSING = ".!?。！？；;:：…\"”'’"
 _HEADING_CHARS = 60
 _ENDS_IN_FIGURE = re.compile(r"[\d,.%]$")
-_HAN = re.compile(f"[{HAN_CHARS}]")
 
 #: Pieces this short without a single letter are debris: a printed page number, a closing code fence.
 _DEBRIS_CHARS = 20

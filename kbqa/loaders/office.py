@@ -66,29 +66,22 @@ class _DocxReader:
 
     def blocks(self, parent: Any) -> list[str]:
         lines: list[str] = []
-        for child in parent:
-            if child.tag == self.p:
-                lines.extend(self.paragraph(child))
-            elif child.tag == self.tbl:
-                lines.extend(self.table(child))
-            elif child.tag == self.sdt:  # a content control: its blocks are inside w:sdtContent
-                for content in child.iterchildren(self.sdt_content):
-                    lines.extend(self.blocks(content))
-            elif child.tag == self.custom_xml:
-                lines.extend(self.blocks(child))
+        for child in self._unwrapped(parent, self.p, self.tbl):
+            lines.extend(self.paragraph(child) if child.tag == self.p else self.table(child))
         return lines
 
-    def _unwrapped(self, parent: Any, tag: str) -> Iterator[Any]:
-        """``parent``'s children of ``tag``, also those wrapped in content controls or custom XML (Word's
-        repeating sections wrap table rows, and a cell can be wrapped too)."""
+    def _unwrapped(self, parent: Any, *tags: str) -> Iterator[Any]:
+        """``parent``'s children of ``tags``, in order, also those wrapped in content controls (inside
+        w:sdtContent: a cover page's fields; Word's repeating sections wrap table rows, and a cell can be wrapped
+        too) or custom XML."""
         for child in parent:
-            if child.tag == tag:
+            if child.tag in tags:
                 yield child
             elif child.tag == self.sdt:
                 for content in child.iterchildren(self.sdt_content):
-                    yield from self._unwrapped(content, tag)
+                    yield from self._unwrapped(content, *tags)
             elif child.tag == self.custom_xml:
-                yield from self._unwrapped(child, tag)
+                yield from self._unwrapped(child, *tags)
 
     def _own(self, element: Any, p: Any) -> bool:
         """Whether ``element`` belongs to paragraph ``p`` itself: not to a text box in it, nor to a fallback

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kbqa.errors import CorruptDocument, EmptyDocument, EncryptedDocument, KBQAError, ModelUnavailable
+from kbqa.language import HAN
 from kbqa.loaders import tidy
 from kbqa.loaders.images import ocr_quietly
 from kbqa.loaders.tidy import tidy_text
@@ -119,7 +120,7 @@ def carry_broken_sentences(sections: list[Section], running: Collection[str] = (
         if k is None or not tidy.continues_on_next_page(last, lines[k]):
             continue
         start = _SENTENCE_END.split(last)[-1][-_CARRY_CHARS:]
-        latin = not tidy.is_cjk(lines[k][0])
+        latin = not HAN.match(lines[k][0])
         if latin and len(start) == _CARRY_CHARS and " " in start:
             start = start.split(" ", 1)[1]  # from a whole word
         lines[k] = start + (" " if latin and not start.endswith("-") else "") + lines[k]

@@ -291,7 +291,7 @@ def _html_text_of(raw: bytes, name: str) -> str:
     """An HTML file's characters: UTF-8 when its bytes are, else the charset it declares when they are in it,
     else the encoding they are found to be in (as a text file's), so a page saved in another encoding than
     it says (a UTF-8 page still saying ``gb2312``, a GBK page saying ``utf-8``) reads right."""
-    if not raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+    if not raw.startswith(tuple(bom for bom, _ in _BOMS)):
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:

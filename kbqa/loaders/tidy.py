@@ -6,10 +6,10 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-from kbqa.language import HAN_CHARS
+from kbqa.language import HAN, HAN_CHARS
 
 _CJK = HAN_CHARS
-_CJK_CHAR = re.compile(f"[{_CJK}]")
+_CJK_CHAR = HAN
 _CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20"
 _CJK_ANY = f"{_CJK}{_CJK_PUNCT}"
 _SPACED_CJK = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
@@ -47,11 +47,6 @@ def tidy_text(text: str) -> str:
         lines = [_SPACE_AFTER_NUMBER.sub(r"\1", _SPACE_BEFORE_NUMBER.sub("", line)) for line in lines]
     lines = _join_latin_wrapped(lines)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def is_cjk(char: str) -> bool:
-    """Whether ``char`` is a Han character."""
-    return bool(_CJK_CHAR.match(char))
 
 
 def continues_on_next_page(line: str, following: str) -> bool:
