@@ -76,7 +76,7 @@ def random_chatglm(shape: str, device: str, dtype: torch.dtype, workdir: Path) -
     (workdir / "tokenizer.model").write_bytes(buffer.getvalue())
     tokenizer = ChatGLMTokenizer(workdir / "tokenizer.model", "chatglm2")
     config = native_config({**SHAPES[shape], "multi_query_attention": True, "seq_length": 32768,
-                            "layernorm_epsilon": 1e-5, "torch_dtype": "bfloat16"}, [tokenizer.eos_id], "chatglm2")
+                            "layernorm_epsilon": 1e-5, "torch_dtype": "bfloat16"}, [tokenizer.eos_id], False)
     torch.manual_seed(0)
     with torch.device(device):
         model = GlmForCausalLM._from_config(config, dtype=dtype).eval()

@@ -144,6 +144,43 @@ def assemble_gguf(model: EmbeddedGGUF, cache_dir: Path, setting: str,
     return target
 
 
+#: How a Git LFS pointer file begins: what ``git clone`` of a model repository leaves without ``git lfs``.
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+#: Pointer files are about 130 bytes; anything larger is not one.
+_LFS_POINTER_MAX = 1024
+
+
+def check_not_lfs_pointers(path: Path, setting: str) -> None:
+    """Refuse a model file, or a folder holding files, that are Git LFS pointers instead of their contents.
+
+    A model repository cloned without Git LFS holds ~130-byte text files where its weights and tokenizer should
+    be; read as models they fail with misleading errors (a tokenizer "not SentencePiece", torch's advice to
+    unpickle), so they are named here with the way out.
+
+    Raises:
+        ModelUnavailable: naming the pointer files and ``git lfs pull``.
+    """
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    pointers = [f.name for f in files if _is_lfs_pointer(f)]
+    if pointers:
+        folder = path if path.is_dir() else path.parent
+        shown = ", ".join(pointers[:3]) + (f" and {len(pointers) - 3} more" if len(pointers) > 3 else "")
+        raise ModelUnavailable(
+            f"{setting}: {shown} in {folder} {'is a Git LFS pointer' if len(pointers) == 1 else 'are Git LFS pointers'}"
+            f", not the file's contents (the repository was cloned without Git LFS): run `git lfs pull` in "
+            f"{folder}, or download the files themselves.")
+
+
+def _is_lfs_pointer(path: Path) -> bool:
+    try:
+        if path.stat().st_size > _LFS_POINTER_MAX:
+            return False
+        with path.open("rb") as handle:
+            return handle.read(len(_LFS_POINTER)) == _LFS_POINTER
+    except OSError:
+        return False
+
+
 def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | None = None, *,
                          embedded: bool = True) -> Path:
     """A local file or folder as given, or a hub id downloaded (or found in the hub cache).
@@ -155,6 +192,7 @@ def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | No
     """
     path = Path(spec).expanduser()
     if path.exists():
+        check_not_lfs_pointers(path, setting)
         return path
     if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
         raise ModelUnavailable(

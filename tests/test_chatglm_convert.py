@@ -292,3 +292,40 @@ def test_the_prompt_format_can_be_forced_when_names_do_not_tell(tmp_path: Path, 
     assert read_marker(tmp_path / "guessed")["version"] == "chatglm2"
     assert main(["convert-chatglm", str(src), str(tmp_path / "out"), "--version", "chatglm3"]) == 0
     assert read_marker(tmp_path / "out")["version"] == "chatglm3"
+
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:4a2b3c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819\nsize 1018370\n")
+
+
+def test_a_checkpoint_cloned_without_git_lfs_says_to_pull_its_files(tmp_path: Path, sp_model: Path) -> None:
+    # `git clone` without Git LFS leaves ~130-byte pointer files where the tokenizer and the shards should be: read
+    # as they are, they gave "not a SentencePiece tokenizer model" and torch's advice to unpickle them.
+    src = tmp_path / "chatglm2-6b"
+    write_checkpoint(src, sp_model)
+    for name in ("tokenizer.model", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"):
+        (src / name).write_text(LFS_POINTER)
+    pointers = r"(pytorch_model-0000\d-of-00002.bin, ){2}tokenizer.model in .* are Git LFS pointers"
+    with pytest.raises(ModelUnavailable, match=pointers + r".*run `git lfs pull` in"):
+        convert_chatglm(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("code", "forced", "rope", "reading"), [
+    ("        base = base * self.rope_ratio\n", "chatglm2", {"rope_type": "default", "rope_theta": 40000.0},
+     "chatglm3"),
+    ("        seq_idx = torch.arange(seq_len, dtype=torch.float) / self.rope_ratio\n", None,
+     {"rope_type": "linear", "factor": 4.0}, "chatglm2"),
+])
+def test_rope_ratio_follows_the_checkpoints_own_code_over_its_prompt_format(
+        tmp_path: Path, sp_model: Path, code: str, forced: str | None, rope: dict[str, object], reading: str) -> None:
+    # Where the names (or a --version given wrongly) say one version, the modeling_chatglm.py the model was
+    # trained with, which save_pretrained copies beside a fine-tune's weights, says how rope_ratio applies.
+    src = tmp_path / "chatglm3-6b-32k"
+    config, state = write_checkpoint(src, sp_model, version="chatglm3", fmt="safetensors", shards=1, rope_ratio=4)
+    (src / "modeling_chatglm.py").write_text("class RotaryEmbedding:\n    def forward_impl(self, seq_len, base):\n"
+                                             + code)
+    model = load(convert_chatglm(src, tmp_path / "dst", version=forced))  # type: ignore[arg-type]
+    assert {k: model.config.rope_parameters.get(k) for k in rope} == rope
+    with torch.no_grad():
+        assert max_diff(model(IDS).logits, ChatGLM2Reference(state, config, reading)(IDS)) < 1e-4

@@ -98,3 +98,15 @@ def test_profile_is_read_from_sentence_transformers_files(tmp_path: Path) -> Non
     profile = profile_from_folder(tmp_path, "/models/some-model")
     assert (profile.pooling, profile.max_seq_length, profile.query_prefix) == ("CLS", 128, "")
     assert profile_from_folder(tmp_path, "intfloat/multilingual-e5-base").query_prefix == "query: "
+
+
+def test_a_model_folder_of_git_lfs_pointers_says_to_pull_its_files(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from kbqa.embeddings import build_embedder
+
+    folder = tmp_path / "text2vec-base-chinese"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 409\n")
+    with pytest.raises(ModelUnavailable, match=r"embedding.model .*: model.safetensors in .* is a Git LFS pointer"):
+        build_embedder(EmbeddingSettings(model=str(folder)), tmp_path / "cache")

@@ -17,7 +17,7 @@ from kbqa.llm.base import LLM, GenerationParams
 from kbqa.llm.model_cache import prepare_model
 from kbqa.llm.placement import Machine, Placement, choose_placement
 from kbqa.llm.prompting import fit_prompt
-from kbqa.llm.transformers_backend import TransformersLLM, build_transformers_llm
+from kbqa.llm.transformers_backend import TransformersLLM, build_transformers_llm, generation_kwargs
 from kbqa.schema import ChatMessage
 from tests.chatglm_fixtures import greedy_params, llm_settings, train_tokenizer, write_checkpoint
 from tests.chatglm_reference import ChatGLM2Reference
@@ -252,6 +252,15 @@ def test_leaving_a_stream_early_frees_the_model_for_the_next_reply(llm: Transfor
     next(stream)
     stream.close()
     assert llm.generate(QUESTION, GenerationParams(max_tokens=5))
+
+
+def test_the_repetition_penalty_weighs_the_last_64_tokens_not_the_whole_prompt() -> None:
+    # As llama.cpp applies it: a passage's words far back in the prompt are not repeats for the answer to avoid.
+    processor = generation_kwargs(GenerationParams(repetition_penalty=2.0), (), 0)["logits_processor"]
+    ids = torch.tensor([[0] + [3] * 63 + [1]])  # token 0 only before the last 64; 1 and 3 among them; 2 absent
+    scores = processor(ids, torch.tensor([[2.0, -2.0, 2.0, 2.0]]))
+    assert scores.tolist() == [[2.0, -4.0, 2.0, 1.0]]
+    assert "logits_processor" not in generation_kwargs(GenerationParams(repetition_penalty=1.0), (), 0)
 
 
 def test_sampling_with_a_seed_is_reproducible(llm: TransformersLLM) -> None:

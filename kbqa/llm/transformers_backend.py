@@ -13,10 +13,16 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    AutoModelForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from kbqa.errors import ConfigError, ContextLengthExceeded, KBQAError, ModelUnavailable
@@ -285,8 +291,27 @@ def generation_kwargs(params: GenerationParams, eos: Sequence[int], pad: int | N
     if params.temperature > 0:
         kwargs.update(temperature=params.temperature, top_p=params.top_p)
     if params.repetition_penalty != 1.0:
-        kwargs["repetition_penalty"] = params.repetition_penalty
+        kwargs["logits_processor"] = LogitsProcessorList([RecentRepetitionPenalty(params.repetition_penalty)])
     return kwargs
+
+
+class RecentRepetitionPenalty(LogitsProcessor):
+    """The repetition penalty over the last ``last_n`` tokens only, as llama.cpp applies it (its default 64).
+
+    transformers' own ``repetition_penalty`` weighs every token of the prompt, so the passages' words, which an
+    answer should copy ("4,000 projects"), would count against the answer as repeats: the penalty is there to
+    stop a small model looping, which a window of recent tokens does. Both backends then read the setting alike.
+    """
+
+    def __init__(self, penalty: float, last_n: int = 64) -> None:
+        self.penalty = penalty
+        self.last_n = last_n
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        recent = input_ids[:, -self.last_n:]
+        picked = torch.gather(scores, 1, recent)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return cast(torch.FloatTensor, scores.scatter(1, recent, picked))
 
 
 def _user_error(exc: BaseException) -> BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors import safe_open
 
 from kbqa.errors import ModelUnavailable
 from kbqa.llm.chatglm.tokenizer import TOKENIZER_FILE, Version
+from kbqa.models import check_not_lfs_pointers
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ class ChatGLMSource:
     config: dict[str, Any]
     version: Version
     weight_files: tuple[Path, ...]
+    #: How ``rope_ratio`` applies (the -32k variants): multiplying the rotary base (ChatGLM3's code) or dividing
+    #: the positions (ChatGLM2's); read from the checkpoint's own ``modeling_chatglm.py`` where it tells.
+    rope_scales_base: bool = False
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -153,6 +158,7 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
         raise ModelUnavailable(f"{folder} does not exist: give the folder of a ChatGLM2/3-6B checkpoint.")
     if (folder / MARKER_FILE).is_file():
         raise ModelUnavailable(f"{folder} is already converted by kbqa: set llm.model to it as it is.")
+    check_not_lfs_pointers(folder, "The checkpoint")
     if not is_chatglm_checkpoint(folder):
         raise ModelUnavailable(
             f"{folder} is not a ChatGLM checkpoint (config.json with model_type 'chatglm').")
@@ -182,8 +188,29 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
         raise ModelUnavailable(f"{folder} has no {TOKENIZER_FILE}; it is part of the published checkpoint.")
     if not files:
         raise ModelUnavailable(f"{folder} holds no weights (pytorch_model*.bin or *.safetensors).")
-    return ChatGLMSource(folder=folder, config=config, version=version or detect_version(folder, config),
-                         weight_files=tuple(files))
+    version = version or detect_version(folder, config)
+    scales_base = rope_scales_base(folder)
+    return ChatGLMSource(folder=folder, config=config, version=version, weight_files=tuple(files),
+                         rope_scales_base=version == "chatglm3" if scales_base is None else scales_base)
+
+
+def rope_scales_base(folder: Path) -> bool | None:
+    """Whether the checkpoint's own code applies ``rope_ratio`` to the rotary base (ChatGLM3-6B-32k) or to the
+    positions (ChatGLM2-6B-32k); None when its ``modeling_chatglm.py`` is absent or does not say.
+
+    The prompt format is told from names (``detect_version``), which a fine-tune can lose; the code that
+    ``save_pretrained`` copies beside the weights is what the model was trained with.
+    """
+    path = Path(folder) / "modeling_chatglm.py"
+    try:
+        code = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    except OSError:
+        return None
+    if re.search(r"\bbase\s*=\s*base\s*\*\s*self\.rope_ratio", code):
+        return True
+    if re.search(r"\)\s*/\s*self\.rope_ratio", code):
+        return False
+    return None
 
 
 def _only_prefix_encoder(files: list[Path]) -> bool:

@@ -86,8 +86,8 @@ def split_rows(tensor: torch.Tensor, part: str | None, dims: tuple[int, int, int
     return tensor[start:start + size].clone()
 
 
-def rope_parameters(config: dict[str, Any], version: Version) -> dict[str, Any]:
-    """Native rotary settings: on the first half of each head; ``rope_ratio`` as the version applies it.
+def rope_parameters(config: dict[str, Any], scales_base: bool) -> dict[str, Any]:
+    """Native rotary settings: on the first half of each head; ``rope_ratio`` as the checkpoint applies it.
 
     ChatGLM2's code divides the positions by ``rope_ratio`` (position interpolation: chatglm2-6b-32k
     reads 32k positions as 8k), which is transformers' linear scaling; ChatGLM3's multiplies the base.
@@ -95,12 +95,12 @@ def rope_parameters(config: dict[str, Any], version: Version) -> dict[str, Any]:
     ratio = float(config.get("rope_ratio") or 1.0)
     if ratio == 1.0:
         return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
-    if version == "chatglm3":
+    if scales_base:
         return {"rope_type": "default", "rope_theta": 10000.0 * ratio, "partial_rotary_factor": 0.5}
     return {"rope_type": "linear", "factor": ratio, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
 
 
-def native_config(config: dict[str, Any], eos_ids: list[int], version: Version) -> GlmConfig:
+def native_config(config: dict[str, Any], eos_ids: list[int], rope_scales_base: bool) -> GlmConfig:
     """The ``GlmConfig`` equivalent to a ChatGLM2/3 ``config.json``."""
     heads, groups, head_dim = attention_dims(config)
     return GlmConfig(
@@ -110,7 +110,7 @@ def native_config(config: dict[str, Any], eos_ids: list[int], version: Version) 
         max_position_embeddings=int(config.get("seq_length") or 32768),
         rms_norm_eps=float(config.get("layernorm_epsilon") or 1e-5),
         attention_bias=bool(config.get("add_qkv_bias", True)), tie_word_embeddings=False,
-        rope_parameters=rope_parameters(config, version),
+        rope_parameters=rope_parameters(config, rope_scales_base),
         pad_token_id=int(config.get("pad_token_id") or 0), eos_token_id=eos_ids, bos_token_id=None,
         architectures=["GlmForCausalLM"], dtype=config.get("torch_dtype") or "float16")
 
@@ -173,7 +173,7 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
             weight_map = _convert_shards(source.weight_files, tmp, dims, shapes, total, progress)
             _check_complete(weight_map, shapes)
             eos = stop_ids(tokenizer)
-            native_config(source.config, eos, source.version).save_pretrained(tmp)
+            native_config(source.config, eos, source.rope_scales_base).save_pretrained(tmp)
             GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_id).save_pretrained(tmp)
             shutil.copyfile(source.folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             marker = {"converter_version": CONVERTER_VERSION, "version": source.version,

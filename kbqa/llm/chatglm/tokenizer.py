@@ -86,6 +86,7 @@ class ChatGLMTokenizer:
         return self.prefix_ids + self.encode(text)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; special tokens and ids past the vocabulary (padded rows) are skipped."""
+        """Text of ``ids``; special tokens, ``<unk>`` (pad, id 0) and ids past the vocabulary (padded rows) are
+        skipped, as ChatGLM's own tokenizer decodes them to nothing (SentencePiece would write `` ⁇ ``)."""
         limit = self.sp.get_piece_size()
-        return self.sp.decode([i for i in (int(t) for t in ids) if 0 <= i < limit])
+        return self.sp.decode([i for i in (int(t) for t in ids) if 0 <= i < limit and not self.sp.is_unknown(i)])
