@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote
 
 import anyio
 import numpy as np
@@ -44,13 +45,12 @@ from kbqa.errors import (
     EmptyKnowledgeBase,
     FileTooLarge,
     IncompatibleIndex,
-    InvalidName,
     KBQAError,
     KnowledgeBaseNotFound,
 )
-from kbqa.ingest import file_too_large
+from kbqa.ingest import file_too_large, upload_name
 from kbqa.llm.base import Usage
-from kbqa.names import safe_file_name
+from kbqa.names import check_kb_name
 from kbqa.openai_format import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
@@ -280,8 +280,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             for n, f in enumerate(files):
                 shown = f.filename or f"upload-{n}"
                 if f.size is not None and f.size > limit:  # not copied: refused by its size alone
-                    with contextlib.suppress(InvalidName):  # named as the ingest names a file
-                        shown = safe_file_name(shown)
+                    shown = upload_name(shown)  # named as the ingest names a file
                     too_large[n] = FileResult(shown, "failed", reason=str(file_too_large(shown, f.size, limit)))
                     continue
                 path = Path(tmp) / f"upload-{n}"
@@ -310,8 +309,14 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     # Anything else under the API's prefixes is an API error, not the web app's HTML page.
     @api.api_route("/v1", methods=_ANY_METHOD, include_in_schema=False)
     @api.api_route("/v1/{rest:path}", methods=_ANY_METHOD, include_in_schema=False)
+    @api.api_route("/kb", methods=_ANY_METHOD, include_in_schema=False)
     @api.api_route("/kb/{rest:path}", methods=_ANY_METHOD, include_in_schema=False)
     def unknown(request: Request, rest: str = "") -> JSONResponse:
+        # A knowledge-base name with a slash, sent percent-encoded (%2F), reaches here decoded into two parts of
+        # the path: refused for its name, as a name with a backslash is.
+        encoded = re.match(r"/kb/([^/]*%2f[^/]*)(?:/|$)", request.scope.get("raw_path", b"").decode("latin-1"), re.I)
+        if encoded:
+            check_kb_name(unquote(encoded.group(1)))
         allowed: set[str] = set()
         for route in api.router.routes:  # a known path asked with another method
             if isinstance(route, APIRoute) and route.endpoint is not unknown \

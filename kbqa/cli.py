@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kbqa.errors import KBQAError
+from kbqa.errors import IndexDamaged, KBQAError
 from kbqa.schema import FileResult
 
 log = logging.getLogger(__name__)
@@ -255,13 +255,17 @@ def cmd_kb(args: argparse.Namespace) -> int:
             print("No knowledge bases yet: `kbqa ingest --kb NAME FILES...` creates one.", file=sys.stderr)
     elif args.kb_command == "delete":
         if sys.stdin.isatty() and not args.yes:  # a person at a terminal: ask first
-            kb = service.root.open(args.name)  # as the deletion finds it (another spelling, the slug)
-            files = f"{len(kb.manifest.files)} file{'s' * (len(kb.manifest.files) != 1)}"
-            print(f"Delete knowledge base {kb.name} and its {files}? This cannot be undone. [y/N] ", end="",
+            try:
+                kb = service.root.open(args.name)  # as the deletion finds it (another spelling, the slug)
+                name, files = kb.name, f"its {len(kb.manifest.files)} file{'s' * (len(kb.manifest.files) != 1)}"
+            except IndexDamaged:  # its files cannot be counted; deleting it is the way out its error gives
+                folder = service.root.folder_for(args.name)
+                name, files = args.name, f"the files in {folder / 'content' if folder else 'it'} (it is damaged)"
+            print(f"Delete knowledge base {name} and {files}? This cannot be undone. [y/N] ", end="",
                   file=sys.stderr, flush=True)  # not stdout: `kbqa kb delete x > log` still asks
             answer = sys.stdin.readline()
             if answer.strip().lower() not in ("y", "yes"):
-                print(f"kept knowledge base {kb.name}", file=sys.stderr)
+                print(f"kept knowledge base {name}", file=sys.stderr)
                 return 1
         service.delete_kb(args.name)
         print(f"deleted knowledge base {args.name}")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kbqa.embeddings import Embedder
-from kbqa.errors import DiskFull, EmptyDocument, FileTooLarge, KBQAError
+from kbqa.errors import DiskFull, EmptyDocument, FileTooLarge, InvalidName, KBQAError
 from kbqa.fileio import file_sha256
 from kbqa.knowledge import KnowledgeBase
 from kbqa.loaders import loader_for
@@ -117,16 +117,19 @@ class Ingestor:
         for position, (path, given_name) in enumerate(files):
             if report:  # files read but not yet embedded are not done: the bar stays at the first of them
                 report(group[0].position if group else position, f"reading {given_name}")
+            is_local = local is None or local[position]
+            # A failure names a local file as the user typed it; an upload by its name (the client's
+            # "../../etc/passwd" is "passwd"), as the file would have been held.
+            shown = str(given_name) if is_local else upload_name(str(given_name))
             if kb.deleted:
-                results[position] = FileResult(str(given_name), "failed", reason=_DELETED.format(kb=kb.name))
+                results[position] = FileResult(shown, "failed", reason=_DELETED.format(kb=kb.name))
                 continue
             try:
-                prepared = self._prepare(kb, position, Path(path), given_name, seen, batch,
-                                         local=local is None or local[position])
+                prepared = self._prepare(kb, position, Path(path), given_name, seen, batch, local=is_local)
             except Exception as exc:  # a loader bug must not abort the batch either
                 if exc is getattr(self.embedder, "error", None):  # the model cannot load: one error, not one per file
                     raise
-                results[position] = _failed(str(given_name), Path(path), exc)
+                results[position] = _failed(shown, Path(path), exc)
                 continue
             if isinstance(prepared, FileResult):
                 results[position] = prepared
@@ -390,6 +393,14 @@ def _monotone(progress: ProgressFn, files: int) -> Callable[[float, str], None]:
         progress(high, message)
 
     return report
+
+
+def upload_name(given: str) -> str:
+    """An uploaded file's name as kbqa holds it (its base name), or as given when nothing of it is usable."""
+    try:
+        return safe_file_name(given)
+    except InvalidName:
+        return given
 
 
 def _failed(name: str, path: Path, exc: Exception) -> FileResult:

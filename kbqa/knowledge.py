@@ -36,6 +36,7 @@ from kbqa.errors import (
     ConfigError,
     DocumentNotFound,
     IncompatibleIndex,
+    IndexDamaged,
     InvalidName,
     KBQAError,
     KnowledgeBaseNotFound,
@@ -77,9 +78,10 @@ class KnowledgeBase:
             self.name: str = info["name"]
             self.manifest = self._read_manifest()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # edited or cut short outside kbqa
-            raise KBQAError(f"The knowledge base in {folder} is damaged ({type(exc).__name__}: {exc}): restore its "
-                            "kb.json and manifest.json from a backup, or delete the folder and add its files "
-                            "again.") from None
+            raise IndexDamaged(
+                f"The knowledge base in {folder} is damaged ({type(exc).__name__}: {exc}): restore its kb.json and "
+                f"manifest.json from a backup, or copy its files out of {folder / 'content'}, delete the knowledge "
+                "base (deleting it still works) and add them again.") from None
         self.embedding: str = info.get("embedding", "")
         self.created: str = info.get("created", "")
         for leftover in folder.glob(".manifest.json.*"):  # of a write a crash cut short (see write_json_atomic)
@@ -348,6 +350,14 @@ class KnowledgeRoot:
                 shutil.rmtree(folder, ignore_errors=True)
         return tuple(found)
 
+    def bury_damaged(self, name: str) -> tuple[str, Path] | None:
+        """``bury`` a knowledge base that cannot be opened (its ``kb.json`` or manifest is damaged), by name.
+
+        Returns its slug and renamed folder, or None when ``name`` names no knowledge-base folder.
+        """
+        folder = self.folder_for(name)
+        return None if folder is None else (folder.name, self._bury_folder(folder))
+
     def bury(self, kb: KnowledgeBase) -> Path:
         """Take a knowledge base out of the root in one step (a rename), before its parts are deleted.
 
@@ -355,13 +365,16 @@ class KnowledgeRoot:
         crash in between leaves a ``.deleted-<slug>`` folder that ``buried`` lists at the next start, never a
         knowledge base that lists files whose vectors are gone.
         """
-        with self._lock:
-            self._open.pop(kb.slug, None)
         kb.deleted = True
-        tomb = self.root / f"{_BURIED}{kb.slug}"
+        return self._bury_folder(kb.folder)
+
+    def _bury_folder(self, folder: Path) -> Path:
+        with self._lock:
+            self._open.pop(folder.name, None)
+        tomb = self.root / f"{_BURIED}{folder.name}"
         if tomb.exists():  # an earlier deletion of the same name that did not finish
             shutil.rmtree(tomb)
-        kb.folder.rename(tomb)
+        folder.rename(tomb)
         return tomb
 
     def buried(self) -> tuple[tuple[str, Path], ...]:

@@ -203,13 +203,19 @@ def _figures(text: str, han: bool = False) -> set[str]:
     return digits | {str(han_number(m.group(0))) for m in _HAN_NUMBER.finditer(text)} if han else digits
 
 
-def unsupported_numbers(answer: str, sources: Sequence[str]) -> list[str]:
+def unsupported_numbers(answer: str, sources: Sequence[str], cut: bool = False) -> list[str]:
     """Numbers of ``answer`` found in none of ``sources`` (citation marks such as ``[1]`` left out): a sum, a
-    conversion or a figure the model made up ("90 Million barrels" from passages saying 30 and 60)."""
+    conversion or a figure the model made up ("90 Million barrels" from passages saying 30 and 60).
+
+    ``cut``: the answer may end mid-number (``max_tokens`` ran out, or a client's ``stop`` string came: "500,"
+    of "500,000"), so a number at its very end is not held against it.
+    """
     held = set().union(*(_figures(t, han=True) for t in sources)) if sources else set()
     said = re.sub(r"\[\d+(?:\s*[,，]\s*\d+)*\]", " ", answer)
     missing: dict[str, str] = {}  # normalised -> as the answer writes it
     for m in _FIGURE.finditer(said):
+        if cut and not any(c.isalnum() for c in said[m.end():]):
+            continue
         if _plain(m.group(0)) not in held:
             missing.setdefault(_plain(m.group(0)), m.group(0))
     return list(missing.values())
@@ -468,6 +474,7 @@ class QAEngine:
                                  "how": how, "timings": {}, "notes": {}}
         if how == "rewritten":
             state["timings"]["rewrite"] = time.perf_counter() - start
+        usage = usage if usage is not None else Usage()  # its finish reason tells whether the answer was cut
         pieces: list[str] = []
         sources: list[SourceChunk] = []
         cancel = threading.Event()
@@ -509,7 +516,8 @@ class QAEngine:
                                 "The model wrote no answer (it stopped at once, or a stop string came first): "
                                 "ask again, or rephrase the question." if not text else "")
             seen = [question, query, *(m.content for m in earlier), *(c.text for c in used)]
-            if not refused and (missing := unsupported_numbers(text, seen)):
+            cut = usage.finish_reason == "length" or bool((params or self.params).stop)
+            if not refused and (missing := unsupported_numbers(text, seen, cut)):
                 notice += (f" Check this answer against the sources: {', '.join(missing[:3])} "
                            f"{'is' if len(missing) == 1 else 'are'} in none of the passages it was written from.")
             answer = Answer(question, text, used, refused=refused, language=lang, notice=" ".join(notice.split()),

@@ -67,10 +67,10 @@ class KeywordIndexes:
         log.info("rebuilt keyword index of %s (%d chunks) in %.1fs", kb.name, len(index),
                  time.perf_counter() - start)
 
-    def forget(self, kb: KnowledgeBase) -> None:
+    def forget(self, slug: str) -> None:
         """Close a knowledge base's index (before its folder is deleted)."""
         with self._lock:
-            self._open.pop(kb.slug, None)
+            self._open.pop(slug, None)
 
 
 @dataclass(frozen=True)

@@ -79,13 +79,18 @@ class KBQAService:
         return KnowledgeBaseInfo(kb.name, kb.slug, len(kb.manifest.files), kb.chunk_count, kb.embedding)
 
     def delete_kb(self, name: str) -> None:
-        """Delete a knowledge base with all its files and chunks."""
-        self._remove(self.root.open(name))
+        """Delete a knowledge base with all its files and chunks (also one whose kb.json or manifest is damaged)."""
+        try:
+            kb = self.root.open(name)
+        except IndexDamaged:  # it cannot be opened, so cannot be used: deleting it is the way out
+            if (buried := self.root.bury_damaged(name)) is not None:
+                self._destroy(*buried)
+            return
+        self._remove(kb)
 
     def _remove(self, kb: KnowledgeBase) -> None:
         with kb.lock:
             tomb = self.root.bury(kb)  # first: from here on the knowledge base is gone, whatever happens
-            self.keywords.forget(kb)
             self._destroy(kb.slug, tomb)
 
     def _finish_interrupted(self) -> None:
@@ -104,6 +109,7 @@ class KBQAService:
 
     def _destroy(self, slug: str, tomb: Path) -> None:
         """The last steps of a deletion: the vectors, then the renamed folder."""
+        self.keywords.forget(slug)
         self.store.drop(slug)
         shutil.rmtree(tomb, ignore_errors=True)
 

@@ -148,7 +148,8 @@ def test_files_can_be_uploaded_listed_searched_and_deleted(base_url: str, tmp_pa
              ("files", ("../../etc/passwd", b"root:x:0:0", "text/plain"))]
     report = httpx.post(f"{base_url}/kb/space/files", files=files, timeout=30).json()
     assert [f["status"] for f in report["files"]] == ["added", "failed"]
-    assert report["files"][1]["name"] == "../../etc/passwd" and report["files"][1]["reason"]
+    # Named as kbqa reads an upload's name: its base name, never a path (the README's "What happens to a file").
+    assert report["files"][1]["name"] == "passwd" and report["files"][1]["reason"].startswith("passwd: ")
     assert [d["name"] for d in httpx.get(f"{base_url}/kb/space/files").json()] == ["planets.md"]
     hits = httpx.post(f"{base_url}/kb/space/search", json={"query": "red planet", "k": 2}).json()
     assert hits[0]["source"] == "planets.md" and hits[0]["rank"] == 1
@@ -420,6 +421,12 @@ def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client
     assert multipart.status_code == 400 and multipart.json()["error"]["code"] == "invalid_content_type"
     head = httpx.head(f"{base_url}/v1/models", timeout=30)
     assert head.status_code == 405 and head.headers["allow"] == "GET"
+    for method in ("POST", "DELETE", "HEAD"):  # /kb itself, as /v1/models
+        listing = httpx.request(method, f"{base_url}/kb", timeout=30)
+        assert listing.status_code == 405 and listing.headers["allow"] == "GET"
+    slashed = httpx.post(f"{base_url}/kb/a%2Fb/files", files={"files": ("x.txt", b"x")}, timeout=30)
+    assert slashed.status_code == 400 and slashed.json()["error"]["code"] == "invalid_name"
+    assert "'a/b' cannot be a knowledge-base name: leave out / and \\" in slashed.json()["error"]["message"]
     assert httpx.get(f"{base_url}/v1/models/kb:nope").json()["error"]["code"] == "model_not_found"
 
 

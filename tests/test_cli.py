@@ -171,6 +171,28 @@ def test_kb_delete_asks_first_at_a_terminal_only(service: KBQAService, folder: P
     assert cli.main(["kb", "delete", "space"]) == 0 and service.list_kbs() == []
 
 
+def test_kb_delete_at_a_terminal_asks_about_a_damaged_knowledge_base_too(
+        tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    class FakeTerminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    settings = make_settings(tmp_path)
+    build_service(settings, embedder=FakeEmbedder(), llm=FakeLLM).add_files("space", [folder / "planets.md"])
+    manifest = next((tmp_path / "kb").glob("space*/manifest.json"))
+    manifest.write_text('{"generation": 3, "fil', encoding="utf-8")  # cut short
+    monkeypatch.setattr(cli, "_service", lambda args: build_service(settings, embedder=FakeEmbedder(), llm=FakeLLM))
+    assert cli.main(["docs", "list", "--kb", "space"]) == 1
+    assert "is damaged" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", FakeTerminal("y\n"))
+    assert cli.main(["kb", "delete", "space"]) == 0
+    asked = capsys.readouterr()
+    assert f"Delete knowledge base space and the files in {manifest.parent / 'content'} (it is damaged)?" in asked.err
+    assert asked.out == "deleted knowledge base space\n" and not manifest.parent.exists()
+
+
 def test_user_errors_are_one_line_on_stderr_with_exit_one(service: KBQAService,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["ask", "--kb", "nowhere", "hello?"]) == 1

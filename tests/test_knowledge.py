@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kbqa.errors import ConfigError, DocumentNotFound, InvalidName, KBQAError, KnowledgeBaseNotFound
+from kbqa.errors import ConfigError, DocumentNotFound, IndexDamaged, InvalidName, KnowledgeBaseNotFound
 from kbqa.knowledge import KnowledgeRoot
 from kbqa.names import safe_file_name, slugify
 
@@ -148,5 +148,5 @@ def test_a_damaged_knowledge_base_does_not_hide_the_others(tmp_path: Path) -> No
     (broken.folder / "manifest.json").write_text('{"generation": 3, "fil', encoding="utf-8")  # cut short
     fresh = KnowledgeRoot(tmp_path)
     assert [kb.name for kb in fresh.list()] == ["good"]
-    with pytest.raises(KBQAError, match="is damaged .*delete the folder"):
+    with pytest.raises(IndexDamaged, match="is damaged .*copy its files out of .*content, delete the knowledge base"):
         fresh.open("broken")
