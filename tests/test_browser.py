@@ -268,6 +268,7 @@ def test_asking_before_choosing_files_shows_an_error_not_a_traceback(page: Any) 
 
 
 def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None:
+    add_text_file(page, "保留", tmp_path / "moons.md", "Ganymede is the largest moon.")  # another to fall back to
     doc = tmp_path / "planets.md"
     doc.write_text("Mars is the red planet.", encoding="utf-8")
     add_files(page, "待删除", [doc])
@@ -291,9 +292,11 @@ def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None
     # None is chosen then, not another one: the next question or upload must go where the user says.
     assert page.locator("#kb-select input").input_value() == ""
     page.wait_for_timeout(500)
-    page.reload()  # and the browser no longer remembers the deleted one as its choice
+    page.reload()  # and the browser remembers that none is chosen: neither the deleted one nor another
     page.wait_for_timeout(3000)
-    assert page.locator("#kb-select input").input_value() != "待删除"
+    assert page.locator("#kb-select input").input_value() == ""
+    page.locator("#kb-select input").click()
+    assert "保留" in page.locator("body").inner_text()  # listed, to be chosen
 
 
 def test_deleting_a_file_asks_first(page: Any, tmp_path: Path) -> None:

@@ -60,8 +60,11 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # A name typed but not yet created (no files added yet) is kept too: falling back to another knowledge
         # base would send the next upload there.
         names = handlers.kb_names(service)
-        if current == initial and isinstance(chosen_before, str) and chosen_before.strip() and chosen_before != current:
-            return gr.update(choices=names, value=chosen_before)
+        if current == initial and isinstance(chosen_before, str):
+            if not chosen_before.strip():  # none chosen last (the one chosen was deleted): none again, not another
+                return gr.update(choices=names, value=None)
+            if chosen_before != current:
+                return gr.update(choices=names, value=chosen_before)
         update = kb_dropdown(current, keep_typed=False)
         if update["value"] == current or not (update["value"] or current):
             del update["value"]
@@ -203,7 +206,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                 ingest = gr.Button("Add to knowledge base", variant="primary", elem_id="ingest-button")
                 summary = gr.Markdown(elem_id="ingest-summary")
                 results = gr.Dataframe(headers=RESULT_HEADERS, label="This upload", interactive=False,
-                                       elem_id="ingest-results", wrap=True, column_widths=["18%", "10%", "8%", "64%"])
+                                       elem_id="ingest-results", wrap=True, column_widths=["32%", "12%", "8%", "48%"])
                 docs = gr.Dataframe(headers=DOC_HEADERS, label=handlers.FILES_LABEL, interactive=False,
                                     elem_id="docs", wrap=True, column_widths=["38%", "10%", "11%", "13%", "28%"])
                 with gr.Row():
