@@ -15,6 +15,12 @@ from kbqa.schema import Chunk, Section
 SEPARATORS: tuple[str, ...] = (
     "\n\n", "\n", "。", "！", "？", "!", "?", ". ", "；", ";", "，", ",", "、", " ", "",
 )
+#: A full stop ends a sentence, except after an initial or an abbreviation: "28 C.F.R. § 58.4(b)", "U.S. Code",
+#: "J. Smith", "Mr. Biden", "e.g. this" are not cut there (a citation cut from its sentence is a passage of its
+#: own that answers nothing). Python's lookbehinds are fixed-width, hence one per length.
+FULL_STOP = (r"(?<!\b[A-Z])(?<!\b(?:Mr|Ms|Dr|St|Jr|Sr|No|vs|pp|Co|Mt))(?<!\b(?:Mrs|Inc|Ltd|Fig|Vol|Art|Sec))"
+             r"(?<!\b(?:e\.g|i\.e))\. ")
+_PATTERNS = [FULL_STOP if s == ". " else re.escape(s) for s in SEPARATORS]
 
 
 class Splitter:
@@ -33,7 +39,7 @@ class Splitter:
         self.chunk_overlap = chunk_overlap
         self.too_long = too_long
         self._splitter = RecursiveCharacterTextSplitter(
-            separators=list(SEPARATORS), chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+            separators=_PATTERNS, is_separator_regex=True, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
             keep_separator="end", strip_whitespace=True, length_function=len)
 
     def split_text(self, text: str) -> list[str]:

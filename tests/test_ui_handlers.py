@@ -153,6 +153,20 @@ def test_deleting_a_knowledge_base_is_confirmed_with_what_it_holds(service: KBQA
         handlers.confirm_delete_kb(service, None)
 
 
+def test_a_damaged_knowledge_base_typed_by_name_can_be_deleted_from_the_page(tmp_path: Path) -> None:
+    first = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=FakeLLM)
+    handlers.ingest(first, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    folder = first.root.open("kb").folder
+    (folder / "manifest.json").write_text('{"generation": 3, "fil', encoding="utf-8")  # cut short
+    service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=FakeLLM)  # the next start
+    assert handlers.kb_names(service) == []  # not listed, but its name can be typed
+    question = handlers.confirm_delete_kb(service, "kb")
+    assert question.startswith("Delete knowledge base **kb**? It is damaged, so its files cannot be listed")
+    assert str(folder / "content") in question
+    handlers.delete_kb(service, "kb")
+    assert not folder.exists()
+
+
 def test_question_shows_at_once_but_an_empty_knowledge_base_leaves_the_chat_alone(service: KBQAService,
                                                                                  tmp_path: Path) -> None:
     service.create_kb("empty")

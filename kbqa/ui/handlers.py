@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kbqa.errors import ContextLengthExceeded, KBQAError
+from kbqa.errors import ContextLengthExceeded, IndexDamaged, KBQAError
 from kbqa.qa import empty_knowledge_base
 from kbqa.schema import ChatMessage, FileResult, IngestReport
 from kbqa.service import KBQAService
@@ -209,7 +209,13 @@ def confirm_delete_kb(service: KBQAService, kb: str | None) -> str:
     """The question asked before a knowledge base is deleted (it names what will be lost)."""
     if not kb:
         raise KBQAError("Choose a knowledge base to delete.")
-    files = service.list_documents(kb)
+    try:
+        files = service.list_documents(kb)
+    except IndexDamaged:  # it cannot be used; deleting it is the way out its error gives
+        folder = service.root.folder_for(kb)
+        return (f"Delete knowledge base **{literal(kb)}**? It is damaged, so its files cannot be listed (copies of "
+                f"them are in `{folder / 'content' if folder else '?'}`: copy them out first to add "
+                "them again). This cannot be undone.")
     busy = service.adding(kb)
     coming = busy[1] - busy[0] if busy else 0
     also = (f" (and the {coming} file{'s' * (coming != 1)} still being added, which will not be added)"
