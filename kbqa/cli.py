@@ -176,6 +176,7 @@ class _Bar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        self.logged = -1  # a later step (the next model prepared) logs from its start
 
 
 def _service(args: argparse.Namespace) -> Any:
@@ -183,7 +184,7 @@ def _service(args: argparse.Namespace) -> Any:
     from kbqa.settings import load_settings
 
     settings = load_settings(args.config)
-    bar = _Bar("preparing models")
+    bar = _Bar("preparing models (once: a model is converted or assembled)", log_steps=True)
     try:
         return build_service(settings, progress=bar.bytes)
     finally:

@@ -150,7 +150,7 @@ _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _LFS_POINTER_MAX = 1024
 
 
-def check_not_lfs_pointers(path: Path, setting: str) -> None:
+def check_not_lfs_pointers(path: Path, setting: str | None = None) -> None:
     """Refuse a model file, or a folder holding files, that are Git LFS pointers instead of their contents.
 
     A model repository cloned without Git LFS holds ~130-byte text files where its weights and tokenizer should
@@ -166,9 +166,10 @@ def check_not_lfs_pointers(path: Path, setting: str) -> None:
         folder = path if path.is_dir() else path.parent
         shown = ", ".join(pointers[:3]) + (f" and {len(pointers) - 3} more" if len(pointers) > 3 else "")
         raise ModelUnavailable(
-            f"{setting}: {shown} in {folder} {'is a Git LFS pointer' if len(pointers) == 1 else 'are Git LFS pointers'}"
-            f", not the file's contents (the repository was cloned without Git LFS): run `git lfs pull` in "
-            f"{folder}, or download the files themselves.")
+            f"{setting + ': ' if setting else ''}{shown} in {folder} "
+            f"{'is a Git LFS pointer' if len(pointers) == 1 else 'are Git LFS pointers'}, not the file's contents (the "
+            f"repository was cloned without Git LFS): run `git lfs pull` in {folder}, or download the files "
+            "themselves.")
 
 
 def _is_lfs_pointer(path: Path) -> bool:

@@ -425,10 +425,16 @@ class QAEngine:
             taken = sum(llm.count_tokens(m.content) for m in earlier)
             used = fit_context(llm, template, x["prompt_question"], x["sources"], x["zh"], params.max_tokens, taken)
             if not used:
-                raise ContextLengthExceeded(
-                    f"The question leaves no room for the passages in the model's context ({llm.context_window} "
-                    "tokens: llm.context_window, at most the model's own limit): shorten it, or raise "
-                    "llm.context_window where the model allows more.")
+                window = (f"the model's context ({llm.context_window} tokens: llm.context_window, at most the "
+                          "model's own limit)")
+                if llm.count_tokens(x["prompt_question"]) + taken > llm.context_window // 2:
+                    raise ContextLengthExceeded(f"The question leaves no room for the passages in {window}: shorten "
+                                                "it, or raise llm.context_window where the model allows more.")
+                raise ContextLengthExceeded(  # a short question: the template and the answer's room fill it
+                    f"The prompt template and the room kept for the answer ({params.max_tokens} tokens: "
+                    f"llm.max_tokens, or the request's max_tokens) leave no room for the passages in {window}: lower "
+                    "max_tokens, raise llm.context_window where the model allows more, or use a model with a "
+                    "longer context.")
             x["notes"]["used"] = used  # x is LangChain's copy of the state; notes is shared with it
             messages = template.messages(x["prompt_question"], template.format_context(used, x["zh"]))
             system = [m for m in messages if m.role == "system"]

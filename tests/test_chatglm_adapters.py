@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,18 @@ def test_ptuning_prefix_changes_the_reply_and_matches_the_reference(tmp_path: Pa
 def test_ptuning_prefix_of_another_model_shape_is_refused(tmp_path: Path, checkpoint: tuple) -> None:
     src, config, _ = checkpoint
     write_ptuning(tmp_path / "ptuning", {**config, "num_layers": 3})
-    with pytest.raises(ConfigError, match="does not fit"):
+    with pytest.raises(ConfigError, match="does not fit this model: each of its 4 prefix rows holds"):
+        build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "ptuning")), tmp_path / "cache")
+
+
+def test_a_ptuning_folder_whose_config_does_not_match_its_weights_says_so(tmp_path: Path, checkpoint: tuple) -> None:
+    # pre_seq_len 8 in config.json, 4 rows in the weights: the folder is inconsistent, not the base model wrong.
+    src, config, _ = checkpoint
+    write_ptuning(tmp_path / "ptuning", config, pre_seq_len=4)
+    saved = json.loads((tmp_path / "ptuning" / "config.json").read_text(encoding="utf-8"))
+    (tmp_path / "ptuning" / "config.json").write_text(json.dumps({**saved, "pre_seq_len": 8}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="is inconsistent: its config.json says pre_seq_len 8, its prefix encoder "
+                                          "holds 4 rows"):
         build_transformers_llm(llm_settings(src, adapter=str(tmp_path / "ptuning")), tmp_path / "cache")
 
 

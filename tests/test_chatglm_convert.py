@@ -230,7 +230,11 @@ def test_a_truncated_safetensors_shard_is_reported_as_incomplete(tmp_path: Path,
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda src: src.rename(src.parent / "gone"), "does not exist"),
-    (lambda src: (src / "config.json").write_text("[]"), "not a ChatGLM checkpoint"),
+    (lambda src: (src / "config.json").write_text("[]"), "config.json does not hold a JSON object"),
+    (lambda src: (src / "config.json").write_text("{bad"), "Cannot read .*config.json: Expecting property name"),
+    (lambda src: (src / "pytorch_model-00002-of-00002.bin").write_bytes(
+        (src / "pytorch_model-00002-of-00002.bin").read_bytes()[:1000]),
+     "Cannot read weights from .*pytorch_model-00002-of-00002.bin: .*is the file complete\\? Download it again"),
     (lambda src: (src / "kbqa_chatglm.json").write_text("{}"), "already converted"),
 ])
 def test_a_source_that_is_not_a_checkpoint_says_what_it_is(tmp_path: Path, sp_model: Path, make, message: str

@@ -317,6 +317,23 @@ def test_the_progress_bar_comes_back_for_models_prepared_after_the_service_is_bu
     bar.close()
 
 
+def test_models_prepared_with_stderr_in_a_log_file_show_each_tenth_of_each_model(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A first-use conversion of a 6B checkpoint takes minutes: where stderr is no terminal (a log file) there is no
+    # bar to watch, so lines say it goes on, for the second model prepared as for the first.
+    from kbqa.cli import _Bar
+
+    bar = _Bar("preparing models", log_steps=True)
+    for step in range(3):
+        bar.bytes(step, 2)
+    for step in range(5):
+        bar.bytes(step, 4)
+    logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("preparing models: ")]
+    assert logged == ["preparing models: 0%", "preparing models: 50%", "preparing models: 100%",
+                      "preparing models: 0%", "preparing models: 20%", "preparing models: 50%",
+                      "preparing models: 70%", "preparing models: 100%"]
+
+
 @pytest.mark.parametrize(("host", "port", "message"), [
     ("127.0.0.1", 99999, "not a TCP port"),
     ("127.0.0.1", 0, "not a TCP port"),

@@ -433,9 +433,19 @@ def test_a_max_tokens_as_large_as_the_context_leaves_the_passages_in_the_prompt(
 def test_a_question_that_fills_the_context_is_refused_as_too_long(tmp_path: Path, docs: Path) -> None:
     small = FakeLLM(context_window=300)
     service = small_model_service(tmp_path, docs, small, max_tokens=50)
-    with pytest.raises(ContextLengthExceeded, match="no room for the passages"):
+    with pytest.raises(ContextLengthExceeded, match="The question leaves no room for the passages.*shorten it"):
         service.ask("kb", "Which way does the Nile flow? " * 30)
     assert small.prompts == []  # the model was not asked without passages
+
+
+def test_a_short_question_the_template_leaves_no_room_for_says_what_to_change(tmp_path: Path, docs: Path) -> None:
+    # A model with a small context (a tiny checkpoint's 256 positions): the question is not what to shorten.
+    small = FakeLLM(context_window=150)
+    service = small_model_service(tmp_path, docs, small, max_tokens=20)
+    with pytest.raises(ContextLengthExceeded, match=r"The prompt template and the room kept for the answer \(20 "
+                                                    r"tokens.*lower max_tokens, raise llm.context_window"):
+        service.ask("kb", "Which way does the Nile flow?")
+    assert small.prompts == []
 
 
 def test_knowledge_base_built_with_another_embedder_is_refused(tmp_path: Path, docs: Path, llm: FakeLLM) -> None:

@@ -233,6 +233,29 @@ def test_a_stop_string_cuts_the_reply_and_ends_generation(llm: TransformersLLM) 
     assert llm.last_usage.completion_tokens < 20
 
 
+def test_a_stop_string_before_a_character_still_arriving_ends_generation_at_once(
+        llm: TransformersLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A byte-level tokenizer's token can end a stop string and begin the next character ("…world" + its first
+    # byte): the text then ends in U+FFFD. Read only once whole, the stop waited for the model's next whole
+    # character, here never (random weights wrote 60 more tokens so), and the reply ended as "length".
+    def fake_decode(ids: Sequence[int]) -> str:
+        if len(ids) < 3:
+            return ["", "Hel\ufffd", "Hello wor\ufffd"][len(ids)]
+        return "Hello world" + "\ufffd" * (len(ids) - 2)
+
+    def fake_generate(prompt: list[int], params: GenerationParams, tokens: object, cancel: object,
+                      errors: list[BaseException]) -> None:
+        for n in range(params.max_tokens):
+            tokens.queue.put([100 + n])  # type: ignore[attr-defined]  # (not a stop token)
+        tokens.end()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(llm.codec, "decode", fake_decode)
+    monkeypatch.setattr(llm, "_generate", fake_generate)
+    reply = llm.generate(QUESTION, GenerationParams(max_tokens=40, repetition_penalty=1.0, stop=("world",)))
+    assert reply == "Hello "
+    assert (llm.last_usage.finish_reason, llm.last_usage.completion_tokens) == ("stop", 3)
+
+
 def test_a_stop_token_ends_the_reply(llm: TransformersLLM, glm2: tuple) -> None:
     src, config, state = glm2
     prompt = llm.prompt_ids(QUESTION, 20)

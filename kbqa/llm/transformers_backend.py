@@ -237,7 +237,9 @@ class TransformersLLM:
                 usage.first_token_seconds = usage.first_token_seconds or time.perf_counter() - started
                 generated += item
                 text = self.codec.decode(generated[:-1] if generated[-1] in stops else generated)
-                visible = None if text.endswith("\ufffd") else self.codec.visible_reply(text, False)
+                # A character still arriving byte by byte (U+FFFD at the end) shows once whole; what comes before it
+                # is read now, so a stop string before it ends generation at once.
+                visible = self.codec.visible_reply(text.rstrip("\ufffd"), False)
                 if visible is None:
                     continue
                 visible, stopped = apply_stop(visible, params.stop)
@@ -253,7 +255,9 @@ class TransformersLLM:
             elif len(generated) >= params.max_tokens:
                 usage.finish_reason = "length"
             visible = self.codec.visible_reply(self.codec.decode(generated), True) or ""
-            visible = apply_stop(visible, params.stop)[0]
+            visible, stopped = apply_stop(visible, params.stop)
+            if stopped:  # the reply ends at a stop string, whatever else ended generation
+                usage.finish_reason = "stop"
             if len(visible) > len(emitted):
                 yield visible[len(emitted):]
         finally:

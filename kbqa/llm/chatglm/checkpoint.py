@@ -126,7 +126,8 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         except RuntimeError:  # files from before torch's zip format cannot be memory-mapped
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelUnavailable(f"Cannot read weights from {path}: {exc}") from exc
+        raise ModelUnavailable(f"Cannot read weights from {path}: {exc} (is the file complete? Download it "
+                               "again).") from exc
     yield from state.items()
 
 
@@ -158,7 +159,9 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
         raise ModelUnavailable(f"{folder} does not exist: give the folder of a ChatGLM2/3-6B checkpoint.")
     if (folder / MARKER_FILE).is_file():
         raise ModelUnavailable(f"{folder} is already converted by kbqa: set llm.model to it as it is.")
-    check_not_lfs_pointers(folder, "The checkpoint")
+    check_not_lfs_pointers(folder)
+    if (folder / "config.json").is_file():
+        read_json(folder / "config.json")  # one that cannot be read says so, not "not a ChatGLM checkpoint"
     if not is_chatglm_checkpoint(folder):
         raise ModelUnavailable(
             f"{folder} is not a ChatGLM checkpoint (config.json with model_type 'chatglm').")

@@ -59,10 +59,15 @@ def load_prefix(folder: Path, *, num_layers: int, num_kv_heads: int, head_dim: i
         hidden = torch.tanh(prefix @ weights["trans.0.weight"].T + weights["trans.0.bias"])
         prefix = hidden @ weights["trans.2.weight"].T + weights["trans.2.bias"]
     expected = num_layers * 2 * num_kv_heads * head_dim
-    if prefix.shape != (pre_seq_len, expected):
+    if prefix.shape[0] != pre_seq_len:
         raise ConfigError(
-            f"The P-tuning checkpoint {folder} does not fit this model: its prefix is {tuple(prefix.shape)}, "
-            f"the model needs ({pre_seq_len}, {expected}). Was it trained on another base model?")
+            f"The P-tuning checkpoint {folder} is inconsistent: its config.json says pre_seq_len {pre_seq_len}, its "
+            f"prefix encoder holds {prefix.shape[0]} rows. Copy the config.json saved with these weights.")
+    if prefix.shape[1] != expected:
+        raise ConfigError(
+            f"The P-tuning checkpoint {folder} does not fit this model: each of its {pre_seq_len} prefix rows holds "
+            f"{prefix.shape[1]} values, the model needs {expected} (layers x 2 x key/value groups x head size). Was "
+            "it trained on another base model?")
     # ChatGLM2 views the prefix as (seq, layers * 2, groups, head_dim): key then value for each layer.
     kv = prefix.view(pre_seq_len, num_layers, 2, num_kv_heads, head_dim).permute(2, 1, 3, 0, 4)
     return kv[0].to(dtype).contiguous(), kv[1].to(dtype).contiguous()
