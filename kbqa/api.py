@@ -58,6 +58,7 @@ from kbqa.openai_format import (
     ROLES,
     ChatRequest,
     EmbeddingRequest,
+    InvalidValue,
     ModelNotFound,
     Unsupported,
     answer_fields,
@@ -162,9 +163,9 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             # System messages are not passed on: the knowledge base's prompt template sets the instructions.
             last = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=None)
             if last is None:
-                raise Unsupported("messages", "messages has no user message: put the question in a 'user' message.")
+                raise InvalidValue("messages", "messages has no user message: put the question in a 'user' message.")
             if not req.messages[last].text().strip():
-                raise Unsupported("messages", "The last user message is empty: put the question in it.")
+                raise InvalidValue("messages", "The last user message is empty: put the question in it.")
             history = [ChatMessage(m.role, m.text()) for m in req.messages[:last] if m.role in ("user", "assistant")]
             return service.ask_stream(req.model[len(KB_PREFIX):], req.messages[last].text(), history,
                                       req.params(service.answer_params), usage)
@@ -181,7 +182,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatRequest, request: Request) -> Any:
         if not req.messages:
-            raise Unsupported("messages", "messages is empty.")
+            raise InvalidValue("messages", "messages is empty.")
         req.check_supported()
         usage = Usage()
 

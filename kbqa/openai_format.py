@@ -36,6 +36,10 @@ class Unsupported(KBQAError):
         self.param = param
 
 
+class InvalidValue(Unsupported):
+    """A request value kbqa cannot use as sent (an empty ``messages``, a blank question): ``invalid_value``."""
+
+
 class ModelNotFound(KBQAError):
     """The request names a model kbqa does not serve."""
 

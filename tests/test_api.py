@@ -248,6 +248,14 @@ def test_nulls_openai_accepts_are_accepted_and_a_question_without_content_is_not
                        json={"model": "kbqa", "messages": [{"role": "user", "content": None}]})
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages.0"
     assert "needs content" in empty.json()["error"]["message"] and len(llm.prompts) == asked
+    for model, messages, says in [("kbqa", [], "messages is empty"),
+                                  ("kb:rivers", [{"role": "system", "content": "Be brief."}], "no user message"),
+                                  ("kb:rivers", [{"role": "user", "content": "  "}], "last user message is empty")]:
+        refused = httpx.post(f"{base_url}/v1/chat/completions", json={"model": model, "messages": messages},
+                             timeout=30)
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and (error["code"], error["param"]) == ("invalid_value", "messages")
+        assert says in error["message"]
     called_tools = [*hi, {"role": "assistant", "content": None, "tool_calls": []}, {"role": "user", "content": "Hi"}]
     llm.replies = ["Hello again."]
     again = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "kbqa", "messages": called_tools}, timeout=30)
