@@ -221,6 +221,23 @@ def unsupported_numbers(answer: str, sources: Sequence[str], cut: bool = False) 
     return list(missing.values())
 
 
+#: A code: a word of three or more capitals and digits, such as a ticker, an acronym or a model size (GLXZ, SEC, INT4).
+_CODE = re.compile(r"(?<!\w)[A-Z][A-Z0-9]{2,}(?!\w)")
+
+
+def unsupported_codes(answer: str, sources: Sequence[str], cut: bool = False) -> list[str]:
+    """Codes of ``answer`` (``_CODE``) that none of ``sources`` holds: a small model makes up an identifier as
+    readily as a figure ("GGLG" for a company whose ticker the passages give as GLXZ). ``cut`` as for numbers."""
+    held = "\n".join(sources)
+    missing: list[str] = []
+    for m in _CODE.finditer(answer):
+        if cut and not any(c.isalnum() for c in answer[m.end():]):
+            continue
+        if m.group(0) not in held and m.group(0) not in missing:
+            missing.append(m.group(0))
+    return missing
+
+
 def _bare(text: str) -> str:
     """Letters, digits and CJK characters only, case-folded: to compare texts regardless of spacing and marks."""
     return "".join(c for c in text.casefold() if c.isalnum())
@@ -523,7 +540,7 @@ class QAEngine:
                                 "ask again, or rephrase the question." if not text else "")
             seen = [question, query, *(m.content for m in earlier), *(c.text for c in used)]
             cut = usage.finish_reason == "length" or bool((params or self.params).stop)
-            if not refused and (missing := unsupported_numbers(text, seen, cut)):
+            if not refused and (missing := unsupported_numbers(text, seen, cut) + unsupported_codes(text, seen, cut)):
                 notice += (f" Check this answer against the sources: {', '.join(missing[:3])} "
                            f"{'is' if len(missing) == 1 else 'are'} in none of the passages it was written from.")
             answer = Answer(question, text, used, refused=refused, language=lang, notice=" ".join(notice.split()),

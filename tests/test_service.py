@@ -934,6 +934,22 @@ def test_a_number_an_answer_was_cut_in_is_not_held_against_it(make: Callable[...
     assert "6 is in none" in service.ask("kb", "Which is the longest river in Asia?").notice
 
 
+def test_an_answer_with_a_code_the_passages_lack_says_to_check_it(make: Callable[..., KBQAService], docs: Path,
+                                                                   llm: FakeLLM) -> None:
+    # A made-up ticker (seen in QA: "GGLG" where the passages give GLXZ) is as wrong as a made-up figure.
+    from kbqa.qa import unsupported_codes
+
+    service = make()
+    service.add_files("kb", files_in(docs))
+    llm.replies = ["The Yangtze, listed as YGTZ [1]."]
+    answer = service.ask("kb", "Which is the longest river in Asia?")
+    assert answer.notice == ("Check this answer against the sources: YGTZ is in none of the passages it was "
+                             "written from.")
+    assert unsupported_codes("Trades as GLXZ on NASDAQ; INT4 needs 6 GB.", ["NASDAQ:GLXZ", "INT4 量化"]) == []
+    assert unsupported_codes("ChatGLM2-6B and Mars, the SEC and GGLG.", ["ChatGLM2-6B", "Mars"]) == ["SEC", "GGLG"]
+    assert unsupported_codes("Ticker GGL", ["GLXZ"], cut=True) == []  # cut off mid-code
+
+
 def test_figures_are_compared_as_numbers_not_as_spelt() -> None:
     from kbqa.qa import unsupported_numbers
 
