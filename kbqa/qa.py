@@ -214,7 +214,7 @@ def unsupported_numbers(answer: str, sources: Sequence[str], cut: bool = False) 
     said = re.sub(r"\[\d+(?:\s*[,，]\s*\d+)*\]", " ", answer)
     missing: dict[str, str] = {}  # normalised -> as the answer writes it
     for m in _FIGURE.finditer(said):
-        if cut and not any(c.isalnum() for c in said[m.end():]):
+        if cut and _last(said, m):
             continue
         if _plain(m.group(0)) not in held:
             missing.setdefault(_plain(m.group(0)), m.group(0))
@@ -231,11 +231,16 @@ def unsupported_codes(answer: str, sources: Sequence[str], cut: bool = False) ->
     held = "\n".join(sources)
     missing: list[str] = []
     for m in _CODE.finditer(answer):
-        if cut and not any(c.isalnum() for c in answer[m.end():]):
+        if cut and _last(answer, m):
             continue
         if m.group(0) not in held and m.group(0) not in missing:
             missing.append(m.group(0))
     return missing
+
+
+def _last(text: str, match: re.Match[str]) -> bool:
+    """Whether ``match`` ends ``text`` (nothing but marks and spaces after it): where a cut answer may cut it."""
+    return not any(c.isalnum() for c in text[match.end():])
 
 
 def _bare(text: str) -> str:

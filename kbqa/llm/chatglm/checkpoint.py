@@ -64,8 +64,11 @@ def is_chatglm_checkpoint(folder: Path) -> bool:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not isinstance(config, dict):
-        return False
+    return isinstance(config, dict) and _chatglm_format(Path(folder), config)
+
+
+def _chatglm_format(folder: Path, config: dict[str, Any]) -> bool:
+    """Whether a checkpoint with this ``config.json`` is in ChatGLM's format (its type, or its weights' names)."""
     architectures = set(config.get("architectures") or [])
     if config.get("model_type") == "chatglm" or CHATGLM_ARCHITECTURES & architectures:
         return True
@@ -160,12 +163,11 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
     if (folder / MARKER_FILE).is_file():
         raise ModelUnavailable(f"{folder} is already converted by kbqa: set llm.model to it as it is.")
     check_not_lfs_pointers(folder)
-    if (folder / "config.json").is_file():
-        read_json(folder / "config.json")  # one that cannot be read says so, not "not a ChatGLM checkpoint"
-    if not is_chatglm_checkpoint(folder):
+    # Read once; one that cannot be read says so, not "not a ChatGLM checkpoint".
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    if config is None or not _chatglm_format(folder, config):
         raise ModelUnavailable(
             f"{folder} is not a ChatGLM checkpoint (config.json with model_type 'chatglm').")
-    config = read_json(folder / "config.json")
     if "position_encoding_2d" in config or "inner_hidden_size" in config:
         raise ModelUnavailable(
             f"{folder} is a first-generation ChatGLM-6B checkpoint, whose architecture differs; "
