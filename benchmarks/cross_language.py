@@ -59,7 +59,7 @@ def run_set(service, kb: str, path: Path, answers: bool, said: list[str]) -> dic
         if answers:
             answer = service.ask(kb, row["question"])
             out["refused"][i] += answer.refused
-            out["translated"][i] += "searched for it in" in answer.notice
+            out["translated"][i] += is_chinese(answer.query) != is_chinese(row["question"])  # searched translated
             if answerable and not answer.refused and norm(row["answer"]) in norm(answer.answer):
                 out["right"] += 1
             gold = f" (gold: {row['answer']})" if answerable else ""

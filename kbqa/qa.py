@@ -522,40 +522,76 @@ class QAEngine:
             parts.close()
         text = "".join(pieces).strip()
         timings = {**state["timings"], "total": time.perf_counter() - start}
-        read_as = f"Follow-up question read as: {_quoted(query)} " if rewritten else ""
+        say = _NOTICES[lang]
+        said: list[str] = [say["read_as"].format(_quoted(query, lang))] if rewritten else []
         translated = state.get("translated")
         if translated:
-            read_as += (f"No passage was relevant enough to the question as asked; searched for it in "
-                        f"{'Chinese' if is_chinese(translated) else 'English'}: {_quoted(translated)} ")
+            said.append(say["translated"].format(say["zh" if is_chinese(translated) else "en"],
+                                                 _quoted(translated, lang)))
             query = translated
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
             # Three decimals: a best score of 0.796 under a threshold of 0.80 must not read "0.80 (best 0.80)".
-            notice = (read_as + f"No passage reached the relevance threshold {state['threshold']:.3f}"
-                      + (f" (best score {best:.3f})" if best is not None else "")
-                      + ("; answered with the refusal sentence." if translated else
-                         "; answered with the refusal sentence without asking the model."))
-            answer = Answer(question, text, [], refused=True, language=lang, notice=notice, timings=timings,
-                            query=query)
+            said.append(say["below"].format(f"{state['threshold']:.3f}")
+                        + (say["best"].format(f"{best:.3f}") if best is not None else "")
+                        + say["refusal" if translated else "refusal_unasked"])
+            answer = Answer(question, text, [], refused=True, language=lang, notice=_joined(said, say),
+                            timings=timings, query=query)
         else:
             used = state["notes"].get("used", sources)
             refused = template.is_refusal(text)
-            notice = read_as + ("The model found no answer in the retrieved passages." if refused else
-                                "The model wrote no answer (it stopped at once, or a stop string came first): "
-                                "ask again, or rephrase the question." if not text else "")
+            if refused or not text:
+                said.append(say["no_answer" if refused else "empty"])
             seen = [question, query, *(m.content for m in earlier), *(c.text for c in used)]
             cut = usage.finish_reason == "length" or bool((params or self.params).stop)
             if not refused and (missing := unsupported_numbers(text, seen, cut) + unsupported_codes(text, seen, cut)):
-                notice += (f" Check this answer against the sources: {', '.join(missing[:3])} "
-                           f"{'is' if len(missing) == 1 else 'are'} in none of the passages it was written from.")
-            answer = Answer(question, text, used, refused=refused, language=lang, notice=" ".join(notice.split()),
+                said.append(say["check_one" if len(missing) == 1 else "check"].format(say["list"].join(missing[:3])))
+            answer = Answer(question, text, used, refused=refused, language=lang, notice=_joined(said, say),
                             timings=timings, query=query)
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)
 
 
-def _quoted(text: str) -> str:
+def _quoted(text: str, lang: str = "en") -> str:
     """``text`` in quotes, closed with a full stop unless it ends a sentence itself ("…?”." reads badly)."""
-    return f"“{text}”{'' if text.rstrip()[-1:] in '?？!！.。' else '.'}"
+    return f"“{text}”{'' if text.rstrip()[-1:] in '?？!！.。' else '。' if lang == 'zh' else '.'}"
+
+
+def _joined(said: list[str], say: dict[str, str]) -> str:
+    """A notice's sentences as one line (a question quoted in it may span lines)."""
+    return say["join"].join(" ".join(sentence.split()) for sentence in said)
+
+
+# What an answer's notice says, in the question's language (a Chinese question's answer and refusal sentence
+# are Chinese: its notice is too).
+_NOTICES: dict[str, dict[str, str]] = {
+    "en": {
+        "join": " ", "list": ", ", "zh": "Chinese", "en": "English",
+        "read_as": "Follow-up question read as: {}",
+        "translated": "No passage was relevant enough to the question as asked; searched for it in {}: {}",
+        "below": "No passage reached the relevance threshold {}",
+        "best": " (best score {})",
+        "refusal": "; answered with the refusal sentence.",
+        "refusal_unasked": "; answered with the refusal sentence without asking the model.",
+        "no_answer": "The model found no answer in the retrieved passages.",
+        "empty": "The model wrote no answer (it stopped at once, or a stop string came first): ask again, or "
+                 "rephrase the question.",
+        "check_one": "Check this answer against the sources: {} is in none of the passages it was written from.",
+        "check": "Check this answer against the sources: {} are in none of the passages it was written from.",
+    },
+    "zh": {
+        "join": "", "list": "、", "zh": "中文", "en": "英文",
+        "read_as": "追问理解为：{}",
+        "translated": "没有段落与原问题足够相关，已译成{}检索：{}",
+        "below": "没有段落达到相关度阈值 {}",
+        "best": "（最高得分 {}）",
+        "refusal": "，以拒答句作答。",
+        "refusal_unasked": "，未询问模型，以拒答句作答。",
+        "no_answer": "模型在检索到的段落中没有找到答案。",
+        "empty": "模型没有写出回答（一开始就停止了，或先遇到了停止字符串）：请再问一次，或换个问法。",
+        "check_one": "请对照来源核对此回答：{} 不在它所依据的任何段落中。",
+        "check": "请对照来源核对此回答：{} 都不在它所依据的任何段落中。",
+    },
+}
 
 
 #: Tokens a chat template adds around each message (role markers), an allowance.

@@ -987,3 +987,19 @@ def test_a_notice_has_single_spaces(tmp_path: Path) -> None:
     answer = service.ask("rivers", "Where does the Nile flow?")
     assert "searched for it in Chinese" in answer.notice and "Check this answer" in answer.notice
     assert "  " not in answer.notice
+
+
+def test_a_chinese_questions_notice_is_in_chinese(make: Callable[..., KBQAService], docs: Path,
+                                                   llm: FakeLLM) -> None:
+    # Its answer and refusal sentence are Chinese: a notice in English beside them is one a reader may not read.
+    service = make()
+    service.add_files("kb", files_in(docs))
+    llm.replies = ["应当在三十日内提出申请，或在45日内 [1]。"]
+    answer = service.ask("kb", "当事人应当在多少日内提出申请？")
+    assert not answer.refused and answer.sources
+    assert answer.notice == "请对照来源核对此回答：45 不在它所依据的任何段落中。"
+    llm.replies = ["根据已知信息无法回答该问题。"]
+    assert service.ask("kb", "当事人应当在多少日内提出申请？").notice == "模型在检索到的段落中没有找到答案。"
+    llm.replies = ["It must apply within 45 days [1]."]  # an English question's stays English
+    assert service.ask("kb", "Within how many days must a party apply?").notice.startswith(
+        "Check this answer against the sources: 45 is in none")

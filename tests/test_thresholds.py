@@ -58,7 +58,7 @@ def test_a_chinese_question_about_an_english_document_is_answered_not_refused(tm
     assert [s.source for s in answer.sources] == ["nile.txt"]  # the Chinese passage missed its own 0.99
     service.delete_document("mixed", "nile.txt")
     refused = service.ask("mixed", "尼罗河流向哪里？")
-    assert refused.refused and "threshold 0.990" in refused.notice
+    assert refused.refused and "阈值 0.990" in refused.notice
 
 
 def nile_service(tmp_path: Path, llm: FakeLLM, **retrieval: object) -> KBQAService:
@@ -144,8 +144,8 @@ def test_a_translation_is_held_to_the_stricter_of_the_two_thresholds(tmp_path: P
     assert service.search("rivers", "Where does the Nile flow?", 1)[0].score > 0.7
     answer = service.ask("rivers", "尼罗河流向哪里？")
     assert answer.refused and len(llm.prompts) == 1
-    assert "searched for it in English: “Where does the Nile flow?”" in answer.notice
-    assert "threshold 0.900" in answer.notice
+    assert "已译成英文检索：“Where does the Nile flow?”" in answer.notice  # a Chinese question's notice is Chinese
+    assert "阈值 0.900" in answer.notice
 
 
 def test_a_question_refused_among_documents_in_its_own_language_is_not_translated(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_a_question_refused_among_documents_in_its_own_language_is_not_translate
     service = nile_service(tmp_path, llm)
     answer = service.ask("rivers", "木星有多少颗卫星？")
     assert answer.refused and llm.prompts == []  # the model is not even loaded for it
-    assert answer.notice.endswith("without asking the model.") and "translate" not in answer.timings
+    assert answer.notice.endswith("未询问模型，以拒答句作答。") and "translate" not in answer.timings
 
 
 def test_translation_can_be_turned_off(tmp_path: Path) -> None:
