@@ -369,6 +369,12 @@ def test_utf8_with_a_damaged_byte_is_still_utf8(data: bytes, expected: str) -> N
     ("Le café était très crémeux, déjà prêt à être dégusté près de la fenêtre.", "cp1252"),
     ("El niño comió piña en España; ¿qué más? Über Straße und Größe.", "cp1252"),
     ("Zażółć gęślą jaźń: łódź płynie przez śliską rzekę.", "cp1250"),  # Polish stays Polish
+    ("Ľubomír má veľa ľudí.", "cp1250"),  # Slovak too
+    # Signs beside the letters (×, ™, ½) sent such text to a statistical guess that read it as Central European.
+    ("Le salon mesure 4 × 5 mètres, très lumineux, à côté", "cp1252"),
+    ("Our Widget™ costs 20 € in the café", "cp1252"),
+    ("Mix ½ cup of sugar and ¼ cup of butter at 180°C.", "cp1252"),
+    ("Añada ½ taza", "cp1252"),
     # Short text whose accented pairs are also GB2312 characters (öß as 鲞, éé as 殚): still Western.
     ("Artikel;Größe\nHemd;M\n", "cp1252"),
     ("Le fichier a été créé hier.", "cp1252"),
@@ -609,3 +615,15 @@ def test_a_long_csv_row_keeps_a_repeated_field_that_did_not_fit_its_lead(tmp_pat
     path.write_text(f'k,k,d,k\n{short},{short},"{"x" * 600}",{short}\n', encoding="utf-8")
     [section] = load_document(path)
     assert section.lead == f"k: {short}\nk: {short}" and section.text.count(f"k: {short}") == 3
+
+
+def test_a_markdown_comment_hides_itself_only(tmp_path: Path) -> None:
+    # A comment with text after it on its line was taken to run to the next comment's end: the paragraphs
+    # between them, which a reader sees, were lost.
+    page = ("# Fees\n\n<!-- updated 2024-01 --> The fee is now 30 dollars per month.\n\nRefunds take 5 working days."
+            "\n\n<!-- reviewed by legal -->\n\nContact us by email.\n\n<!-- start -->visible words<!-- end -->\n")
+    expected = ("# Fees The fee is now 30 dollars per month. Refunds take 5 working days. Contact us by email. "
+                "visible words")
+    assert load_document(write(tmp_path, "fees.md", page))[0].text.split() == expected.split()
+    code = "Write `<!-- x -->` or ``a <!-- b --> c``.\n\n<!-- unclosed: shown, as nothing ends it\n"
+    assert load_document(write(tmp_path, "code.md", code))[0].text == code

@@ -156,3 +156,40 @@ def test_without_an_ocr_engine_a_documents_text_is_kept_and_its_pictures_named(
         assert [s.page for s in load_document(tmp_path / "mixed.pdf", ocr=True)] == [1]
     assert "pic.docx: the text of its 1 picture(s) is not read: OCR needs" in caplog.text
     assert "mixed.pdf: page(s) 2 have too little text and could not be OCR'd" in caplog.text
+
+
+def _text_pdf(line: str, width: float, height: float) -> bytes:
+    """A one-page PDF with ``line`` in small Helvetica at the foot of the page (a scanning app's stamp)."""
+    stream = f"BT /F1 8 Tf 300 20 Td ({line}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] /Contents 4 0 R "
+               f"/Resources << /Font << /F1 5 0 R >> >> >>".encode(),
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_a_scan_with_a_stamp_of_text_on_it_is_still_read(tmp_path: Path) -> None:
+    # "Scanned with CamScanner" (21 characters) in the text layer made the page look like text, not a scan:
+    # the scanned invoice, letter or paper on it was lost without a word.
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=CORPUS / "ocr" / "en_scanned_paper_page.pdf")
+    box = writer.pages[0].mediabox
+    stamp = PdfReader(io.BytesIO(_text_pdf("Scanned with CamScanner", float(box.width), float(box.height))))
+    writer.pages[0].merge_page(stamp.pages[0])
+    writer.write(str(tmp_path / "stamped.pdf"))
+    [page] = load_document(tmp_path / "stamped.pdf", ocr=True)
+    assert "Scanned with CamScanner" in page.text and "Principal component analysis (PCA)" in page.text
+    # A page of text (here: the stamp alone, with no image) is not OCR'd.
+    (tmp_path / "stamp.pdf").write_bytes(_text_pdf("Scanned with CamScanner", 596, 794))
+    assert [s.text for s in load_document(tmp_path / "stamp.pdf", ocr=True)] == ["Scanned with CamScanner"]

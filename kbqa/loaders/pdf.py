@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 #: Pages with fewer non-space characters than this are treated as scans when OCR is on.
 _MIN_PAGE_CHARS = 20
+#: Pages with fewer than this and an image the size of the page are scans with a line of text put on them
+#: (a scanning app's "Scanned with CamScanner", a fax header): OCR'd too, the text kept beside what OCR reads.
+_STAMPED_SCAN_CHARS = 200
 
 
 def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
@@ -63,13 +66,17 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
     running = running_lines(extracted)
     for number, (page, raw) in enumerate(zip(pages, drop_running_lines(extracted, running), strict=True), 1):
         text = tidy_text(raw)
-        if ocr and len("".join(text.split())) < _MIN_PAGE_CHARS:
+        chars = len("".join(text.split()))
+        if ocr and (chars < _MIN_PAGE_CHARS or chars < _STAMPED_SCAN_CHARS and _has_page_sized_image(page)):
             try:
                 scanned = _ocr_pdf_page(page, f"page {number} of {name}")
             except ModelUnavailable as exc:  # raised below only if the whole PDF is unreadable
                 scanned, ocr_error = "", exc
                 unread.append(number)
-            text = scanned if len(scanned) > len(text) else text
+            if chars < _MIN_PAGE_CHARS:
+                text = scanned if len(scanned) > len(text) else text
+            elif len("".join(scanned.split())) > 2 * chars:  # not a text layer that a scanner's OCR wrote
+                text = f"{text}\n\n{scanned}"
         if text:
             sections.append(Section(text, page=number))
     sections = carry_broken_sentences(sections, running)
@@ -178,6 +185,23 @@ def drop_running_lines(pages: list[str], running: set[str] | None = None) -> lis
                 seen.add(k)
         out.append("\n".join(line for i, line in enumerate(page) if i not in drop))
     return out
+
+
+def _has_page_sized_image(page: object) -> bool:
+    """Whether the page holds an image of at least half the page's area at 72 dpi (a scan's resolution or more)."""
+    try:
+        box = page.mediabox  # type: ignore[attr-defined]
+        area = float(box.width) * float(box.height)
+        resources = page.get("/Resources")  # type: ignore[attr-defined]
+        xobjects = resources.get_object().get("/XObject") if resources is not None else None
+        for ref in (xobjects.get_object().values() if xobjects is not None else ()):
+            image = ref.get_object()
+            if (image.get("/Subtype") == "/Image"
+                    and float(image.get("/Width", 0)) * float(image.get("/Height", 0)) >= area / 2):
+                return True
+    except Exception:  # a damaged resource dictionary: the page's text layer is what there is
+        logger.debug("no image size read", exc_info=True)
+    return False
 
 
 def _ocr_pdf_page(page: object, where: str) -> str:

@@ -111,8 +111,11 @@ def _decode(data: bytes, name: str) -> str:
     return str(best)
 
 
-#: Letters and punctuation of French, German, Spanish, Portuguese and Italian text in Windows-1252.
-_WESTERN = set("àâäáãçéèêëíìîïñóòôöõúùûüýÿæœßÀÂÄÁÃÇÉÈÊËÍÌÎÏÑÓÒÔÖÕÚÙÛÜÝŸÆŒ’‘“”–—…«»°€¿¡ºª·\u00a0")
+#: Letters and punctuation of French, German, Spanish, Portuguese and Italian text in Windows-1252, and its
+#: signs that Windows-1250 (Central European) either shares (™ × ÷ © ® § ± µ • † ‰ „) or reads as a mark or a
+#: letter hardly ever written (½ ¼: ˝ Ľ). Not ¹ ³ ¾ £ (Polish ą ł, Slovak ľ, Ł as cp1252 reads them).
+_WESTERN = set("àâäáãçéèêëíìîïñóòôöõúùûüýÿæœßÀÂÄÁÃÇÉÈÊËÍÌÎÏÑÓÒÔÖÕÚÙÛÜÝŸÆŒ’‘“”–—…«»°€¿¡ºª·\u00a0"
+               "™×÷©®§¶±µ•†‡‰„‚‹›½¼")
 
 
 def _western(data: bytes) -> str | None:
@@ -161,19 +164,24 @@ def _in_gb2312(char: str) -> bool:
         return False
 
 
-#: A Markdown comment on lines of its own, and fenced code blocks (whose text shows as written).
-_MD_COMMENT = re.compile(r"^[ \t]*<!--.*?-->[ \t]*$", re.S | re.M)
+#: A Markdown comment (``<!-- ... -->``, on lines of its own or inside a paragraph, up to its first ``-->``), or
+#: an inline code span (kept: a comment marker quoted in code shows as written); and fenced code blocks.
+_MD_COMMENT = re.compile(r"(`+)(?:(?!\n[ \t]*\n).)*?\1|<!--(?:(?!-->).)*?-->", re.S)
 _MD_FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", re.S | re.M)
 
 
+def _drop_comments(text: str) -> str:
+    return _MD_COMMENT.sub(lambda m: m.group() if m.group(1) else "", text)
+
+
 def _without_md_comments(text: str) -> str:
-    """Markdown text less the comments on lines of their own, outside code blocks (a reader never sees them;
-    a comment marker quoted in code or inline code stays)."""
+    """Markdown text less its comments, outside code blocks and inline code (a reader never sees them; a
+    comment marker quoted in code stays). The text around a comment on its line is kept: it shows."""
     parts, end = [], 0
     for fence in _MD_FENCE.finditer(text):
-        parts += [_MD_COMMENT.sub("", text[end:fence.start()]), fence.group()]
+        parts += [_drop_comments(text[end:fence.start()]), fence.group()]
         end = fence.end()
-    return "".join([*parts, _MD_COMMENT.sub("", text[end:])])
+    return "".join([*parts, _drop_comments(text[end:])])
 
 
 def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
