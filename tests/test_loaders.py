@@ -627,3 +627,118 @@ def test_a_markdown_comment_hides_itself_only(tmp_path: Path) -> None:
     assert load_document(write(tmp_path, "fees.md", page))[0].text.split() == expected.split()
     code = "Write `<!-- x -->` or ``a <!-- b --> c``.\n\n<!-- unclosed: shown, as nothing ends it\n"
     assert load_document(write(tmp_path, "code.md", code))[0].text == code
+
+
+def test_csv_of_european_excel_is_read_by_its_semicolons(tmp_path: Path) -> None:
+    # As many commas as semicolons in the header (commas inside a name, a decimal comma below): read by commas,
+    # the row was cut at "1.234" and "50".
+    path = write(tmp_path, "k.csv",
+                 "Kunde;Adresse (Straße, Nr., Ort);Umsatz\nMüller GmbH;Hauptstr. 5, Berlin;1.234,50\n")
+    assert load_document(path)[0].text == ("Kunde: Müller GmbH\nAdresse (Straße, Nr., Ort): Hauptstr. 5, Berlin\n"
+                                           "Umsatz: 1.234,50")
+    # Excel's "sep=" line names the delimiter and is no header; the header is the row after it, line 1.
+    path = write(tmp_path, "sep.csv", "sep=;\nName;Price\nTea, green;3,50\n")
+    [row] = load_document(path)
+    assert row.text == "Name: Tea, green\nPrice: 3,50" and row.extra["line"] == 2
+
+
+def _docx_with(tmp_path: Path, name: str, body: str, numbering: str = "") -> Path:
+    """A .docx whose body paragraphs are ``body`` (WordprocessingML), with abstractNum/num elements added."""
+    import docx
+    from docx.oxml import parse_xml
+
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    document = docx.Document()
+    for element in parse_xml(f"<w:root {w}>{numbering}</w:root>"):
+        document.part.numbering_part.element.append(element)
+    for element in parse_xml(f'<w:body {w} xmlns:m="http://schemas.openxmlformats.org/officeDocument/2006/math">'
+                             f"{body}</w:body>"):
+        document.element.body.append(element)
+    document.save(str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_docx_numbered_paragraphs_keep_their_numbers(tmp_path: Path) -> None:
+    # Word keeps "第三条" out of the text (the list writes it); a question about 第三条 found nothing.
+    numbering = ('<w:abstractNum w:abstractNumId="90"><w:lvl w:ilvl="0"><w:start w:val="1"/>'
+                 '<w:numFmt w:val="chineseCounting"/><w:lvlText w:val="第%1条"/><w:suff w:val="space"/></w:lvl>'
+                 '<w:lvl w:ilvl="1"><w:start w:val="1"/><w:numFmt w:val="decimal"/><w:lvlText w:val="（%2）"/>'
+                 '<w:suff w:val="nothing"/></w:lvl></w:abstractNum><w:num w:numId="90"><w:abstractNumId w:val="90"/>'
+                 "</w:num>")
+
+    def item(text: str, level: int = 0) -> str:
+        return (f'<w:p><w:pPr><w:numPr><w:ilvl w:val="{level}"/><w:numId w:val="90"/></w:numPr></w:pPr>'
+                f"<w:r><w:t>{text}</w:t></w:r></w:p>")
+
+    body = (item("为了规范管理，制定本办法。") + item("员工享有年假。") + item("年假十五天；", 1)
+            + item("病假另计。", 1) + item("本办法由人事部解释。"))
+    lines = load_document(_docx_with(tmp_path, "rules.docx", body, numbering))[0].text.split("\n")
+    assert lines == ["第一条 为了规范管理，制定本办法。", "第二条 员工享有年假。", "（1）年假十五天；",
+                     "（2）病假另计。", "第三条 本办法由人事部解释。"]
+    # A style's numbering ("List Number" in Word's own template) counts too; bullets add nothing.
+    import docx
+
+    document = docx.Document()
+    for text in ("Open the valve", "Check the pressure"):
+        document.add_paragraph(text, style="List Number")
+    document.add_paragraph("apples", style="List Bullet")
+    document.save(str(tmp_path / "steps.docx"))
+    assert load_document(tmp_path / "steps.docx")[0].text == "1. Open the valve\n2. Check the pressure\napples"
+
+
+def test_numbers_in_words_formats() -> None:
+    from kbqa.loaders.numbering import chinese_number, format_number
+
+    assert [chinese_number(n) for n in (1, 10, 11, 20, 23, 100, 105, 110, 1200, 2003)] == [
+        "一", "十", "十一", "二十", "二十三", "一百", "一百零五", "一百一十", "一千二百", "二千零三"]
+    assert [format_number(4, f) for f in ("lowerRoman", "upperLetter", "decimalZero", "decimalEnclosedCircle",
+                                          "ideographTraditional", "someFormat")] == ["iv", "D", "04", "④", "丁", "4"]
+    assert format_number(28, "lowerLetter") == "bb"
+
+
+def test_docx_hidden_and_moved_away_text_is_left_out_and_notes_and_equations_are_read(tmp_path: Path) -> None:
+    body = ('<w:p><w:r><w:t xml:space="preserve">The launch date is </w:t></w:r><w:r><w:rPr><w:vanish/></w:rPr>'
+            '<w:t xml:space="preserve">DRAFT: really March 3 </w:t></w:r><w:r><w:t>June 1.</w:t></w:r></w:p>'
+            '<w:p><w:moveFrom w:id="1" w:author="a"><w:r><w:t>Budget is 40 dollars.</w:t></w:r></w:moveFrom></w:p>'
+            '<w:p><w:moveTo w:id="2" w:author="a"><w:r><w:t>Budget is 40 dollars.</w:t></w:r></w:moveTo></w:p>'
+            '<w:p><w:r><w:t>Revenue grew 12 percent</w:t></w:r><w:r><w:footnoteReference w:id="7"/></w:r>'
+            '<w:r><w:t xml:space="preserve"> in 2023; energy is </w:t></w:r><m:oMath><m:r><m:t>E=m</m:t></m:r>'
+            "<m:sSup><m:e><m:r><m:t>c</m:t></m:r></m:e><m:sup><m:r><m:t>2</m:t></m:r></m:sup></m:sSup></m:oMath>"
+            "<w:r><w:t>.</w:t></w:r></w:p>")
+    path = _docx_with(tmp_path, "notes.docx", body)
+    footnotes = ('<w:footnotes xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+                 '<w:footnote w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:footnote>'
+                 '<w:footnote w:id="7"><w:p><w:r><w:footnoteRef/></w:r><w:r><w:t xml:space="preserve"> Without the '
+                 "one-off sale, 3 percent.</w:t></w:r></w:p></w:footnote></w:footnotes>")
+    _add_part(path, "word/footnotes.xml", footnotes, "footnotes",
+              "application/vnd.openxmlformats-officedocument.wordprocessingml.footnotes+xml")
+    assert load_document(path)[0].text.split("\n") == [
+        "The launch date is June 1.", "Budget is 40 dollars.", "Revenue grew 12 percent[1] in 2023; energy is E=mc2.",
+        "[1] Without the one-off sale, 3 percent."]
+
+
+def _add_part(path: Path, part: str, xml: str, kind: str, content_type: str) -> None:
+    """Put a part (footnotes.xml) into a saved .docx, with its relationship and content type."""
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    files[part] = xml.encode()
+    files["[Content_Types].xml"] = files["[Content_Types].xml"].replace(
+        b"</Types>", f'<Override PartName="/{part}" ContentType="{content_type}"/></Types>'.encode())
+    rel = (f'<Relationship Id="rIdNotes" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/'
+           f'{kind}" Target="{part.split("/", 1)[1]}"/></Relationships>')
+    files["word/_rels/document.xml.rels"] = files["word/_rels/document.xml.rels"].replace(
+        b"</Relationships>", rel.encode())
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+
+
+def test_an_old_word_file_or_a_password_protected_one_named_docx_says_which(tmp_path: Path) -> None:
+    ole = bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 2000
+    with pytest.raises(CorruptDocument, match="old Word 97-2003"):
+        load_document(write(tmp_path, "old.docx", ole))
+    with pytest.raises(EncryptedDocument, match="password-protected"):
+        load_document(write(tmp_path, "locked.docx", ole + "EncryptedPackage".encode("utf-16-le")))
+    with pytest.raises(CorruptDocument, match=r"damaged or truncated") as caught:
+        load_document(write(tmp_path, "cut.docx", b"PK\x03\x04" + b"\0" * 100), name="cut.docx")
+    assert str(tmp_path) not in str(caught.value)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kbqa.errors import CorruptDocument, ModelUnavailable
+from kbqa.errors import CorruptDocument, EncryptedDocument, ModelUnavailable
 from kbqa.loaders.images import ocr_quietly
 from kbqa.loaders.tidy import tidy_text
 from kbqa.schema import Section
@@ -19,15 +19,31 @@ def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
     """A .docx file as one section: paragraphs, table rows and (with OCR) the text of its pictures.
 
     The body is read in order, including what python-docx's own reading skips: content controls (a cover
-    page's fields), tables inside table cells, text boxes and tracked insertions. Page headers and footers
-    (repeated on every page) are not read.
+    page's fields), tables inside table cells, text boxes, tracked insertions, equations' text and the labels
+    of numbered paragraphs ("第三条", "2.1"); then footnotes and endnotes, each after its number ("[1] ...",
+    as its mark in the text reads). Not read: page headers and footers (repeated on every page), hidden text,
+    tracked deletions and the old place of moved text.
     """
     import docx
 
+    with path.open("rb") as file:
+        head = file.read(8)
+    if head == _OLE_HEADER:  # Word 97-2003, or a .docx with a password (Office encrypts it into such a file)
+        encrypted = b"E\x00n\x00c\x00r\x00y\x00p\x00t\x00e\x00d\x00P\x00a\x00c\x00k\x00a\x00g\x00e" in path.read_bytes()
+        raise (EncryptedDocument(f"{name} is password-protected: open it in Word, remove the password (File > Info "
+                                 "> Protect Document), save it and upload it again.") if encrypted else
+               CorruptDocument(f"{name} is an old Word 97-2003 (.doc) file named .docx: open it in Word or "
+                               "LibreOffice, save it as .docx and upload it again."))
     try:
         document = docx.Document(str(path))
     except Exception as exc:
-        raise CorruptDocument(f"{name} is not a readable Word .docx file ({exc}); open it in Word, save it "
+        import zipfile
+
+        # The parser's own message names the file's temporary path (an upload's), not what is wrong.
+        why = ("it is not a Word document package" if head[:2] != b"PK" else
+               "it is damaged or truncated" if not zipfile.is_zipfile(path) else
+               "the package holds no Word document: another format renamed .docx?")
+        raise CorruptDocument(f"{name} is not a readable Word .docx file ({why}); open it in Word, save it "
                               "as .docx and upload it again.") from exc
 
     missed: list[ModelUnavailable] = []
@@ -39,12 +55,18 @@ def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
             missed.append(exc)
             return ""
 
-    lines = _DocxReader(document.part, picture_text if ocr else None).blocks(document.element.body)
+    reader = _DocxReader(document.part, picture_text if ocr else None)
+    lines = reader.blocks(document.element.body) + reader.notes()
     if missed:
         if not "".join(lines).strip():
             raise missed[0]
         logger.warning("%s: the text of its %d picture(s) is not read: %s", name, len(missed), missed[0])
     return [Section("\n".join(lines))]
+
+
+#: The first bytes of an OLE compound file: a Word 97-2003 document, or an encrypted Office 2007+ one.
+_OLE_HEADER = bytes.fromhex("d0cf11e0a1b11ae1")
+_NOTES = {"footnotes": ("w:footnote", "w:footnoteReference"), "endnotes": ("w:endnote", "w:endnoteReference")}
 
 
 class _DocxReader:
@@ -63,6 +85,16 @@ class _DocxReader:
         self.fallback = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
         self.blip, self.embed = qn("a:blip"), qn("r:embed")
         self.vml_image, self.vml_id = "{urn:schemas-microsoft-com:vml}imagedata", qn("r:id")
+        self.text_tags[qn("m:t")] = None  # an equation's text, in reading order
+        self.run, self.run_pr, self.vanish = qn("w:r"), qn("w:rPr"), qn("w:vanish")
+        self.unshown = {qn("w:moveFrom"), qn("w:del")}  # the old place of moved text, deleted text
+        self.note_refs = {qn(ref): kind for kind, (_, ref) in _NOTES.items()}
+        self.note_numbers: dict[str, dict[str, int]] = {kind: {} for kind in _NOTES}  # note id -> its number
+        self.val, self.id = qn("w:val"), qn("w:id")
+        self.note_tags = {kind: qn(tag) for kind, (tag, _) in _NOTES.items()}
+        from kbqa.loaders.numbering import Numbering  # python-docx is imported when a .docx is read
+
+        self.numbering = Numbering(_element(part, "numbering_part"), _styles(part))
 
     def blocks(self, parent: Any) -> list[str]:
         lines: list[str] = []
@@ -93,10 +125,46 @@ class _DocxReader:
                 return False
         return True
 
+    def _shown(self, element: Any, p: Any) -> bool:
+        """Whether ``element`` of paragraph ``p`` shows: not in a hidden run, a deletion or moved text's old place."""
+        for ancestor in element.iterancestors():
+            if ancestor is p:
+                return True
+            if ancestor.tag in self.unshown:
+                return False
+            if ancestor.tag == self.run:
+                props = ancestor.find(self.run_pr)
+                hidden = props.find(self.vanish) if props is not None else None
+                if hidden is not None and hidden.get(self.val, "true").lower() not in ("0", "false", "off"):
+                    return False
+        return True
+
+    def _text(self, e: Any) -> str:
+        kind = self.note_refs.get(e.tag)
+        if kind is not None:  # a footnote's mark: numbered in the order the text refers to them, as Word does
+            numbers = self.note_numbers[kind]
+            return f"[{numbers.setdefault(e.get(self.id, ''), len(numbers) + 1)}]"
+        return self.text_tags[e.tag] or (e.text or "")
+
+    def notes(self) -> list[str]:
+        """The footnotes, then the endnotes, the text refers to, in its order: ``[n] text``."""
+        lines = []
+        for kind, tag in self.note_tags.items():
+            numbers = self.note_numbers[kind]
+            root = _related_xml(self.part, kind) if numbers else None
+            notes = {note.get(self.id, ""): note for note in root.iter(tag)} if root is not None else {}
+            for note_id, number in sorted(numbers.items(), key=lambda item: item[1]):
+                text = " ".join(" ".join(self.blocks(notes[note_id])).split()) if note_id in notes else ""
+                if text:
+                    lines.append(f"[{number}] {text}")
+        return lines
+
     def paragraph(self, p: Any) -> list[str]:
-        parts = [self.text_tags[e.tag] or (e.text or "") for e in p.iter(*self.text_tags) if self._own(e, p)]
+        parts = [self._text(e) for e in p.iter(*self.text_tags, *self.note_refs)
+                 if self._own(e, p) and self._shown(e, p)]
+        label = self.numbering.label(p)  # counted even when empty: Word numbers an empty item too
         text = "".join(parts).strip()
-        lines = [text] if text else []
+        lines = [label + text] if text else []
         for box in p.iter(self.textbox):
             if self._own(box, p):
                 lines.extend(self.blocks(box))
@@ -118,3 +186,29 @@ class _DocxReader:
             if any(cells):
                 lines.append(" | ".join(cells))
         return lines
+
+
+def _element(part: Any, attribute: str) -> Any | None:
+    """The XML of one of the document's parts (numbering), or None when it has none."""
+    try:
+        return getattr(part, attribute).element
+    except (KeyError, NotImplementedError, AttributeError):
+        return None
+
+
+def _styles(part: Any) -> Any | None:
+    try:
+        return part.styles.element
+    except (KeyError, NotImplementedError, AttributeError):
+        return None
+
+
+def _related_xml(part: Any, kind: str) -> Any | None:
+    """The XML of the document's footnotes or endnotes part, or None."""
+    from docx.oxml.parser import parse_xml
+
+    for rel in part.rels.values():
+        if not rel.is_external and rel.reltype.endswith("/" + kind):
+            target = rel.target_part
+            return getattr(target, "element", None) or parse_xml(target.blob)
+    return None

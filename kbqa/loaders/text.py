@@ -200,11 +200,18 @@ def load_csv(path: Path, name: str, ocr: bool) -> list[Section]:
 
     ``extra["line"]`` is the row's line in the file (the header's is 1), as a spreadsheet numbers it.
     """
-    text = read_text(path.read_bytes(), name)
-    first_line = text.lstrip("\n").split("\n", 1)[0]
-    # A delimiter inside a quoted header name does not count (a quote opens a field only at its start).
-    unquoted = re.sub(r'(^|(?<=[,;\t|]))"[^"]*"', "", first_line)
-    delimiter = max(",;\t|", key=lambda d: (unquoted.count(d), first_line.count(d)))
+    text = read_text(path.read_bytes(), name).lstrip("\n")
+    first_line = text.split("\n", 1)[0]
+    excel = re.fullmatch(r"\s*sep=(.)\s*", first_line)  # Excel's own line naming the delimiter (it hides it)
+    if excel:
+        delimiter, text = excel.group(1), text.split("\n", 1)[-1].lstrip("\n")
+    else:
+        # A delimiter inside a quoted header name does not count (a quote opens a field only at its start).
+        # One written tight to the next name counts first: a comma inside a name has a space after it
+        # ("Kunde;Adresse (Straße, Nr., Ort);Umsatz" is read by semicolons, as many commas as they are).
+        unquoted = re.sub(r'(^|(?<=[,;\t|]))"[^"]*"', "", first_line)
+        delimiter = max(",;\t|", key=lambda d: (len(re.findall(re.escape(d) + r"\S", unquoted)),
+                                                 unquoted.count(d), first_line.count(d)))
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     rows: list[list[str]] = []
     lines: list[int] = []
