@@ -474,8 +474,8 @@ def test_unknown_suffix_is_unsupported_and_lists_the_supported_ones(tmp_path: Pa
 
 
 def test_supported_suffixes_cover_the_documented_types() -> None:
-    assert {".txt", ".md", ".pdf", ".docx", ".csv", ".html", ".htm", ".png", ".jpg", ".jpeg", ".bmp", ".tif",
-            ".tiff", ".webp"} == SUPPORTED_SUFFIXES
+    assert {".txt", ".md", ".markdown", ".pdf", ".docx", ".csv", ".tsv", ".html", ".htm", ".xhtml", ".png", ".jpg",
+            ".jpeg", ".bmp", ".tif", ".tiff", ".webp"} == SUPPORTED_SUFFIXES
 
 
 def test_suffix_is_matched_case_insensitively(tmp_path: Path) -> None:
@@ -742,3 +742,16 @@ def test_an_old_word_file_or_a_password_protected_one_named_docx_says_which(tmp_
     with pytest.raises(CorruptDocument, match=r"damaged or truncated") as caught:
         load_document(write(tmp_path, "cut.docx", b"PK\x03\x04" + b"\0" * 100), name="cut.docx")
     assert str(tmp_path) not in str(caught.value)
+
+
+def test_markdown_is_known_by_the_files_name_not_its_temporary_path(tmp_path: Path) -> None:
+    # An upload is read from a temporary file without its suffix: its comments were kept as text.
+    temp = write(tmp_path, "upload-0", "Visible.\n\n<!-- an editor's note -->\n\n![chart](data:image/png;base64,"
+                 + "iVBORw0KGgo" * 200 + ")\n")
+    assert load_document(temp, name="notes.markdown")[0].text.split() == ["Visible.", "chart"]
+
+
+def test_soft_hyphens_and_ligatures_are_typesetting_not_text(tmp_path: Path) -> None:
+    page = write(tmp_path, "p.html", "<p>Donau&shy;dampf&shy;schiff; the ﬁrst ﬂoor</p>")
+    assert load_document(page)[0].text == "Donaudampfschiff; the first floor"
+    assert load_document(write(tmp_path, "t.tsv", "name\tprice\ntea\t3\n"))[0].text == "name: tea\nprice: 3"

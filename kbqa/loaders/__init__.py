@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from kbqa.errors import CorruptDocument, EmptyDocument, KBQAError, UnsupportedFile
@@ -22,10 +23,12 @@ logger = logging.getLogger(__name__)
 Loader = Callable[[Path, str, bool], list[Section]]
 
 _LOADERS: dict[str, Loader] = {
-    ".txt": load_text, ".md": load_text, ".csv": load_csv, ".html": load_html, ".htm": load_html,
+    ".txt": load_text, ".md": load_text, ".markdown": load_text, ".csv": load_csv, ".tsv": load_csv,
+    ".html": load_html, ".htm": load_html, ".xhtml": load_html,
     ".docx": load_docx, ".pdf": load_pdf, **dict.fromkeys(IMAGE_SUFFIXES, load_image),
 }
-_HINTS = {".doc": "save it as .docx", ".xls": "save it as .csv", ".xlsx": "save it as .csv",
+_HINTS = {".doc": "save it as .docx", ".docm": "save it as .docx", ".dotx": "save it as .docx",
+          ".xls": "save it as .csv", ".xlsx": "save it as .csv",
           ".ppt": "save it as .pdf", ".pptx": "save it as .pdf", ".rtf": "save it as .docx"}
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(_LOADERS)
@@ -85,7 +88,17 @@ def load_document(path: Path, *, ocr: bool = True, name: str | None = None) -> l
         logger.debug("loading %s failed", name, exc_info=True)  # the message is the user's; the trace, debugging's
         raise CorruptDocument(f"{name} could not be parsed ({type(exc).__name__}: {exc}); it may be damaged "
                               f"or not really a {suffix} file. Re-save it and upload again.") from exc
-    sections = [s for s in sections if s.text.strip()]
+    sections = [replace(s, text=_typeset(s.text), lead=_typeset(s.lead)) for s in sections if s.text.strip()]
     if not sections:
         raise EmptyDocument(f"{name} contains no text to index; check that it is the right file.")
     return sections
+
+
+#: Typesetting that is no text: a soft hyphen (shows only where a line breaks: ``Donau\u00addampf``) and
+#: ligatures a PDF's text layer keeps (``ﬁ`` for ``fi``), which split a word for keyword search and for reading.
+_TYPESET = str.maketrans({"\u00ad": "", "\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi",
+                          "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"})
+
+
+def _typeset(text: str) -> str:
+    return text.translate(_TYPESET)

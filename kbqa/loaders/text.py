@@ -174,6 +174,15 @@ def _drop_comments(text: str) -> str:
     return _MD_COMMENT.sub(lambda m: m.group() if m.group(1) else "", text)
 
 
+#: An image written into Markdown as data (Typora, Obsidian and Notion exports): kept as its alt text only, as
+#: hundreds of passages of base64 answer nothing.
+_MD_DATA_IMAGE = re.compile(r"!\[([^\]]*)\]\(\s*<?data:[^)]*\)")
+
+
+def _without_md_markup(text: str) -> str:
+    return _MD_DATA_IMAGE.sub(lambda m: m.group(1), _without_md_comments(text))
+
+
 def _without_md_comments(text: str) -> str:
     """Markdown text less its comments, outside code blocks and inline code (a reader never sees them; a
     comment marker quoted in code stays). The text around a comment on its line is kept: it shows."""
@@ -188,8 +197,8 @@ def load_text(path: Path, name: str, ocr: bool) -> list[Section]:
     """A .txt or .md file as one section holding its whole text (Markdown's comments, which a reader never
     sees, left out)."""
     text = read_text(path.read_bytes(), name)
-    if path.suffix.lower() == ".md":
-        text = _without_md_comments(text)
+    if Path(name).suffix.lower() in (".md", ".markdown"):
+        text = _without_md_markup(text)
     if not text.strip():
         raise EmptyDocument(f"{name} is empty; add some text to it and upload it again.")
     return [Section(text)]
