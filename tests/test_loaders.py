@@ -755,3 +755,44 @@ def test_soft_hyphens_and_ligatures_are_typesetting_not_text(tmp_path: Path) -> 
     page = write(tmp_path, "p.html", "<p>Donau&shy;dampf&shy;schiff; the ﬁrst ﬂoor</p>")
     assert load_document(page)[0].text == "Donaudampfschiff; the first floor"
     assert load_document(write(tmp_path, "t.tsv", "name\tprice\ntea\t3\n"))[0].text == "name: tea\nprice: 3"
+
+
+def test_the_values_filled_into_a_pdf_form_are_read(tmp_path: Path) -> None:
+    from pypdf.generic import ArrayObject, DictionaryObject, NameObject, NumberObject, TextStringObject
+
+    writer = PdfWriter(clone_from=CORPUS / "en_langchain_llm_apps_primer.pdf")
+    while len(writer.pages) > 1:
+        writer.remove_page(len(writer.pages) - 1)
+
+    def field(name: str, kind: str, value: object) -> DictionaryObject:
+        return DictionaryObject({
+            NameObject("/Type"): NameObject("/Annot"), NameObject("/Subtype"): NameObject("/Widget"),
+            NameObject("/FT"): NameObject(kind), NameObject("/T"): TextStringObject(name),
+            NameObject("/V"): value, NameObject("/Rect"): ArrayObject([NumberObject(n) for n in (0, 0, 9, 9)])})
+
+    fields = [field("applicant", "/Tx", TextStringObject("Maria Gonzalez")),
+              field("married", "/Btn", NameObject("/Yes")), field("single", "/Btn", NameObject("/Off"))]
+    writer.pages[0][NameObject("/Annots")] = ArrayObject([writer._add_object(f) for f in fields])
+    writer.write(str(tmp_path / "form.pdf"))
+    text = load_document(tmp_path / "form.pdf", ocr=False)[0].text
+    assert text.endswith("\napplicant: Maria Gonzalez\nmarried: Yes")
+
+
+def test_a_table_cell_merged_down_is_read_in_each_row_it_spans(tmp_path: Path) -> None:
+    # Each row is read as one line; a region merged down two rows left the second row without it (" | 12 | 13").
+    import docx
+
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=3)
+    for i, row in enumerate([["Region", "Q1", "Q2"], ["North", "10", "11"], ["", "12", "13"]]):
+        for j, value in enumerate(row):
+            table.cell(i, j).text = value
+    table.cell(1, 0).merge(table.cell(2, 0))
+    table.cell(0, 1).merge(table.cell(0, 2))
+    document.save(str(tmp_path / "m.docx"))
+    assert load_document(tmp_path / "m.docx")[0].text == "Region | Q1 Q2\nNorth | 10 | 11\nNorth | 12 | 13"
+    page = write(tmp_path, "m.html", "<table><tr><th>Region</th><th colspan=2>Sales</th></tr><tr><td rowspan=2>North"
+                 "</td><td>10</td><td>11</td></tr><tr><td>12</td><td>13</td></tr><tr><td>South</td><td rowspan=2>9"
+                 "</td><td>1</td></tr><tr><td>East</td></tr></table>")
+    assert load_document(page)[0].text.split("\n") == ["Region | Sales", "North | 10 | 11", "North | 12 | 13",
+                                                        "South | 9 | 1", "East | 9"]

@@ -91,6 +91,7 @@ class _DocxReader:
         self.note_refs = {qn(ref): kind for kind, (_, ref) in _NOTES.items()}
         self.note_numbers: dict[str, dict[str, int]] = {kind: {} for kind in _NOTES}  # note id -> its number
         self.val, self.id = qn("w:val"), qn("w:id")
+        self.tc_pr, self.v_merge, self.grid_span = qn("w:tcPr"), qn("w:vMerge"), qn("w:gridSpan")
         self.note_tags = {kind: qn(tag) for kind, (tag, _) in _NOTES.items()}
         from kbqa.loaders.numbering import Numbering  # python-docx is imported when a .docx is read
 
@@ -179,10 +180,24 @@ class _DocxReader:
 
     def table(self, tbl: Any) -> list[str]:
         lines = []
+        above: dict[int, str] = {}  # the text of the row above, by grid column
         for row in self._unwrapped(tbl, self.tr):
-            # One entry per cell as written (a merged cell once); an empty cell stays, so the others keep
-            # their columns. A table inside a cell is read into the cell's text.
-            cells = [" ".join(" ".join(self.blocks(tc)).split()) for tc in self._unwrapped(row, self.tc)]
+            # One entry per cell as written (merged across columns, once); an empty cell stays, so the others
+            # keep their columns. A cell merged down from the row above repeats its text (a row reads whole:
+            # "North | 12 | 13", not " | 12 | 13"). A table inside a cell is read into the cell's text.
+            cells, column, here = [], 0, {}
+            for tc in self._unwrapped(row, self.tc):
+                props = tc.find(self.tc_pr)
+                merge = props.find(self.v_merge) if props is not None else None
+                span = props.find(self.grid_span) if props is not None else None
+                if merge is not None and merge.get(self.val, "continue") != "restart":
+                    text = above.get(column, "")
+                else:
+                    text = " ".join(" ".join(self.blocks(tc)).split())
+                cells.append(text)
+                here[column] = text
+                column += int(span.get(self.val, "1")) if span is not None and span.get(self.val, "").isdigit() else 1
+            above = here
             if any(cells):
                 lines.append(" | ".join(cells))
         return lines

@@ -65,7 +65,7 @@ def load_pdf(path: Path, name: str, ocr: bool) -> list[Section]:
     sections, ocr_error, unread = [], None, []
     running = running_lines(extracted)
     for number, (page, raw) in enumerate(zip(pages, drop_running_lines(extracted, running), strict=True), 1):
-        text = tidy_text(raw)
+        text = "\n".join(filter(None, [tidy_text(raw), *_form_values(page)]))
         chars = len("".join(text.split()))
         if ocr and (chars < _MIN_PAGE_CHARS or chars < _STAMPED_SCAN_CHARS and _has_page_sized_image(page)):
             try:
@@ -185,6 +185,27 @@ def drop_running_lines(pages: list[str], running: set[str] | None = None) -> lis
                 seen.add(k)
         out.append("\n".join(line for i, line in enumerate(page) if i not in drop))
     return out
+
+
+def _form_values(page: object) -> list[str]:
+    """The values filled into a page's form fields, as ``field: value`` lines (the text layer has only the
+    form's printed labels: "Applicant name:" without "Maria Gonzalez"); a checkbox's when it is ticked."""
+    lines = []
+    try:
+        for ref in page.get("/Annots") or ():  # type: ignore[attr-defined]
+            widget = ref.get_object()
+            if widget.get("/Subtype") != "/Widget":
+                continue
+            field = widget if "/V" in widget or "/Parent" not in widget else widget["/Parent"].get_object()
+            value = field.get("/V")
+            if isinstance(value, list):  # a list box's choices
+                value = ", ".join(str(v) for v in value)
+            value = str(value).lstrip("/") if value is not None else ""
+            if value.strip() and value != "Off":
+                lines.append(f"{field.get('/TU') or field.get('/T') or 'field'}: {value.strip()}")
+    except Exception:  # a damaged annotation: the text layer is what there is
+        logger.debug("form fields not read", exc_info=True)
+    return list(dict.fromkeys(lines))  # a radio group's buttons share their field's value
 
 
 def _has_page_sized_image(page: object) -> bool:

@@ -7,6 +7,7 @@ import io
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from kbqa.errors import CorruptDocument, EmptyDocument
 from kbqa.schema import Section
@@ -333,6 +334,25 @@ def _html_text_of(raw: bytes, name: str) -> str:
     return read_text(raw, name)
 
 
+def _fill_from_above(cells: list[str], down: dict[int, list[Any]], column: int) -> int:
+    """Cells of rows above that span down into this row at ``column`` and after, put in their place (a row reads
+    whole: "North | 12 | 13", not "12 | 13"); the next free column."""
+    while column in down:
+        spanned = down[column]
+        cells.append(spanned[0])
+        spanned[1] -= 1
+        if not spanned[1]:
+            del down[column]
+        column += spanned[2]
+    return column
+
+
+def _span(cell: Any, attribute: str) -> int:
+    """A table cell's rowspan or colspan (1 when absent or not a number; at most 1,000, as browsers cap it)."""
+    value = str(cell.get(attribute) or "1").strip()
+    return min(int(value), 1000) if value.isdigit() and int(value) > 0 else 1
+
+
 def _html_text(node: object, out: list[str]) -> None:
     from bs4 import CData, NavigableString, Tag
 
@@ -348,13 +368,19 @@ def _html_text(node: object, out: list[str]) -> None:
         elif child.name == "table":
             caption = child.find("caption")
             out.append("\n" + (caption.get_text(" ", strip=True) + "\n" if caption else ""))
+            down: dict[int, list[Any]] = {}  # column -> [text, rows more] of a cell spanning rows below its own
             for row in child.find_all("tr"):
                 if row.find_parent("table") is child:
-                    cells = []
+                    cells: list[str] = []  # a cell merged across columns once, as written
+                    column = _fill_from_above(cells, down, 0)
                     for cell in row.find_all(["td", "th"], recursive=False):
                         cell_parts: list[str] = []
                         _html_text(cell, cell_parts)
-                        cells.append(re.sub(r"\s+", " ", "".join(cell_parts)).strip())
+                        text = re.sub(r"\s+", " ", "".join(cell_parts)).strip()
+                        if _span(cell, "rowspan") > 1:
+                            down[column] = [text, _span(cell, "rowspan") - 1, _span(cell, "colspan")]
+                        cells.append(text)
+                        column = _fill_from_above(cells, down, column + _span(cell, "colspan"))
                     if any(cells):  # an empty cell stays, so the others keep their columns
                         out.append(" | ".join(cells) + "\n")
         elif child.name in _BLOCK_TAGS:
