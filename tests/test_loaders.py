@@ -796,3 +796,11 @@ def test_a_table_cell_merged_down_is_read_in_each_row_it_spans(tmp_path: Path) -
                  "</td><td>1</td></tr><tr><td>East</td></tr></table>")
     assert load_document(page)[0].text.split("\n") == ["Region | Sales", "North | 10 | 11", "North | 12 | 13",
                                                         "South | 9 | 1", "East | 9"]
+
+
+def test_question_and_answer_lines_of_a_pdf_stay_lines_of_their_own() -> None:
+    # Long lines without a closing mark, followed by a capital: taken for one wrapped sentence ("...orders A: ...").
+    text = ("Frequently asked questions about returns and refunds for all customers\n"
+            "Q: What is the return window for online orders placed on our website\n"
+            "A: Thirty days from delivery for all items bought online or in our stores.")
+    assert tidy_text(text).split("\n") == text.split("\n")

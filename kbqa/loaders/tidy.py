@@ -81,9 +81,10 @@ def _latin_wrapped(line: str, following: str, width: float = 0, capitals: bool =
         return False
     starts = "a" <= first <= "z" or (line[-1] == "-" and first.isalnum()) or (
         capitals and len(line) >= 0.9 * width and line[-1] != "-" and not _CAPTION.match(line)
-        and "://" not in line and (first.isupper() or bool(_CITATION.match(following))))
+        and "://" not in line and not _LATIN_LABEL.match(following)
+        and (first.isupper() or bool(_CITATION.match(following))))
     return (starts and not _LIST_START.match(following) and not _TABLE_ROW.search(following)
-            and not any(_CODE.search(x) or _PAGE_OF.search(x) for x in (line, following)))
+            and not any(_CODE.search(x) or _PAGE_OF.search(x) or _LEADERS.search(x) for x in (line, following)))
 
 
 #: A line of code or a command (``pip install -r requirements.txt``, ``result = chain.run(question)``).
@@ -93,6 +94,10 @@ _CODE = re.compile(r"^\s*(?:\$|>>>|#!|import\s|from\s\S+\simport\s|def\s|class\s
 #: A figure's or table's caption, a line of its own ("Fig. 1 Example of a Simple Sequential Chain").
 _CAPTION = re.compile(r"(?i)^(?:fig\.?|figure|table|图|表)\s*\d")
 _PAGE_OF = re.compile(r"(?i)\bpage\s*\d+\s*of\s*\d+")
+#: A line that starts with a label ("A: Thirty days", "Answer: ...", "Step 2: ...", "Note: ..."), or that runs
+#: to a page number on dot leaders (a table of contents' "Introduction ........ 3"): a line of its own.
+_LATIN_LABEL = re.compile(r"[A-Z][A-Za-z0-9]{0,14}(?: [A-Za-z0-9]+){0,2}:\s")
+_LEADERS = re.compile(r"(?:\.\s?){4,}\s*\d+$|…{2,}")
 _CITATION = re.compile(r"\[\d+(?:[,–-]\d+)*\][,.;:)]")
 #: Words that stay hyphenated at a line's end (self-play, well-known); other words broken there are mended.
 _COMPOUND_HEADS = frozenset(("self", "well", "non", "cross", "multi", "state", "real", "end", "user", "open",
