@@ -166,6 +166,15 @@ class Text2VecEmbedder:
         self._tokenizer = self._model.tokenizer
         self._passages = self._model  # replaced by quantize_int8
 
+    def position_limit(self) -> int | None:
+        """The most tokens the encoder has positions for (RoBERTa-like models keep two of theirs for padding)."""
+        config = self._model.bert.config
+        positions = getattr(config, "max_position_embeddings", None)
+        if not isinstance(positions, int):
+            return None
+        return positions - 2 if getattr(config, "model_type", "") in ("xlm-roberta", "roberta", "camembert") \
+            else positions
+
     def quantize_int8(self) -> None:
         """Encode chunks with a dynamic int8 copy of the encoder (CPU): about 1.3x faster ingest.
 
@@ -277,6 +286,14 @@ def build_embedder(cfg: EmbeddingSettings, cache_dir: Path, progress: Progress |
     )
     log.info("loading embedding model %s from %s", cfg.model, folder)
     embedder = Text2VecEmbedder(folder, embedder_name(cfg), profile, batch_size=cfg.batch_size, device=cfg.device)
+    limit = embedder.position_limit()
+    if limit is not None and profile.max_seq_length > limit:
+        if cfg.max_seq_length:  # a longer text fails in the model, in every ingest: refused now, named
+            raise ConfigError(f"embedding.max_seq_length = {cfg.max_seq_length} is over the limit of "
+                              f"{cfg.model} ({limit} tokens): set embedding.max_seq_length "
+                              f"(KBQA_EMBEDDING__MAX_SEQ_LENGTH) to {limit} or less, or leave it out.")
+        embedder.profile = replace(profile, max_seq_length=limit)  # a model folder's own file said more
+        embedder._model.max_seq_length = limit
     if quantized(cfg):
         embedder.quantize_int8()
     elif cfg.quantize == "int8":

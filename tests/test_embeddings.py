@@ -110,3 +110,22 @@ def test_a_model_folder_of_git_lfs_pointers_says_to_pull_its_files(tiny_bert: Pa
     (folder / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 409\n")
     with pytest.raises(ModelUnavailable, match=r"embedding.model .*: model.safetensors in .* is a Git LFS pointer"):
         build_embedder(EmbeddingSettings(model=str(folder)), tmp_path / "cache")
+
+
+def test_a_token_limit_over_the_models_positions_is_refused_or_lowered(tiny_bert: Path, tmp_path: Path) -> None:
+    # Accepted, it failed every long chunk inside the model ("The expanded size of the tensor (2550) must match
+    # the existing size (512)"), with a traceback, in every ingest.
+    import json
+    import shutil
+
+    from kbqa.embeddings import build_embedder
+    from kbqa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"embedding.max_seq_length = 100 is over the limit .* \(64 tokens\)"):
+        build_embedder(EmbeddingSettings(model=str(tiny_bert), max_seq_length=100), tmp_path)
+    folder = tmp_path / "says-more"  # a folder whose own sentence-transformers file claims more
+    shutil.copytree(tiny_bert, folder)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512}), encoding="utf-8")
+    embedder = build_embedder(EmbeddingSettings(model=str(folder)), tmp_path)
+    assert embedder.profile.max_seq_length == 64
+    assert embedder.embed_documents(["a " * 300])[0].shape == (32,)

@@ -112,6 +112,19 @@ def test_quantized_weights_go_to_the_gpu_chosen(monkeypatch: pytest.MonkeyPatch,
     assert seen["device_map"] == "cuda:1"
 
 
+def test_a_model_that_writes_no_text_is_refused_as_the_llm(tmp_path: Path) -> None:
+    # An embedding model's folder (BertModel) loaded as a causal LM with a new, random output layer: gibberish
+    # answers and no word of why.
+    from transformers import BertConfig, BertModel
+
+    from kbqa.llm import transformers_backend
+
+    BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path)
+    with pytest.raises(ModelUnavailable, match=r"holds a BertModel, not a language model that writes text"):
+        transformers_backend.load_model(tmp_path, Placement(device="cpu", dtype="fp32"))
+
+
 def test_not_enough_memory_is_refused_with_a_way_out() -> None:
     gpu_8gb = Machine(cuda=True, cuda_bf16=True, bitsandbytes=True, free_memory={"cuda": int(7.5 * GIB)})
     six_b = 6_243_584_000

@@ -337,6 +337,7 @@ def load_model(folder: Path, placement: Placement) -> Any:
         kwargs["device_map"] = {"": int(placement.device.partition(":")[2] or 0)}
     elif placement.device != "cpu":
         kwargs["device_map"] = placement.device
+    _check_causal_lm(folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except torch.OutOfMemoryError as exc:
@@ -350,6 +351,20 @@ def load_model(folder: Path, placement: Placement) -> Any:
         raise ModelUnavailable(f"Cannot load {folder} (llm.model) as a causal LM without remote code: {first}") \
             from exc
     return model.eval()
+
+
+def _check_causal_lm(folder: Path) -> None:
+    """Refuse a folder whose config.json names a model that does not write text (an embedding model: transformers
+    would load it with a new, random output layer, and it would answer gibberish without a word)."""
+    try:
+        architectures = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return  # transformers says what is wrong with it
+    if architectures and not any(str(a).endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+                                 for a in architectures):
+        raise ModelUnavailable(f"{folder} (llm.model) holds a {', '.join(map(str, architectures))}, not a language "
+                               "model that writes text: set llm.model to a chat model (an embedding model such as "
+                               "text2vec belongs in embedding.model).")
 
 
 def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
