@@ -6,7 +6,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -119,12 +119,12 @@ def one_at_a_time(load: Callable[[], T]) -> Callable[[], T]:
     return run
 
 
-def lazy(load: Callable[[], LLM]) -> Callable[[], LLM]:
+def lazy(load: Callable[[], T]) -> Callable[[], T]:
     """Load once, on first call, thread-safely."""
-    box: list[LLM] = []
+    box: list[T] = []
     lock = threading.Lock()
 
-    def get() -> LLM:
+    def get() -> T:
         with lock:
             if not box:
                 box.append(load())
@@ -134,13 +134,27 @@ def lazy(load: Callable[[], LLM]) -> Callable[[], LLM]:
 
 
 def build_reranker(spec: str | None, cache_dir: Path) -> Reranker | None:
-    """The configured cross-encoder, or None when reranking is off."""
+    """The configured cross-encoder, loaded at its first use (listing knowledge bases loads nothing), or None
+    when reranking is off."""
     if not spec:
         return None
     from kbqa.rerank import CrossEncoderReranker
 
-    return CrossEncoderReranker(resolve_local_or_hub(spec, "retrieval.reranker (KBQA_RETRIEVAL__RERANKER)",
-                                                    embedded=False))
+    def load() -> Reranker:
+        return CrossEncoderReranker(resolve_local_or_hub(spec, "retrieval.reranker (KBQA_RETRIEVAL__RERANKER)",
+                                                        embedded=False))
+
+    return LazyReranker(lazy(one_at_a_time(load)))
+
+
+class LazyReranker:
+    """A reranker that loads its model when it first scores."""
+
+    def __init__(self, load: Callable[[], Reranker]) -> None:
+        self._load = load
+
+    def score(self, question: str, texts: Sequence[str]) -> list[float]:
+        return self._load().score(question, texts)
 
 
 def build_service(settings: Settings, embedder: Embedder | None = None, llm: Callable[[], LLM] | None = None,

@@ -12,6 +12,7 @@ or a hub id such as ``shibing624/text2vec-base-chinese`` (needs a reachable mode
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 import typing
@@ -53,6 +54,18 @@ class _Section(BaseModel):
         return value
 
 
+def _model_named(value: str) -> str:
+    """A model setting, which must name a model (an empty one read as the working folder)."""
+    if not value.strip():
+        raise ValueError("is empty: give an embedded model (embedded:<name>), a folder, a file or a hub id")
+    return value
+
+
+def _off(value: Any) -> Any:
+    """None for a model setting written as off: "none" (as the settings table shows the default), "off" or ""."""
+    return None if isinstance(value, str) and value.strip().lower() in ("", "none", "off") else value
+
+
 def _kind(annotation: Any) -> str:
     """'number' for int/float settings, else 'value'."""
     names = {getattr(a, "__name__", "") for a in (typing.get_args(annotation) or (annotation,))}
@@ -89,6 +102,11 @@ class EmbeddingSettings(_Section):
 
     model: str = Field("embedded:multilingual-e5-small",
                        description="embedded:<name>, a local folder, or a hub id (text2vec SentenceModel).")
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        return _model_named(value)
     batch_size: int = Field(
         8, ge=1, description="Texts the float model encodes per forward pass (8 beat 32 by about 1.2x on a 2-core "
         "CPU; see benchmarks/RESULTS.md); the int8 chunk encoder takes one per pass. On a GPU, larger batches pay.")
@@ -112,6 +130,11 @@ class LLMSettings(_Section):
     backend: Literal["llamacpp", "transformers"] = Field("llamacpp", description="Which runtime runs the model.")
     model: str = Field("embedded:qwen2.5-coder-1.5b-instruct",
                        description="embedded:<name>, a GGUF file, a model folder, or a hub id.")
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        return _model_named(value)
     context_window: int = Field(4096, ge=256, description="Tokens of prompt plus answer.")
     max_tokens: int = Field(512, ge=1, description="Longest answer, in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
@@ -127,8 +150,14 @@ class LLMSettings(_Section):
                             "in free memory).")
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="transformers backend on CUDA (needs the gpu extra: .venv/bin/pip install -e '.[gpu]').")
-    adapter: str | None = Field(None, description="A LoRA folder (peft) or a P-tuning v2 checkpoint folder.")
+    adapter: str | None = Field(None, description="A LoRA folder (peft) or a P-tuning v2 checkpoint folder; "
+                                                  "none = no adapter.")
     gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers to offload to a GPU; -1 = all.")
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _no_adapter(cls, value: Any) -> Any:
+        return _off(value)
 
 
 class SplitterSettings(_Section):
@@ -164,7 +193,7 @@ class RetrievalSettings(_Section):
                                   "(those naming an identifier such as 000-30653 take bm25_weight).")
     rrf_k: int = Field(5, ge=1, description="Reciprocal rank fusion constant: score = weight / (rrf_k + rank).")
     candidates: int = Field(20, ge=1, description="Candidates each retriever contributes before fusion.")
-    reranker: str | None = Field(None, description="Cross-encoder (hub id or folder) to rerank candidates; None = off.")
+    reranker: str | None = Field(None, description="Cross-encoder (hub id or folder) to rerank candidates; none = off.")
     follow_up: Literal["rewrite", "concat", "off"] = Field(
         "rewrite", description="A follow-up question in a chat: rewritten by the LLM into a standalone question "
                                "(rewrite), searched for together with the earlier questions (concat), or alone (off).")
@@ -173,6 +202,11 @@ class RetrievalSettings(_Section):
         True, description="A question that finds no passage relevant enough, where a passage found is in the other "
                           "language (Chinese / not Chinese) or the knowledge base holds such passages, is translated "
                           "by the LLM into it and searched for again.")
+
+    @field_validator("reranker", mode="before")
+    @classmethod
+    def _no_reranker(cls, value: Any) -> Any:
+        return _off(value)
 
 
 class PromptSettings(_Section):
@@ -242,6 +276,9 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"Settings file {path} {what} (set by --config or KBQA_CONFIG).")
     _check_variables()
+    if path.is_dir():
+        raise ConfigError(f"Settings file {path} is a folder, not a file: rename or remove it (kbqa reads "
+                          f"./{path.name} when there is one).")
     if path.exists():
         try:
             path.read_text(encoding="utf-8")
@@ -260,7 +297,8 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     except ValidationError as exc:
         errors = exc.errors()
         wheres = [_where(err["loc"]) for err in errors]
-        problems = "; ".join(f"{w}: {err['msg']}{_suggestion(err)}" for w, err in zip(wheres, errors, strict=True))
+        problems = "; ".join(f"{w}: {err['msg'].removeprefix('Value error, ')}{_suggestion(err)}"
+                             for w, err in zip(wheres, errors, strict=True))
         fix = [str(path)] if path.is_file() else []
         fix += ["the KBQA_* variable named"] if any("(KBQA_" in w for w in wheres) else []
         raise ConfigError(f"Invalid settings ({problems}). Fix {' or '.join(fix) or 'the settings'}.") from exc
@@ -291,6 +329,17 @@ def _check_variables() -> None:
             hint = f" Did you mean KBQA_{close[0].upper()}__...?" if close else ""
             raise ConfigError(f"{name} names no kbqa setting (settings variables: {', '.join(known)}, "
                               f"KBQA_CONFIG).{hint}")
+        field = upper[len("KBQA_"):].split("__", 1)[-1].lower()
+        if "__" in upper and field in _section_fields(section):
+            annotation = Settings.model_fields[section].annotation.model_fields[field].annotation  # type: ignore[union-attr]
+            if typing.get_origin(annotation) is list:
+                try:
+                    parsed = json.loads(os.environ[name])
+                except ValueError:
+                    parsed = None
+                if not isinstance(parsed, list):
+                    raise ConfigError(f"{name} must be a JSON list, e.g. {name}='[\"kb.lan\"]' (got "
+                                      f"{os.environ[name]!r}).")
         if "__" not in upper:  # pydantic-settings would parse it as JSON for the whole section
             fields = ", ".join(f"KBQA_{section.upper()}__{f.upper()}" for f in _section_fields(section))
             raise ConfigError(f"{name} names a whole settings section; set one setting at a time instead "
@@ -302,6 +351,10 @@ def _suggestion(err: Any) -> str:
     loc = err["loc"]
     if err["type"] != "extra_forbidden" or len(loc) not in (1, 2):
         return ""
+    if len(loc) == 1:  # a setting written outside its [section]
+        homes = [section for section in Settings.model_fields if loc[0] in _section_fields(section)]
+        if homes:
+            return f" (it belongs under [{homes[0]}]: {homes[0]}.{loc[0]})"
     known = list(Settings.model_fields) if len(loc) == 1 else _section_fields(str(loc[0]))
     close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""

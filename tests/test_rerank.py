@@ -55,14 +55,23 @@ def test_cross_encoder_folder_scores_every_pair(tmp_path: Path) -> None:
     assert scores[0] == pytest.approx(scores[3])  # same pair, same score across batches
 
 
-def test_reranker_setting_enables_it(tmp_path: Path) -> None:
+def test_reranker_setting_enables_it_at_its_first_use(tmp_path: Path) -> None:
     folder = tiny_cross_encoder(tmp_path / "ce" if (tmp_path / "ce").mkdir() is None else tmp_path)
     settings = make_settings(tmp_path, reranker=str(folder))
     service = build_service(settings, embedder=FakeEmbedder(), llm=lambda: FakeLLM())
-    assert isinstance(service.qa.retriever.reranker, CrossEncoderReranker)
+    reranker = service.qa.retriever.reranker
+    assert reranker is not None
+    assert reranker.score("the river", ["the river", "abc"]) == CrossEncoderReranker(folder).score(
+        "the river", ["the river", "abc"])
 
 
-def test_missing_reranker_names_the_setting(tmp_path: Path) -> None:
+def test_missing_reranker_names_the_setting_when_it_is_used_and_none_turns_it_off(tmp_path: Path) -> None:
+    # Loaded as the service was built, a reranker that could not load stopped every command, `kb list` too (and
+    # made each one wait for the model).
+    service = build_service(make_settings(tmp_path, reranker=str(tmp_path / "nope")), embedder=FakeEmbedder(),
+                            llm=lambda: FakeLLM())
+    assert service.list_kbs() == []
     with pytest.raises(ModelUnavailable, match="retrieval.reranker"):
-        build_service(make_settings(tmp_path, reranker=str(tmp_path / "nope")), embedder=FakeEmbedder(),
-                      llm=lambda: FakeLLM())
+        service.qa.retriever.reranker.score("q", ["a"])  # type: ignore[union-attr]
+    for off in ("none", "None", "off", ""):
+        assert make_settings(tmp_path, reranker=off).retrieval.reranker is None

@@ -150,3 +150,31 @@ def test_the_embedding_device_must_be_a_torch_device(monkeypatch: pytest.MonkeyP
         load_settings()
     monkeypatch.setenv("KBQA_EMBEDDING__DEVICE", "cuda:1")
     assert load_settings().embedding.device == "cuda:1"
+
+
+def test_slips_in_settings_get_one_plain_line_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A list variable written plainly was a 50-line traceback; a setting outside its section, a folder named
+    # kbqa.toml, an empty model and a cross-setting rule read unhelpfully or in pydantic's words.
+    monkeypatch.setenv("KBQA_SERVER__ALLOWED_HOSTS", "kb.lan")
+    with pytest.raises(ConfigError, match=r"KBQA_SERVER__ALLOWED_HOSTS must be a JSON list, e.g. .*\[\"kb.lan\"\]"):
+        load_settings()
+    monkeypatch.setenv("KBQA_SERVER__ALLOWED_HOSTS", '["kb.lan"]')
+    assert load_settings().server.allowed_hosts == ["kb.lan"]
+    top = tmp_path / "top.toml"
+    top.write_text("chunk_size = 300\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"belongs under \[splitter\]: splitter.chunk_size"):
+        load_settings(top)
+    overlap = tmp_path / "overlap.toml"
+    overlap.write_text("[splitter]\nchunk_size = 100\nchunk_overlap = 100\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(overlap)
+    assert "Value error" not in str(caught.value) and "chunk_overlap must be smaller" in str(caught.value)
+    Path("kbqa.toml").mkdir()
+    with pytest.raises(ConfigError, match="kbqa.toml is a folder, not a file"):
+        load_settings()
+    Path("kbqa.toml").rmdir()
+    monkeypatch.setenv("KBQA_EMBEDDING__MODEL", " ")
+    with pytest.raises(ConfigError, match=r"embedding.model \(KBQA_EMBEDDING__MODEL\): is empty"):
+        load_settings()
+    monkeypatch.delenv("KBQA_EMBEDDING__MODEL")
+    assert load_settings(llm={"adapter": "none"}, retrieval={"reranker": "off"}).llm.adapter is None
