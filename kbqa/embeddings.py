@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from kbqa.errors import ConfigError, ModelUnavailable
-from kbqa.models import Progress, embedded_name, is_embedded, package_dir, resolve_local_or_hub
+from kbqa.models import Progress, embedded_name, is_embedded, model_identity, package_dir, resolve_local_or_hub
 from kbqa.settings import EmbeddingSettings
 
 log = logging.getLogger(__name__)
@@ -260,8 +260,10 @@ def quantized(cfg: EmbeddingSettings) -> bool:
 
 
 def embedder_name(cfg: EmbeddingSettings) -> str:
-    """The name a knowledge base records: the model setting, marked when its vectors are quantized."""
-    return cfg.model + ("#int8" if quantized(cfg) else "")
+    """The name a knowledge base records: the model setting (a local path as its absolute form, so the same
+    folder written another way, or from another working folder, is the same model), marked when its vectors
+    are quantized."""
+    return model_identity(cfg.model) + ("#int8" if quantized(cfg) else "")
 
 
 def build_embedder(cfg: EmbeddingSettings, cache_dir: Path, progress: Progress | None = None) -> Text2VecEmbedder:

@@ -42,6 +42,7 @@ from kbqa.errors import (
     KnowledgeBaseNotFound,
 )
 from kbqa.fileio import file_sha256, write_json_atomic
+from kbqa.models import model_identity
 from kbqa.names import check_kb_name, slugify
 from kbqa.rootlock import announce_root, hold_root, release_root
 from kbqa.schema import DocumentInfo
@@ -206,10 +207,12 @@ class KnowledgeBase:
             return
         if load is not None:
             load()
-        built, now = self.embedding.split("#")[0], embedder.split("#")[0]
-        if built == now and not adding:
+        (built, _, built_mark), (now, _, now_mark) = self.embedding.partition("#"), embedder.partition("#")
+        # A path recorded as typed (before paths were recorded resolved) is the same model as its resolved form.
+        same = built == now or model_identity(built) == model_identity(now)
+        if same and (built_mark == now_mark or not adding):
             return
-        if built == now:
+        if same:
             want = "int8" if self.embedding.endswith("#int8") else "none"
             raise IncompatibleIndex(
                 f"Knowledge base '{self.name}' was built with embedding.quantize = \"{want}\", which is not the "

@@ -182,6 +182,17 @@ def _is_lfs_pointer(path: Path) -> bool:
         return False
 
 
+def model_identity(spec: str) -> str:
+    """``spec`` as models are compared: an existing local path resolved (``~``, relative, through links)."""
+    if spec.startswith("embedded:"):
+        return spec
+    path = Path(spec).expanduser()
+    try:
+        return str(path.resolve()) if path.exists() else spec
+    except OSError:
+        return spec
+
+
 def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | None = None, *,
                          embedded: bool = True) -> Path:
     """A local file or folder as given, or a hub id downloaded (or found in the hub cache).
@@ -208,6 +219,7 @@ def resolve_local_or_hub(spec: str, setting: str, allow_patterns: list[str] | No
             return Path(snapshot_download(spec, allow_patterns=allow_patterns))
     except Exception as exc:
         raise ModelUnavailable(
-            f"Could not get '{spec}' for {setting}: the model hub is unreachable and it is not in the "
-            f"local hub cache ({type(exc).__name__}). Download it where a hub is reachable and set "
-            f"{setting} to its folder" + (", or use an embedded model." if embedded else ".")) from exc
+            f"Could not get '{spec}' for {setting}: there is no file or folder {path.resolve()}, and as a hub id, "
+            f"the model hub is unreachable and it is not in the local hub cache ({type(exc).__name__}). Check the "
+            f"path, or download the model where a hub is reachable and set {setting} to its folder"
+            + (", or use an embedded model." if embedded else ".")) from exc

@@ -35,6 +35,10 @@ def test_unreachable_hub_id_is_one_clear_error(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailable, match=r"hub is unreachable.*embedding\.model"):
         resolve_embedding_model("shibing624/text2vec-base-chinese", tmp_path)
+    # A relative folder that is not there reads as a hub id too: the error names the folder looked for.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailable, match=rf"there is no file or folder {tmp_path.resolve()}/models/e5-small"):
+        resolve_embedding_model("models/e5-small", tmp_path)
     settings = load_settings(llm={"backend": "transformers", "model": "THUDM/chatglm2-6b"})
     with pytest.raises(ModelUnavailable, match=r"llm\.model"):
         build_llm(settings.llm, tmp_path)

@@ -456,6 +456,26 @@ def test_knowledge_base_built_with_another_embedder_is_refused(tmp_path: Path, d
         other.add_files("kb", [docs / "planets.md"])
 
 
+def test_the_same_model_folder_written_another_way_is_the_same_embedder(tmp_path: Path, docs: Path, llm: FakeLLM,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A knowledge base recorded the setting as typed: "~/models/e5" (or a relative path, or a link) and the
+    # same folder's absolute path were "different models", and adding was refused.
+    from kbqa.embeddings import embedder_name
+    from kbqa.settings import EmbeddingSettings
+
+    (tmp_path / "models" / "e5").mkdir(parents=True)
+    (tmp_path / "e5-link").symlink_to(tmp_path / "models" / "e5")
+    monkeypatch.chdir(tmp_path)
+    resolved = str(tmp_path.resolve() / "models" / "e5")
+    assert embedder_name(EmbeddingSettings(model="models/e5", quantize="none")) == resolved
+    first = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name="models/e5"), llm=lambda: llm)
+    first.add_files("kb", [docs / "rivers.txt"])  # recorded as typed, as before paths were resolved
+    for same in (str(tmp_path / "e5-link"), resolved):
+        again = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name=same), llm=lambda: llm)
+        assert [r.status for r in again.add_files("kb", [docs / "planets.md"]).files] == ["added"]
+        again.delete_document("kb", "planets.md")
+
+
 def test_quantized_chunks_can_be_searched_with_the_float_setting_but_not_mixed(tmp_path: Path, docs: Path,
                                                                                llm: FakeLLM) -> None:
     first = build_service(make_settings(tmp_path), embedder=FakeEmbedder(name="fake:ngrams#int8"), llm=lambda: llm)
