@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import IndexDamaged, KBQAError
-from kbqa.schema import FileResult
+from kbqa.schema import FileResult, counted
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     failed = sum(f.status == "failed" for f in report.files)
-    print(f"{len(report.files) - failed} of {len(report.files)} files indexed, {report.chunks_added} chunks added "
+    print(f"{len(report.files) - failed} of {counted(len(report.files), 'file')} indexed, "
+          f"{counted(report.chunks_added, 'chunk')} added "
           f"in {report.seconds:.1f}s" + (f"; {len(problems)} more could not be added (listed above)"
                                          if problems else "")
           + hidden, file=sys.stderr)
@@ -251,7 +252,7 @@ def cmd_kb(args: argparse.Namespace) -> int:
     if args.kb_command == "list":
         kbs = service.list_kbs()
         for kb in kbs:
-            print(f"{kb.name}\t{kb.documents} files\t{kb.chunks} chunks\t{kb.embedding or '-'}")
+            print(f"{kb.name}\t{counted(kb.documents, 'file')}\t{counted(kb.chunks, 'chunk')}\t{kb.embedding or '-'}")
         if not kbs:
             print("No knowledge bases yet: `kbqa ingest --kb NAME FILES...` creates one.", file=sys.stderr)
     elif args.kb_command == "delete":
@@ -278,8 +279,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
     if args.docs_command == "list":
         documents = service.list_documents(args.kb)
         for doc in documents:
-            pages = f"{doc.pages} pages\t" if doc.pages else ""
-            print(f"{doc.name}\t{pages}{doc.chunks} chunks\t{doc.size} bytes\t{doc.added_at}")
+            pages = f"{counted(doc.pages, 'page')}\t" if doc.pages else ""
+            print(f"{doc.name}\t{pages}{counted(doc.chunks, 'chunk')}\t{counted(doc.size, 'byte')}\t{doc.added_at}")
         if not documents:
             print(f"{args.kb} holds no files yet: kbqa ingest --kb {shlex.quote(args.kb)} PATH...", file=sys.stderr)
     elif args.docs_command == "delete":

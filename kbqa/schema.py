@@ -111,7 +111,8 @@ class FileResult:
     def line(self) -> str:
         """One human-readable line, as the CLI prints it."""
         if self.status in ("added", "updated"):
-            return f"{self.name}: {self.status} ({self.chunks} chunks" + (f"; {self.reason})" if self.reason else ")")
+            reason = f"; {self.reason}" if self.reason else ""
+            return f"{self.name}: {self.status} ({counted(self.chunks, 'chunk')}{reason})"
         if self.status == "failed":
             return f"{self.name}: failed ({self.reason})"
         return f"{self.name}: unchanged" + (f" ({self.reason})" if self.reason else "")
@@ -173,3 +174,8 @@ class ChatMessage:
 
     role: Role
     content: str
+
+
+def counted(n: int, word: str) -> str:
+    """``n`` and ``word``, plural unless one: "1 chunk", "3 chunks", "0 files"."""
+    return f"{n} {word}{'s' * (n != 1)}"

@@ -37,9 +37,9 @@ def test_ingest_walks_folders_prints_one_line_per_file_and_fails_on_a_bad_file(
         service: KBQAService, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["ingest", "--kb", "space", str(folder)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["planets.md: added (1 chunks)",
+    assert lines == ["planets.md: added (1 chunk)",
                      lines[1],  # broken.pdf: failed (reason)
-                     "moons.txt: added (1 chunks)"]
+                     "moons.txt: added (1 chunk)"]
     assert lines[1].startswith("broken.pdf: failed (") and "damaged" in lines[1]
     assert {d.name for d in service.list_documents("space")} == {"planets.md", "moons.txt"}
 
@@ -105,7 +105,7 @@ def test_a_file_reached_twice_is_ingested_and_counted_once(service: KBQAService,
     given = [folder.name, str(folder), f"./{folder.name}/planets.md"]
     assert cli.main(["ingest", "--kb", "space", *given]) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == ["planets.md: added (1 chunks)", "moons.txt: added (1 chunks)"]
+    assert captured.out.splitlines() == ["planets.md: added (1 chunk)", "moons.txt: added (1 chunk)"]
     assert "2 of 2 files indexed" in captured.err
 
 
@@ -131,9 +131,9 @@ def test_kb_and_docs_commands(service: KBQAService, folder: Path, capsys: pytest
     cli.main(["ingest", "--kb", "太空", str(folder / "planets.md")])
     capsys.readouterr()
     assert cli.main(["kb", "list"]) == 0
-    assert capsys.readouterr().out.startswith("太空\t1 files\t1 chunks")
+    assert capsys.readouterr().out.startswith("太空\t1 file\t1 chunk\t")
     assert cli.main(["docs", "list", "--kb", "太空"]) == 0
-    assert capsys.readouterr().out.startswith("planets.md\t1 chunks")
+    assert capsys.readouterr().out.startswith("planets.md\t1 chunk\t")
     # another folder's file of that name is not the one held: nothing is deleted
     assert cli.main(["docs", "delete", "--kb", "太空", str(folder / "sub" / "planets.md")]) == 1
     assert f"was added from {folder.resolve() / 'planets.md'}, not from" in capsys.readouterr().err

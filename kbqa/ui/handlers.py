@@ -14,7 +14,7 @@ from typing import Any
 
 from kbqa.errors import ContextLengthExceeded, IndexDamaged, KBQAError
 from kbqa.qa import empty_knowledge_base
-from kbqa.schema import ChatMessage, FileResult, IngestReport
+from kbqa.schema import ChatMessage, FileResult, IngestReport, counted
 from kbqa.service import KBQAService
 from kbqa.ui.render import (
     doc_rows,
@@ -201,7 +201,7 @@ def confirm_delete_document(service: KBQAService, kb: str | None, name: str | No
     held = {d.name: d for d in service.list_documents(kb)}
     if name not in held:
         raise KBQAError(f"{name} is no longer in {kb}: refresh the list.")
-    return (f"Delete **{literal(name)}** ({held[name].chunks} chunk{'s' * (held[name].chunks != 1)}) from "
+    return (f"Delete **{literal(name)}** ({counted(held[name].chunks, 'chunk')}) from "
             f"**{literal(kb)}**? Add the file again to get it back.")
 
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from kbqa.schema import DocumentInfo, IngestReport, SourceChunk
+from kbqa.schema import DocumentInfo, IngestReport, SourceChunk, counted
 
 RESULT_HEADERS = ["file", "status", "chunks", "reason"]
 DOC_HEADERS = ["file", "pages", "chunks", "size", "added"]
@@ -64,7 +64,7 @@ def ingest_summary(report: IngestReport, new_kb: bool = False) -> str:
         return text + (f" {failed} failed: see the reason column." if failed else "")
     text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**"
             + (f" ({unchanged} of them unchanged)" if unchanged else "")
-            + f", {report.chunks_added} chunk{'s' * (report.chunks_added != 1)} added in {report.seconds:.1f}s.")
+            + f", {counted(report.chunks_added, 'chunk')} added in {report.seconds:.1f}s.")
     if failed:
         text += f" {failed} failed: see the reason column; the other files were indexed."
     return text
