@@ -402,41 +402,65 @@ class QAEngine:
             return None
         return text
 
+    def find(self, kb: KnowledgeBase, query: str, timings: dict[str, float], notes: dict[str, Any],
+             may_translate: bool = True, weak_margin: float | None = None) -> list[SourceChunk]:
+        """The passages that reach the threshold for ``query``, searched for in translation too where that may
+        find better ones; what was done goes into ``notes`` (``found``, ``threshold`` for a refusal's notice,
+        ``translated`` or ``also_translated``) and ``timings``.
+
+        Worth a translation when the knowledge base holds passages in the other language (those found may all
+        be in the question's own: a few English rows among Chinese documents), and nothing passed or only
+        passages in the question's own language that pass by less than ``weak_margin`` (default
+        ``_WEAK_MARGIN``; a document's cover page at 0.801 against English's 0.80 kept an English question from
+        the Chinese article that answers it, 0.904 once translated): then the best of both searches, by score.
+        ``may_translate`` is False for a concatenation of earlier questions, no one question to translate.
+        """
+        margin = _WEAK_MARGIN if weak_margin is None else weak_margin
+        start = time.perf_counter()
+        found = self.retriever.retrieve(kb, query, self.top_k)
+        timings["retrieve"] = time.perf_counter() - start
+        passed = self._passing(query, found)
+        strict: float | None = None
+        zh = is_chinese(query)
+        weak = bool(passed) and all(is_chinese(c.text) == zh for c in passed) and all(
+            c.score < self.threshold(query, c.text) + margin for c in passed)
+        if ((not passed or weak) and self.translate and may_translate
+                and (any(is_chinese(c.text) != zh for c in found) or self._holds_other_language(kb, zh))):
+            start = time.perf_counter()
+            translated = self._translation(query)
+            timings["translate"] = time.perf_counter() - start
+            if translated:
+                # A small model's translation is a guess: held to the stricter of the two languages' thresholds
+                # (Chinese questions translated for the English speech let two unrelated ones through at
+                # English's 0.80, answered from the model's own knowledge).
+                strict = max(self.threshold(query), self.threshold(translated))
+                start = time.perf_counter()
+                found_there = self.retriever.retrieve(kb, translated, self.top_k)
+                timings["retrieve"] += time.perf_counter() - start
+                passed_there = self._passing(translated, found_there, strict)
+                if not passed:
+                    query = notes["translated"] = translated
+                    found, passed = found_there, passed_there
+                elif passed_there:
+                    ids = {c.id for c in passed}
+                    merged = sorted(passed + [c for c in passed_there if c.id not in ids],
+                                    key=lambda c: -c.score)[:self.top_k]
+                    if any(c in passed_there for c in merged):
+                        notes["also_translated"] = translated
+                        passed = [replace(c, rank=i) for i, c in enumerate(merged, 1)]
+        notes["found"] = found
+        # The refusal's notice names the threshold the best passage missed.
+        best = max(found, key=lambda c: c.score, default=None)
+        notes["threshold"] = strict if strict is not None else self.threshold(query, best.text if best else None)
+        return passed
+
     def _chain(self, kb: KnowledgeBase, params: GenerationParams, usage: Usage | None,
                cancel: threading.Event) -> Any:
         llm: Any = _LoadedOnUse(self.get_llm)  # a refusal answers without the model: do not load it for one
         chat = KBQAChatModel(llm=llm, params=params, usage=usage, cancel=cancel)
 
         def retrieve(x: dict[str, Any]) -> list[SourceChunk]:
-            start = time.perf_counter()
-            query = x["query"]
-            found = self.retriever.retrieve(kb, query, self.top_k)
-            x["timings"]["retrieve"] = time.perf_counter() - start
-            passed = self._passing(query, found)
-            strict: float | None = None
-            # Worth a translation when the knowledge base holds passages in the other language (those found
-            # may all be in the question's own: a few English rows among Chinese documents). A concatenation
-            # of earlier questions is no one question to translate.
-            zh = is_chinese(query)
-            if (not passed and self.translate and x["how"] != "concat"
-                    and (any(is_chinese(c.text) != zh for c in found) or self._holds_other_language(kb, zh))):
-                start = time.perf_counter()
-                translated = self._translation(query)
-                x["timings"]["translate"] = time.perf_counter() - start
-                if translated:
-                    # A small model's translation is a guess: held to the stricter of the two languages'
-                    # thresholds (Chinese questions translated for the English speech let two unrelated
-                    # ones through at English's 0.80, answered from the model's own knowledge).
-                    strict = max(self.threshold(query), self.threshold(translated))
-                    start = time.perf_counter()
-                    query = x["translated"] = translated
-                    found = self.retriever.retrieve(kb, query, self.top_k)
-                    x["timings"]["retrieve"] += time.perf_counter() - start
-                    passed = self._passing(query, found, strict)
-            x["found"] = found
-            # The refusal's notice names the threshold the best passage missed.
-            best = max(found, key=lambda c: c.score, default=None)
-            x["threshold"] = strict if strict is not None else self.threshold(query, best.text if best else None)
+            passed = self.find(kb, x["query"], x["timings"], x, may_translate=x["how"] != "concat")
             if passed:  # the model will answer: load it now, so a model that cannot load fails before any event
                 self.get_llm()
             return passed
@@ -529,6 +553,10 @@ class QAEngine:
             said.append(say["translated"].format(say["zh" if is_chinese(translated) else "en"],
                                                  _quoted(translated, lang)))
             query = translated
+        also = state.get("also_translated")
+        if also:
+            said.append(say["also_translated"].format(say["zh" if is_chinese(also) else "en"], _quoted(also, lang)))
+            query = also
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
             # Three decimals: a best score of 0.796 under a threshold of 0.80 must not read "0.80 (best 0.80)".
@@ -551,6 +579,11 @@ class QAEngine:
         yield AnswerEvent("done", text=text, sources=answer.sources, answer=answer)
 
 
+#: Passages in the question's own language that pass by less than this are barely relevant: the question is
+#: also searched for in the other language, where the knowledge base holds some (see ``retrieve``).
+_WEAK_MARGIN = 0.02
+
+
 def _quoted(text: str, lang: str = "en") -> str:
     """``text`` in quotes, closed with a full stop unless it ends a sentence itself ("…?”." reads badly)."""
     return f"“{text}”{'' if text.rstrip()[-1:] in '?？!！.。' else '。' if lang == 'zh' else '.'}"
@@ -568,6 +601,8 @@ _NOTICES: dict[str, dict[str, str]] = {
         "join": " ", "list": ", ", "zh": "Chinese", "en": "English",
         "read_as": "Follow-up question read as: {}",
         "translated": "No passage was relevant enough to the question as asked; searched for it in {}: {}",
+        "also_translated": "The passages found for the question as asked were barely relevant; also searched for "
+                           "it in {}: {}",
         "below": "No passage reached the relevance threshold {}",
         "best": " (best score {})",
         "refusal": "; answered with the refusal sentence.",
@@ -582,6 +617,7 @@ _NOTICES: dict[str, dict[str, str]] = {
         "join": "", "list": "、", "zh": "中文", "en": "英文",
         "read_as": "追问理解为：{}",
         "translated": "没有段落与原问题足够相关，已译成{}检索：{}",
+        "also_translated": "按原问题找到的段落相关度很低，又译成{}检索：{}",
         "below": "没有段落达到相关度阈值 {}",
         "best": "（最高得分 {}）",
         "refusal": "，以拒答句作答。",

@@ -182,3 +182,29 @@ def test_a_translation_that_finds_nothing_either_is_refused_and_named(tmp_path: 
     assert len(llm.prompts) == 1
     assert "searched for it in Chinese: “木星有多少颗卫星？” No passage reached the relevance" in answer.notice
     assert answer.notice.endswith("; answered with the refusal sentence.")
+
+
+def test_a_barely_relevant_passage_in_the_questions_language_does_not_keep_the_other_language_unsearched(
+        tmp_path: Path) -> None:
+    # Seen in QA: an English question about the Chinese rules passed on one English passage (a PDF's cover page,
+    # 0.801 against 0.80), so it was never translated; the model got the cover page and made up "30 days".
+    cover = tmp_path / "cover.txt"
+    cover.write_text("A paper.", encoding="utf-8")
+
+    def ask(margin: float) -> tuple:
+        for folder in ("probe", "kb"):
+            (tmp_path / f"{folder}{margin}").mkdir()
+        probe = nile_service(tmp_path / f"probe{margin}", FakeLLM())
+        probe.add_files("rivers", [cover])
+        score = next(f.score for f in probe.search("rivers", "Where does the Nile flow?", 3) if f.source == "cover.txt")
+        llm = FakeLLM(replies=["尼罗河流向哪里？", "North [1]."])
+        service = nile_service(tmp_path / f"kb{margin}", llm, score_threshold=score - margin, score_threshold_zh=0.3)
+        service.add_files("rivers", [cover])
+        return service.ask("rivers", "Where does the Nile flow?"), llm
+
+    answer, llm = ask(0.01)  # passes by 0.01: barely relevant
+    assert not answer.refused and [s.source for s in answer.sources][0] == "尼罗河.txt"
+    assert "cover.txt" in [s.source for s in answer.sources]  # the best of both searches, by score
+    assert "also searched for it in Chinese: “尼罗河流向哪里？”" in answer.notice and answer.query == "尼罗河流向哪里？"
+    answer, llm = ask(0.1)  # passes clearly: no translation, as before
+    assert [s.source for s in answer.sources] == ["cover.txt"] and len(llm.prompts) == 1 and answer.notice == ""
