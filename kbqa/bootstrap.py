@@ -93,6 +93,7 @@ def _load_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None)
         case "llamacpp":
             from kbqa.llm.llamacpp import LlamaCppLLM
 
+            _check_llamacpp_settings(settings)
             path = resolve_gguf(settings.model, cache_dir, progress)
             return LlamaCppLLM(path, name=settings.model, context_window=settings.context_window,
                                threads=settings.threads, gpu_layers=settings.gpu_layers,
@@ -102,6 +103,21 @@ def _load_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None)
 
             return build_transformers_llm(settings, cache_dir, progress)
     raise ModelUnavailable(f"Unknown llm.backend '{settings.backend}'.")  # pragma: no cover - pydantic checks
+
+
+def _check_llamacpp_settings(settings: LLMSettings) -> None:
+    """Refuse the transformers backend's settings with llama.cpp, which would run without them, unsaid (a user
+    following the GPU table without llm.backend = 'transformers' got a CPU run at full precision)."""
+    ignored = [f"llm.{name} = '{value}'" for name, value, default in (
+        ("quantization", settings.quantization, "none"), ("dtype", settings.dtype, "auto"),
+        ("adapter", settings.adapter, None)) if value != default]
+    if settings.device not in ("auto", "cpu"):
+        ignored.append(f"llm.device = '{settings.device}' (llama.cpp offloads to a GPU with llm.gpu_layers)")
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)}: {'these apply' if len(ignored) > 1 else 'this applies'} to "
+                          "llm.backend = 'transformers' only, and llm.backend is 'llamacpp' (GGUF models): set "
+                          "llm.backend (KBQA_LLM__BACKEND) to 'transformers', or leave "
+                          f"{'them' if len(ignored) > 1 else 'it'} out.")
 
 
 #: Held while a model loads. One loads at a time: transformers imports its classes lazily, and two threads

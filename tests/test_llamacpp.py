@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from kbqa.bootstrap import build_llm
+from kbqa.errors import ConfigError
 from kbqa.llm.base import GenerationParams
 from kbqa.llm.llamacpp import LlamaCppLLM
 from kbqa.schema import ChatMessage
+from kbqa.settings import load_settings
 
 
 def test_requests_follow_the_prompt_cache_setting() -> None:
@@ -28,3 +35,13 @@ def test_a_prompt_over_the_context_is_openais_context_length_exceeded() -> None:
     assert "(5000 tokens; the context holds 4096): raise llm.context_window" in str(counted)
     assert "try increasing it" not in str(counted)  # llama.cpp's hint names no setting: kbqa's does
     assert error_code(_error({"error": {"type": "server_error", "message": "boom"}})) == "kbqa_error"
+
+
+def test_the_transformers_backends_settings_are_refused_with_llamacpp(tmp_path: Path) -> None:
+    # They ran without effect, unsaid: llm.quantization = "4bit" from the GPU table gave a full-precision CPU run.
+
+    for llm, named in (({"quantization": "4bit"}, "llm.quantization = '4bit'"),
+                       ({"device": "cuda", "dtype": "fp16"}, "llm.dtype = 'fp16', llm.device = 'cuda'"),
+                       ({"adapter": "lora"}, "llm.adapter = 'lora'")):
+        with pytest.raises(ConfigError, match=rf"{named}.*appl(y|ies) to llm.backend = 'transformers' only"):
+            build_llm(load_settings(llm=llm).llm, tmp_path)
