@@ -219,6 +219,19 @@ def test_chatglm2_and_chatglm3_are_told_apart(tmp_path: Path, sp_model: Path) ->
     assert read_marker(convert_chatglm(tmp_path / "v3", tmp_path / "o3"))["version"] == "chatglm3"
 
 
+def test_a_version_given_against_the_checkpoints_own_tokenizer_says_so(tmp_path: Path, sp_model: Path) -> None:
+    # --version chatglm2 on ChatGLM3 converted without a word, with ChatGLM2's prompts and stop tokens; --version
+    # chatglm3 on ChatGLM2 failed on a vocabulary count that never named the --version given.
+    write_checkpoint(tmp_path / "v3", sp_model, version="chatglm3")
+    (tmp_path / "v3" / "tokenization_chatglm.py").write_text(
+        'role_special_tokens = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]\n', encoding="utf-8")
+    with pytest.raises(ModelUnavailable, match=r"is a ChatGLM3 checkpoint .* not ChatGLM2 as --version chatglm2 says"):
+        convert_chatglm(tmp_path / "v3", tmp_path / "o3", version="chatglm2")
+    write_checkpoint(tmp_path / "v2", sp_model, version="chatglm2")
+    with pytest.raises(ModelUnavailable, match=r"role tokens ChatGLM3 adds, as --version chatglm3 says"):
+        convert_chatglm(tmp_path / "v2", tmp_path / "o2", version="chatglm3")
+
+
 def test_a_truncated_safetensors_shard_is_reported_as_incomplete(tmp_path: Path, sp_model: Path) -> None:
     write_checkpoint(tmp_path / "src", sp_model, fmt="safetensors", shards=2)
     shard = tmp_path / "src" / "model-00001-of-00002.safetensors"

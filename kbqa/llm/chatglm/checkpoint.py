@@ -147,6 +147,16 @@ def detect_version(folder: Path, config: dict[str, Any]) -> Version:
     return "chatglm2"
 
 
+def _names_role_tokens(folder: Path) -> bool:
+    """Whether the checkpoint's tokenizer files name ChatGLM3's role tokens (sure sign of ChatGLM3, where names
+    in config.json or the folder's name may only echo a fine-tune's)."""
+    for name in ("tokenizer_config.json", "tokenization_chatglm.py"):
+        path = Path(folder) / name
+        if path.is_file() and "<|user|>" in path.read_text(encoding="utf-8", errors="replace"):
+            return True
+    return False
+
+
 def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
     """Check a ChatGLM checkpoint folder and describe it.
 
@@ -193,7 +203,12 @@ def read_source(folder: Path, version: Version | None = None) -> ChatGLMSource:
         raise ModelUnavailable(f"{folder} has no {TOKENIZER_FILE}; it is part of the published checkpoint.")
     if not files:
         raise ModelUnavailable(f"{folder} holds no weights (pytorch_model*.bin or *.safetensors).")
-    version = version or detect_version(folder, config)
+    detected = detect_version(folder, config)
+    if version == "chatglm2" and detected == "chatglm3" and _names_role_tokens(folder):
+        raise ModelUnavailable(f"{folder} is a ChatGLM3 checkpoint (its tokenizer files name ChatGLM3's role "
+                               "tokens, <|user|>), not ChatGLM2 as --version chatglm2 says: its prompts would be "
+                               "in the wrong format. Leave --version out to detect it.")
+    version = version or detected
     scales_base = rope_scales_base(folder)
     return ChatGLMSource(folder=folder, config=config, version=version, weight_files=tuple(files),
                          rope_scales_base=version == "chatglm3" if scales_base is None else scales_base)

@@ -161,7 +161,9 @@ def convert_chatglm(src: Path, dst: Path, progress: Progress | None = None, *,
         raise ConfigError(f"{dst} already exists; choose a new folder or delete it first.")
     tokenizer = ChatGLMTokenizer.from_folder(source.folder, source.version)
     if tokenizer.vocab_size > source.config["padded_vocab_size"]:
-        raise ModelUnavailable(f"{src}: tokenizer.model has {tokenizer.vocab_size} tokens, more than the "
+        forced = (f" (with the role tokens ChatGLM3 adds, as --version {version} says: is it a ChatGLM2 "
+                  "checkpoint? Leave --version out to detect it)" if version == "chatglm3" else "")
+        raise ModelUnavailable(f"{src}: tokenizer.model has {tokenizer.vocab_size} tokens{forced}, more than the "
                                f"model's padded_vocab_size {source.config['padded_vocab_size']}.")
     dims = attention_dims(source.config)
     total = sum(f.stat().st_size for f in source.weight_files)
