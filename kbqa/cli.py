@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS, help="settings file (as before the command)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(parent: Any, name: str, text: str | None = None) -> argparse.ArgumentParser:
         return parent.add_parser(name, help=text, description=text, parents=[common])  # type: ignore[no-any-return]
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ask)
 
     p = command(sub, "kb", "list or delete knowledge bases")
-    kb_sub = p.add_subparsers(dest="kb_command", required=True)
+    kb_sub = p.add_subparsers(dest="kb_command", required=True, metavar="{list,delete}")
     command(kb_sub, "list", "the knowledge bases: name, files, chunks, embedding model")
     d = command(kb_sub, "delete", "delete a knowledge base and all its files (no undo); asks first at a terminal")
     d.add_argument("name", help="knowledge base name")
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_kb)
 
     p = command(sub, "docs", "list or delete the files of a knowledge base")
-    docs_sub = p.add_subparsers(dest="docs_command", required=True)
+    docs_sub = p.add_subparsers(dest="docs_command", required=True, metavar="{list,delete}")
     d = command(docs_sub, "list", "the files of a knowledge base: name, pages, chunks, size, when added")
     d.add_argument("--kb", required=True, help="knowledge base name")
     d = command(docs_sub, "delete", "delete one file and all its chunks from a knowledge base")

@@ -393,6 +393,10 @@ def test_config_and_verbose_go_before_or_after_the_command(capsys: pytest.Captur
     with pytest.raises(SystemExit) as done:
         parse(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("kbqa ")
+    for argv, missing in (([], "COMMAND"), (["kb"], "{list,delete}")):  # not the parser's own names (kb_command)
+        with pytest.raises(SystemExit) as done:
+            parse(argv)
+        assert done.value.code == 2 and f"the following arguments are required: {missing}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["docs", "list", "--kb", "space"], ["kb", "list"],
