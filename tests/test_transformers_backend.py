@@ -148,7 +148,7 @@ def test_a_checkpoint_too_big_for_memory_is_refused_before_it_is_converted(
 
 
 @pytest.mark.parametrize(("machine", "settings", "hint"), [
-    (Machine(mps=True), {"quantization": "4bit"}, "Set llm.quantization = 'none'."),  # no CPU advice on a Mac
+    (Machine(mps=True), {"quantization": "4bit"}, "(KBQA_LLM__QUANTIZATION) = 'none'."),  # no CPU advice on a Mac
     (Machine(cuda=True, cuda_bf16=True, bitsandbytes=True, free_memory={"cuda": GIB}), {"quantization": "4bit"},
      "free some cuda memory"),  # not "use a GPU" on one
 ])

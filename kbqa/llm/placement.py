@@ -96,20 +96,20 @@ def choose_placement(llm: LLMSettings, machine: Machine, n_params: int) -> Place
         device = "cuda" if machine.cuda else "mps" if machine.mps else "cpu"
     elif device.startswith("cuda") and not machine.cuda:
         raise ConfigError(f"llm.device = '{device}', but torch sees no CUDA GPU here (a CPU-only torch build, "
-                          "or no driver). Set llm.device = 'auto' or 'cpu'.")
+                          "or no driver). Set llm.device (KBQA_LLM__DEVICE) = 'auto' or 'cpu'.")
     elif device.startswith("cuda:") and int(device[5:]) >= machine.cuda_count:
         seen = "cuda:0" if machine.cuda_count == 1 else f"cuda:0 to cuda:{machine.cuda_count - 1}"
         raise ConfigError(f"llm.device = '{device}', but torch sees {machine.cuda_count} CUDA GPU"
                           f"{'s' if machine.cuda_count != 1 else ''} here ({seen}; CUDA_VISIBLE_DEVICES "
-                          "renumbers them). Set llm.device to one of those, or 'auto'.")
+                          "renumbers them). Set llm.device (KBQA_LLM__DEVICE) to one of those, or 'auto'.")
     elif device == "mps" and not machine.mps:
         raise ConfigError("llm.device = 'mps', but Apple's MPS is not available here. "
-                          "Set llm.device = 'auto'.")
+                          "Set llm.device (KBQA_LLM__DEVICE) = 'auto'.")
     quant = llm.quantization
     gpu = device.startswith("cuda")
     if quant != "none" and not gpu:
         raise ConfigError(f"llm.quantization = '{quant}' needs a CUDA GPU (bitsandbytes); this machine "
-                          f"runs the model on {device}. Set llm.quantization = 'none'"
+                          f"runs the model on {device}. Set llm.quantization (KBQA_LLM__QUANTIZATION) = 'none'"
                           + (" (and llm.dtype = 'bf16' to halve memory on a CPU)." if device == "cpu" else "."))
     if quant != "none" and not machine.bitsandbytes:
         raise ConfigError(f"llm.quantization = '{quant}' needs bitsandbytes: install kbqa's gpu extra "
@@ -123,9 +123,10 @@ def choose_placement(llm: LLMSettings, machine: Machine, n_params: int) -> Place
             log.info("loading in bf16: fp32 weights would not fit in the free memory")
     if dtype == "fp16" and device == "cpu":
         raise ConfigError("llm.dtype = 'fp16' is not usable on a CPU (many fp16 kernels are missing or very "
-                          "slow there). Set llm.dtype = 'bf16' (half the memory) or 'fp32'.")
+                          "slow there). Set llm.dtype (KBQA_LLM__DTYPE) = 'bf16' (half the memory) or 'fp32'.")
     if dtype == "bf16" and gpu and not machine.cuda_bf16:
-        raise ConfigError("This GPU has no bf16 support (it predates Ampere). Set llm.dtype = 'fp16'.")
+        raise ConfigError("This GPU has no bf16 support (it predates Ampere). Set llm.dtype (KBQA_LLM__DTYPE) = "
+                          "'fp16'.")
     needed = n_params * _PARAM_BYTES[quant if quant != "none" else dtype] * 1.05
     if free is not None and needed > free:
         if gpu and quant != "4bit":
