@@ -59,15 +59,21 @@ def resolve_gguf(spec: str, cache_dir: Path, progress: Progress | None = None) -
             raise ModelUnavailable(f"Unknown embedded LLM '{spec}' in {LLM_SETTING}; choose one of {known}.")
         return assemble_gguf(EMBEDDED_LLMS[name], cache_dir, LLM_SETTING, progress)
     path = resolve_local_or_hub(spec, LLM_SETTING, allow_patterns=["*.gguf"])
-    if path.is_file():
-        return path
-    ggufs = sorted(path.glob("*.gguf"))
-    if len(ggufs) != 1:
-        raise ModelUnavailable(
-            f"{LLM_SETTING} = '{spec}' is a folder with {len(ggufs)} GGUF files; the llamacpp backend needs "
-            f"exactly one: point {LLM_SETTING} at the file, or use llm.backend = 'transformers' for a "
-            f"transformers model folder.")
-    return ggufs[0]
+    if not path.is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise ModelUnavailable(
+                f"{LLM_SETTING} = '{spec}' is a folder with {len(ggufs)} GGUF files; the llamacpp backend needs "
+                f"exactly one: point {LLM_SETTING} at the file, or use llm.backend = 'transformers' for a "
+                f"transformers model folder.")
+        path = ggufs[0]
+    with path.open("rb") as file:
+        magic = file.read(4)
+    if magic != b"GGUF":  # llama.cpp itself only says "Failed to init server, please check the input params"
+        raise ModelUnavailable(f"{LLM_SETTING} = '{spec}': {path} is not a GGUF model (it does not start with "
+                               f"GGUF{'; it is empty' if not magic else ''}): the llamacpp backend reads GGUF files "
+                               "only; point it at one (or download it again if it was cut short).")
+    return path
 
 
 def build_llm(settings: LLMSettings, cache_dir: Path, progress: Progress | None = None) -> LLM:

@@ -58,6 +58,20 @@ def test_folder_with_several_ggufs_is_refused(tmp_path: Path) -> None:
         resolve_gguf(str(tmp_path), tmp_path / "cache")
 
 
+def test_a_file_that_is_no_gguf_is_named_before_llama_cpp_reads_it(tmp_path: Path) -> None:
+    # llama.cpp's own words for it: "Failed to init server, please check the input params".
+    (tmp_path / "notes.txt").write_text("not a model", encoding="utf-8")
+    with pytest.raises(ModelUnavailable, match=r"notes.txt is not a GGUF model \(it does not start with GGUF\)"):
+        resolve_gguf(str(tmp_path / "notes.txt"), tmp_path / "cache")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "cut.gguf").write_bytes(b"")
+    with pytest.raises(ModelUnavailable, match=r"cut.gguf is not a GGUF model \(it does not start with GGUF; it is "
+                                               r"empty\)"):
+        resolve_gguf(str(tmp_path / "one"), tmp_path / "cache")
+    (tmp_path / "one" / "cut.gguf").write_bytes(b"GGUF\x03\x00")
+    assert resolve_gguf(str(tmp_path / "one"), tmp_path / "cache") == tmp_path / "one" / "cut.gguf"
+
+
 def fake_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: bytes) -> EmbeddedGGUF:
     names = []
     for n, start in enumerate(range(0, len(payload), 7), 1):
