@@ -804,3 +804,15 @@ def test_question_and_answer_lines_of_a_pdf_stay_lines_of_their_own() -> None:
             "Q: What is the return window for online orders placed on our website\n"
             "A: Thirty days from delivery for all items bought online or in our stores.")
     assert tidy_text(text).split("\n") == text.split("\n")
+
+
+def test_a_markdown_tables_rows_name_their_columns(tmp_path: Path) -> None:
+    # QA: "C-Eval average of ChatGLM2-6B?" answered 48.3 (another row's Social Sciences) from "| ChatGLM2-6B |
+    # 50.1 | 46.4 | 60.4 |": a row that names its columns, as a CSV row is read, says which figure is which.
+    page = ("### C-Eval\n\n| Model | Average | STEM |\n| ----- |:---:| --- |\n| ChatGLM-6B | 38.9 | 33.3 |\n"
+            "| ChatGLM2-6B | 50.1 | |\n| a \\| b | 1 | 2 |\n\nAfter the table.\n\n"
+            "```\n| x | y |\n|---|---|\n| 1 | 2 |\n```\n")
+    assert load_document(write(tmp_path, "t.md", page))[0].text == (
+        "### C-Eval\n\nModel: ChatGLM-6B; Average: 38.9; STEM: 33.3\nModel: ChatGLM2-6B; Average: 50.1\n"
+        "Model: a | b; Average: 1; STEM: 2\n\nAfter the table.\n\n```\n| x | y |\n|---|---|\n| 1 | 2 |\n```\n")
+    assert load_document(write(tmp_path, "t.txt", page))[0].text == page  # a text file shows it as written
