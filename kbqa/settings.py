@@ -102,11 +102,6 @@ class EmbeddingSettings(_Section):
 
     model: str = Field("embedded:multilingual-e5-small",
                        description="embedded:<name>, a local folder, or a hub id (text2vec SentenceModel).")
-
-    @field_validator("model")
-    @classmethod
-    def _named(cls, value: str) -> str:
-        return _model_named(value)
     batch_size: int = Field(
         8, ge=1, description="Texts the float model encodes per forward pass (8 beat 32 by about 1.2x on a 2-core "
         "CPU; see benchmarks/RESULTS.md); the int8 chunk encoder takes one per pass. On a GPU, larger batches pay.")
@@ -123,6 +118,11 @@ class EmbeddingSettings(_Section):
                             "(benchmarks/RESULTS.md); none: the float model. A knowledge base must be re-created "
                             "to switch.")
 
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        return _model_named(value)
+
 
 class LLMSettings(_Section):
     """The answering model."""
@@ -130,11 +130,6 @@ class LLMSettings(_Section):
     backend: Literal["llamacpp", "transformers"] = Field("llamacpp", description="Which runtime runs the model.")
     model: str = Field("embedded:qwen2.5-coder-1.5b-instruct",
                        description="embedded:<name>, a GGUF file, a model folder, or a hub id.")
-
-    @field_validator("model")
-    @classmethod
-    def _named(cls, value: str) -> str:
-        return _model_named(value)
     context_window: int = Field(4096, ge=256, description="Tokens of prompt plus answer.")
     max_tokens: int = Field(512, ge=1, description="Longest answer, in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
@@ -158,6 +153,11 @@ class LLMSettings(_Section):
     @classmethod
     def _no_adapter(cls, value: Any) -> Any:
         return _off(value)
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        return _model_named(value)
 
 
 class SplitterSettings(_Section):
