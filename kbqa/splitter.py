@@ -61,16 +61,19 @@ class Splitter:
             return text
         lines = text.split("\n")
         for i in range(len(lines) - 1):
-            line, following = lines[i].strip(), lines[i + 1].strip()
+            # The next line with text: a Markdown heading has a blank line under it.
+            gap = 2 if not lines[i + 1].strip() and i + 2 < len(lines) and lines[i].lstrip().startswith("#") else 1
+            line, following = lines[i].strip(), lines[i + gap].strip()
             # A heading (short, then a paragraph that starts anew), or a short line the next would leave alone;
             # not a table's row (its cells apart by wide gaps, or ending in a figure), nor a list of short lines.
             if not (line and following) or line[-1] in _CLOSING or "  " in line or _ENDS_IN_FIGURE.search(line):
                 continue
             heading = (len(line) <= _HEADING_CHARS and len(following) >= 80
                        and (following[0].isupper() or following[0].isdigit() or bool(HAN.match(following))))
-            if heading or (len(line) <= self.chunk_size // 4
+            if heading or (gap == 1 and len(line) <= self.chunk_size // 4
                            and len(lines[i]) + 1 + len(lines[i + 1]) > self.chunk_size):
-                lines[i] += _BOUND  # joined below without its line break: the splitter does not cut there
+                for bound in range(i, i + gap):  # joined below without their line breaks: no cut there
+                    lines[bound] += _BOUND
         return "\n".join(lines).replace(_BOUND + "\n", _BOUND)
 
     def _fit(self, pieces: list[str]) -> list[str]:

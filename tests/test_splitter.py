@@ -100,6 +100,16 @@ def test_a_heading_stays_with_its_paragraph_and_table_rows_stay_apart() -> None:
     assert all(c.rstrip()[-1].isdigit() for c in Splitter(chunk_size=200, chunk_overlap=0).split_text(rows))
 
 
+def test_a_markdown_heading_stays_with_what_follows_its_blank_line() -> None:
+    # "### C-Eval" ended the chunk before its table (a Markdown heading has a blank line under it), so the
+    # table's rows never said which benchmark they were.
+    earlier = "这是前一节的内容，比较长。" * 30
+    rows = "Model: ChatGLM-6B; Average: 38.9; STEM: 33.3; Social Sciences: 48.3; Humanities: 41.3; Others: 38.0\n"
+    chunks = Splitter(chunk_size=500, chunk_overlap=0).split_text(f"{earlier}\n\n### C-Eval\n\n{rows * 6}")
+    assert not any(c.rstrip().endswith("### C-Eval") for c in chunks)
+    assert any(c.startswith("### C-Eval\n\nModel: ChatGLM-6B;") for c in chunks)
+
+
 def test_a_full_stop_after_an_initial_or_abbreviation_is_no_sentence_end() -> None:
     # A chunk cut at "28 C.F.R." left "§ 58.4(b) referencing 28 C.F.R. § 58.3(b)." as a passage of its own (the
     # handbook of the shared corpus), which answered nothing and was never found for its own sentence.

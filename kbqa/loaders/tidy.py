@@ -94,9 +94,10 @@ _CODE = re.compile(r"^\s*(?:\$|>>>|#!|import\s|from\s\S+\simport\s|def\s|class\s
 #: A figure's or table's caption, a line of its own ("Fig. 1 Example of a Simple Sequential Chain").
 _CAPTION = re.compile(r"(?i)^(?:fig\.?|figure|table|图|表)\s*\d")
 _PAGE_OF = re.compile(r"(?i)\bpage\s*\d+\s*of\s*\d+")
-#: A line that starts with a label ("A: Thirty days", "Answer: ...", "Step 2: ...", "Note: ..."), or that runs
+#: A line that starts with a label, one word ("A: Thirty days", "Answer: ...", "Step 2: ...", "Note: ..."; not a
+#: title's "Computational Linguistics: Human Language", which a citation wraps), or that runs
 #: to a page number on dot leaders (a table of contents' "Introduction ........ 3"): a line of its own.
-_LATIN_LABEL = re.compile(r"[A-Z][A-Za-z0-9]{0,14}(?: [A-Za-z0-9]+){0,2}:\s")
+_LATIN_LABEL = re.compile(r"[A-Z][A-Za-z0-9]{0,14}(?: \d+)?:\s")
 _LEADERS = re.compile(r"(?:\.\s?){4,}\s*\d+$|…{2,}")
 _CITATION = re.compile(r"\[\d+(?:[,–-]\d+)*\][,.;:)]")
 #: Words that stay hyphenated at a line's end (self-play, well-known); other words broken there are mended.
