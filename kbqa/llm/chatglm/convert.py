@@ -288,6 +288,18 @@ def shapes_layers(shapes: dict[str, tuple[int, ...]]) -> int:
 
 def _check_complete(weight_map: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
     missing = sorted(set(shapes) - set(weight_map))
-    if missing:
+    if not missing:
+        return
+    held = {int(m.group(1)) for key in weight_map if (m := _NATIVE_LAYER.search(key))}
+    lacking = {int(m.group(1)) for key in missing if (m := _NATIVE_LAYER.search(key))}
+    # Whole layers past the last one held, and nothing else: config.json's num_layers is over the weights'.
+    if held and lacking and min(lacking) > max(held) and all(_NATIVE_LAYER.search(key) for key in missing):
         raise ModelUnavailable(
-            f"The checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}: is it complete?")
+            f"config.json says num_layers = {max(lacking) + 1}, but the weights hold layers 0-{max(held)} only "
+            f"({max(held) + 1} layers): is num_layers the checkpoint's own (fix config.json), or is a weight file "
+            "missing?")
+    raise ModelUnavailable(
+        f"The checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}: is it complete?")
+
+
+_NATIVE_LAYER = re.compile(r"\.layers\.(\d+)\.")
