@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -56,6 +57,8 @@ class KBQAService:
         self._lock = threading.Lock()
         #: Per knowledge-base slug, ``[files settled, files]`` of each batch being added now.
         self._adding: dict[str, list[list[int]]] = {}
+        #: Per knowledge base: when its latest batch ended (inf while it runs) and its outcomes so far.
+        self._latest: dict[str, tuple[float, list[FileResult]]] = {}
         self._finish_interrupted()
 
     def _kb(self, name: str) -> KnowledgeBase:
@@ -87,6 +90,8 @@ class KBQAService:
                 self._destroy(*buried)
             return
         self._remove(kb)
+        with self._lock:  # a new knowledge base of the same name has had no upload yet
+            self._latest.pop(kb.slug, None)
 
     def _remove(self, kb: KnowledgeBase) -> None:
         with kb.lock:
@@ -136,14 +141,17 @@ class KBQAService:
             pairs.append((Path(f[0]), f[1]) if isinstance(f, tuple) else (Path(f), Path(f).name))
             local.append(not isinstance(f, tuple))
         batch = [0, len(pairs)]
+        outcomes: list[FileResult] = []
 
         def settled(result: FileResult) -> None:
             batch[0] += 1
+            outcomes.append(result)
             if on_file is not None:
                 on_file(result)
 
         with self._lock:
             self._adding.setdefault(kb.slug, []).append(batch)
+            self._latest[kb.slug] = (float("inf"), outcomes)  # running
         try:
             return self.ingestor.ingest(kb, pairs, progress, local=local, on_file=settled)
         finally:
@@ -151,8 +159,19 @@ class KBQAService:
                 self._adding[kb.slug].remove(batch)
                 if not self._adding[kb.slug]:
                     del self._adding[kb.slug]
+                if self._latest.get(kb.slug, (0.0, None))[1] is outcomes:
+                    self._latest[kb.slug] = (time.monotonic(), outcomes)
             if new and not kb.deleted:
                 self._settle_first_batch(kb)
+
+    def latest_upload(self, kb_name: str, within: float = 600.0) -> list[FileResult] | None:
+        """The outcomes of the latest batch added to a knowledge base, while it runs and for ``within`` seconds
+        after (a page reloaded mid-upload shows them again, the failed files' reasons too); None otherwise."""
+        folder = self.root.folder_for(kb_name)
+        with self._lock:
+            none: tuple[float, list[FileResult]] = (float("-inf"), [])
+            ended, outcomes = self._latest.get(folder.name, none) if folder is not None else none
+            return list(outcomes) if time.monotonic() - ended <= within else None
 
     def adding(self, kb_name: str) -> tuple[int, int] | None:
         """``(files settled, files)`` of the batches being added to a knowledge base now; None when none is."""

@@ -215,6 +215,28 @@ def test_a_reload_during_an_upload_says_files_are_still_being_added(page: Any, e
     assert "still adding" not in page.locator("#docs").inner_text()
 
 
+def test_a_reload_during_an_upload_shows_its_outcomes_again(page: Any, embedder: FakeGatedEmbedder,
+                                                            tmp_path: Path) -> None:
+    # The README says a reload mid-upload loses nothing; the failed files' reasons were lost with the page.
+    bad, held = tmp_path / "notes.xyz", tmp_path / "slow2.txt"
+    bad.write_text("not a format kbqa reads", encoding="utf-8")
+    held.write_text("HOLD: slow2.txt is still being added.", encoding="utf-8")
+    embedder.gate.clear()
+    try:
+        add_files(page, "重新加载二", [bad, held])
+        wait_text(page.locator("#ingest-results"), "not supported", 30)
+        page.reload()
+        page.get_by_role("tab", name="Documents").click()
+        wait_text(page.locator("#ingest-results"), "notes.xyz", 20)
+        assert "not supported" in page.locator("#ingest-results").inner_text()
+    finally:
+        embedder.gate.set()
+    page.wait_for_timeout(1000)
+    page.locator("#kb-refresh").click()
+    wait_text(page.locator("#ingest-results"), "slow2.txt", 20)
+    assert "notes.xyz" in page.locator("#ingest-results").inner_text()
+
+
 def test_enter_keeps_a_new_name_that_begins_like_an_existing_one(page: Any, server: str, tmp_path: Path) -> None:
     import httpx
 

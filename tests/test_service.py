@@ -1023,3 +1023,21 @@ def test_a_chinese_questions_notice_is_in_chinese(make: Callable[..., KBQAServic
     llm.replies = ["It must apply within 45 days [1]."]  # an English question's stays English
     assert service.ask("kb", "Within how many days must a party apply?").notice.startswith(
         "Check this answer against the sources: 45 is in none")
+
+
+def test_the_latest_uploads_outcomes_are_kept_for_a_page_reloaded_meanwhile(make: Callable[..., KBQAService],
+                                                                            docs: Path, tmp_path: Path) -> None:
+    service = make()
+    assert service.latest_upload("kb") is None  # no such knowledge base
+    bad = tmp_path / "notes.xyz"
+    bad.write_text("?", encoding="utf-8")
+    seen: list[list[str] | None] = []
+    service.add_files("kb", [bad, docs / "rivers.txt"],
+                      on_file=lambda r: seen.append([f.name for f in service.latest_upload("kb") or []]))
+    assert seen == [["notes.xyz"], ["notes.xyz", "rivers.txt"]]  # while it runs, as each file is settled
+    kept = service.latest_upload("kb")
+    assert kept is not None and [(f.name, f.status) for f in kept] == [("notes.xyz", "failed"), ("rivers.txt", "added")]
+    assert service.latest_upload("kb", within=-1) is None  # not for ever
+    service.delete_kb("kb")
+    service.add_files("kb", [docs / "planets.md"])
+    assert [f.name for f in service.latest_upload("kb") or []] == ["planets.md"]

@@ -75,6 +75,10 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         return (gr.update(value=rows, label=handlers.files_label(service, kb)),
                 gr.update(choices=[r[0] for r in rows], value=None))
 
+    def latest_upload(kb: str | None) -> Any:
+        rows = handlers.latest_upload_rows(service, kb)
+        return gr.update() if rows is None else gr.update(value=rows)
+
     def on_ingest(kb: str | None, files: Any, progress: Any = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008
         """Outputs: results, summary, upload, kb. Each file's line shows once it is settled."""
         skip = gr.skip()
@@ -236,9 +240,11 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
 
         pick_file.__annotations__["evt"] = gr.SelectData
 
-        refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice])
+        refresh.click(refresh_kbs, kb, kb).then(refresh_docs, kb, [docs, doc_choice]).then(
+            latest_upload, kb, results)
         kb.change(refresh_docs, kb, [docs, doc_choice])
-        app.load(on_load, [kb, chosen], kb).then(refresh_docs, kb, [docs, doc_choice])
+        # A page reloaded mid-upload shows the upload's outcomes again (its failed files' reasons too).
+        app.load(on_load, [kb, chosen], kb).then(refresh_docs, kb, [docs, doc_choice]).then(latest_upload, kb, results)
         # Kept in the browser at once, not after the queue. None chosen (after a deletion) is kept as " ": the
         # browser state does not store an empty value, and the deleted name would come back at the next reload.
         kb.change(None, kb, chosen, js="(name) => name || ' '")

@@ -67,6 +67,12 @@ def files_label(service: KBQAService, kb: str | None) -> str:
     return f"{FILES_LABEL} · {left}: press ↻ Refresh to see them once done"
 
 
+def latest_upload_rows(service: KBQAService, kb: str | None) -> list[list[object]] | None:
+    """The rows of the latest upload to a knowledge base, while it runs and for a while after; None otherwise."""
+    outcomes = service.latest_upload(kb) if kb else None
+    return result_rows(IngestReport(kb or "", outcomes)) if outcomes else None
+
+
 def upload_names(files: Sequence[Any] | None) -> list[tuple[Path, str]]:
     """Gradio upload values -> ``(temp path, original file name)`` pairs."""
     pairs = []
