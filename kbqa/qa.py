@@ -548,6 +548,8 @@ class QAEngine:
         timings = {**state["timings"], "total": time.perf_counter() - start}
         say = _NOTICES[lang]
         said: list[str] = [say["read_as"].format(_quoted(query, lang))] if rewritten else []
+        if how == "concat":  # the follow-up could not be read alone: say what was searched for instead
+            said.append(say["concat"].format(_quoted(" / ".join(query.split("\n")), lang)))
         translated = state.get("translated")
         if translated:
             said.append(say["translated"].format(say["zh" if is_chinese(translated) else "en"],
@@ -600,6 +602,7 @@ _NOTICES: dict[str, dict[str, str]] = {
     "en": {
         "join": " ", "list": ", ", "zh": "Chinese", "en": "English",
         "read_as": "Follow-up question read as: {}",
+        "concat": "Follow-up question searched for together with the earlier questions: {}",
         "translated": "No passage was relevant enough to the question as asked; searched for it in {}: {}",
         "also_translated": "The passages found for the question as asked were barely relevant; also searched for "
                            "it in {}: {}",
@@ -616,6 +619,7 @@ _NOTICES: dict[str, dict[str, str]] = {
     "zh": {
         "join": "", "list": "、", "zh": "中文", "en": "英文",
         "read_as": "追问理解为：{}",
+        "concat": "追问与之前的问题一起检索：{}",
         "translated": "没有段落与原问题足够相关，已译成{}检索：{}",
         "also_translated": "按原问题找到的段落相关度很低，又译成{}检索：{}",
         "below": "没有段落达到相关度阈值 {}",

@@ -72,6 +72,9 @@ def test_concat_searches_with_the_earlier_questions_without_asking_the_model_to_
     assert len(llm.prompts) == 1
     assert answer.query == "Which river flows through Egypt?\nWhich way does it flow?"
     assert [m.role for m in llm.prompts[0]] == ["system", "user", "assistant", "user"]
+    # The page says what was searched for (a rewritten follow-up's notice did; this one said nothing).
+    assert answer.notice.startswith("Follow-up question searched for together with the earlier questions: "
+                                    "“Which river flows through Egypt? / Which way does it flow?”")
 
 
 def test_off_takes_the_question_alone(service_for: Callable[..., KBQAService], llm: FakeLLM) -> None:
