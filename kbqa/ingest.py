@@ -244,7 +244,8 @@ class Ingestor:
         def embedded(done: int) -> None:
             if report:  # the bar moves while a big file is embedded, not once per file
                 report(first + (last - first) * 0.95 * done / len(texts),
-                       f"embedding chunks of {whose}: {done} of {len(texts)}")
+                       f"embedding chunks of {whose}: {done} of {len(texts)}" + (
+                           "; the bar counts all files" if len(results) > 1 else ""))
 
         try:
             vectors = self._embed(texts, embedded)
