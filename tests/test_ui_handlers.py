@@ -226,6 +226,13 @@ def test_a_changed_upload_is_updated_without_naming_the_servers_temporary_folder
     results, _, _ = handlers.ingest(service, "kb", twins)
     assert "another file named notes.txt (notes.txt) is in this batch" in str(results[1][3])
     assert "gradio-" not in str(results)
+    # The same file chosen twice (left in the box by a refused upload, then dropped again) counts once.
+    again = tmp_path / "gradio-again" / "notes.txt"
+    again.parent.mkdir()
+    again.write_text("Venus is hot.", encoding="utf-8")
+    results, _, summary = handlers.ingest(service, "kb", [twins[0], SimpleNamespace(name=str(again),
+                                                                                     orig_name="notes.txt")])
+    assert len(results) == 1 and "2 files" not in summary
 
 
 def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_files(service: KBQAService,
@@ -240,7 +247,7 @@ def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_fi
     _, docs, summary = handlers.ingest(service, "kb", [first, upload(tmp_path, "moons.md", "Io is a moon.")])
     assert "2 of 2 files** indexed into **kb** (1 of them unchanged), 1 chunk added" in summary
     *_, again = handlers.ingest(service, "kb", [first, first, upload(tmp_path, "moons.md", "Io is a moon.")])
-    assert again == "**Nothing new**: all 3 files are already in **kb**, unchanged."  # not "3 of 3 indexed"
+    assert again == "**Nothing new**: all 2 files are already in **kb**, unchanged."  # one chosen twice counts once
     rows, _, bad = handlers.ingest(service, "kb", [first, upload(tmp_path, "x.xyz", "?")])
     assert bad.startswith("**Nothing new**: the file is already in **kb**, unchanged. 1 failed")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", docs[0][4])

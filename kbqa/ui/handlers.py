@@ -6,6 +6,7 @@ They return plain values; ``kbqa.ui.app`` turns a ``KBQAError`` into a warning t
 from __future__ import annotations
 
 import contextvars
+import filecmp
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -74,13 +75,22 @@ def latest_upload_rows(service: KBQAService, kb: str | None) -> list[list[object
 
 
 def upload_names(files: Sequence[Any] | None) -> list[tuple[Path, str]]:
-    """Gradio upload values -> ``(temp path, original file name)`` pairs."""
-    pairs = []
+    """Gradio upload values -> ``(temp path, original file name)`` pairs; a file chosen twice (left in the box
+    by a refused upload and dropped again) once, or the batch reported it twice ("all 2 files are already...")."""
+    pairs: list[tuple[Path, str]] = []
     for f in files or []:
         path = Path(getattr(f, "name", None) or str(f))
         original = getattr(f, "orig_name", None) or path.name
-        pairs.append((path, original))
+        if not any(name == original and _same_bytes(held, path) for held, name in pairs):
+            pairs.append((path, original))
     return pairs
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a == b or filecmp.cmp(a, b, shallow=False)
+    except OSError:  # the batch reports a file it cannot read
+        return False
 
 
 def ingest(service: KBQAService, kb: str | None, files: Sequence[Any] | None,
