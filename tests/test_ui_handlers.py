@@ -77,6 +77,25 @@ def test_ask_streams_into_the_chat_and_fills_the_sources_panel(service: KBQAServ
     assert [h[-1]["content"] for h, _ in steps[:2]] == ["_Searching the documents…_", "_Reading 1 passage…_"]
 
 
+def test_a_chinese_questions_answer_is_framed_in_chinese(tmp_path: Path) -> None:
+    # Its answer, refusal sentence and notice are Chinese; "Searching the documents…", "chunk", "score" and
+    # "No sources (click to see why)" around them were English.
+    service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(),
+                            llm=lambda: FakeLLM(replies=["三十日 [1]。"]))
+    handlers.ingest(service, "kb", [upload(tmp_path, "规则.txt", "第十条 当事人应当在三十日内提出申请。")])
+    steps = [([dict(m) for m in h], p) for h, p in handlers.ask(service, "kb", "当事人应当在多少日内提出申请？", [])]
+    assert [h[-1]["content"] for h, _ in steps[:2]] == ["_正在检索文档…_", "_正在阅读找到的 1 个段落…_"]
+    history, panel = steps[-1]
+    assert history[2]["metadata"]["title"] == "来源：规则.txt"
+    assert history[2]["content"].startswith("**[1] 规则.txt** · 块 0 · 得分 ")
+    assert "按检索顺序排列" in panel and " · 得分 <span" in panel and "chunk" not in panel
+    refused = build_service(make_settings(tmp_path / "r", score_threshold_zh=0.99), embedder=FakeEmbedder(),
+                            llm=lambda: FakeLLM())
+    handlers.ingest(refused, "kb", [upload(tmp_path, "规则.txt", "第十条 当事人应当在三十日内提出申请。")])
+    history, panel = list(handlers.ask(refused, "kb", "珠穆朗玛峰有多高？", []))[-1]
+    assert history[2]["metadata"]["title"] == "没有来源（点击查看原因）" and "此回答没有来源。" in panel
+
+
 def test_follow_up_in_the_chat_is_read_with_the_earlier_turns(tmp_path: Path) -> None:
     llm = FakeLLM(replies=["Mars [1].", "Which planet is red and small?", "Yes."])
     service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm)

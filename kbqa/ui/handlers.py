@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import ContextLengthExceeded, IndexDamaged, KBQAError
+from kbqa.language import is_chinese
 from kbqa.qa import empty_knowledge_base
 from kbqa.schema import ChatMessage, FileResult, IngestReport, counted
 from kbqa.service import KBQAService
@@ -25,6 +26,7 @@ from kbqa.ui.render import (
     result_rows,
     sources_html,
     sources_message,
+    ui_text,
 )
 
 Message = dict[str, Any]
@@ -146,12 +148,12 @@ def ingest_steps(service: KBQAService, kb: str | None, files: Sequence[Any] | No
 
 
 #: What the answer's bubble says until the first word comes (in italics; the answer replaces it).
-SEARCHING = "_Searching the documents…_"
+SEARCHING = ui_text(False)["searching"]
 
 
-def reading(passages: int) -> str:
+def reading(passages: int, zh: bool = False) -> str:
     """The answer's bubble while the model reads the passages found."""
-    return f"_Reading {passages} passage{'s' * (passages != 1)}…_"
+    return ui_text(zh)["reading"].format(n=passages, s="s" * (passages != 1))
 
 
 def ask(service: KBQAService, kb: str | None, question: str,
@@ -167,21 +169,22 @@ def ask(service: KBQAService, kb: str | None, question: str,
         raise KBQAError("Type a question first.")
     earlier = [ChatMessage(m["role"], _text(m.get("content"))) for m in history or []
                if m.get("role") in ("user", "assistant") and not is_sources_message(m)]
+    zh = is_chinese(question)
+    words = ui_text(zh)
     history = [*(history or []), {"role": "user", "content": question},
-               {"role": "assistant", "content": SEARCHING}]
+               {"role": "assistant", "content": words["searching"]}]
     if not service.list_documents(kb):  # errors before the chat changes (an unknown name raises here)
         raise empty_knowledge_base(kb)
     text = ""
     # Show the question at once: finding passages (and first reading a follow-up with the chat) takes a moment.
-    yield history, sources_html([], "Reading the question with the earlier turns and searching…" if earlier
-                                else "Searching…")
-    panel = sources_html([])
+    yield history, sources_html([], words["rereading" if earlier else "search"], zh)
+    panel = sources_html([], zh=zh)
     try:
         for event in service.ask_stream(kb, question, earlier):
             if event.kind == "sources":
-                panel = sources_html(event.sources or [])
+                panel = sources_html(event.sources or [], zh=zh)
                 if event.sources:  # the model reads them before its first word: seconds on a CPU
-                    history[-1] = {"role": "assistant", "content": reading(len(event.sources))}
+                    history[-1] = {"role": "assistant", "content": reading(len(event.sources), zh)}
             elif event.kind == "token":
                 text += event.text
                 history[-1] = {"role": "assistant", "content": text}
@@ -189,8 +192,8 @@ def ask(service: KBQAService, kb: str | None, question: str,
                 answer = event.answer
                 history[-1] = {"role": "assistant", "content": answer.answer}
                 if answer.sources or answer.notice:  # kept beside the answer, collapsed, once later answers
-                    history.append(sources_message(answer.sources, answer.notice))  # replace the panel
-                panel = sources_html(answer.sources, answer.notice)
+                    history.append(sources_message(answer.sources, answer.notice, zh))  # replace the panel
+                panel = sources_html(answer.sources, answer.notice, zh)
             yield history, panel
     except KBQAError as exc:
         # Unanswered, the question leaves the chat: a later follow-up must not be read with it.

@@ -70,41 +70,71 @@ def ingest_summary(report: IngestReport, new_kb: bool = False) -> str:
     return text
 
 
-def sources_html(sources: Sequence[SourceChunk], notice: str = "") -> str:
+#: What the chat and the Sources panel say about an answer, in its question's language (a Chinese question's
+#: answer, refusal sentence and notice are Chinese: the words around them are too).
+UI_TEXT: dict[str, dict[str, str]] = {
+    "en": {"searching": "_Searching the documents…_", "reading": "_Reading {n} passage{s}…_",
+           "rereading": "Reading the question with the earlier turns and searching…", "search": "Searching…",
+           "none": "No sources for this answer.",
+           "order": "In retrieval order (keywords and meaning combined); the score is the cosine similarity of the "
+                    "passage to the question.",
+           "sources": "Sources: {files}", "more": " and {n} more", "list": ", ",
+           "no_sources": "No sources (click to see why)", "chunk": "chunk", "score": "score", "page": "page {n}",
+           "row": "row {n}"},
+    "zh": {"searching": "_正在检索文档…_", "reading": "_正在阅读找到的 {n} 个段落…_",
+           "rereading": "正在结合之前的对话理解问题并检索…", "search": "正在检索…", "none": "此回答没有来源。",
+           "order": "按检索顺序排列（关键词与语义结合）；得分是段落与问题的余弦相似度。",
+           "sources": "来源：{files}", "more": " 等另外 {n} 个文件", "list": "、",
+           "no_sources": "没有来源（点击查看原因）", "chunk": "块", "score": "得分", "page": "第 {n} 页",
+           "row": "第 {n} 行"},
+}
+
+
+def ui_text(zh: bool) -> dict[str, str]:
+    """The chat's and Sources panel's words for a question (``zh``: a Chinese one)."""
+    return UI_TEXT["zh" if zh else "en"]
+
+
+def _where(src: SourceChunk, words: dict[str, str]) -> str:
+    if src.page is not None:
+        return words["page"].format(n=src.page)
+    return words["row"].format(n=src.row) if src.row is not None else ""
+
+
+def sources_html(sources: Sequence[SourceChunk], notice: str = "", zh: bool = False) -> str:
     """The retrieved chunks as cards: number, file, page, chunk, score, and the text itself."""
+    words = ui_text(zh)
     parts = []
     if notice:
         parts.append(f'<div class="kbqa-notice">{html.escape(notice)}</div>')
-    if not sources:
-        parts.append('<div class="kbqa-empty">No sources for this answer.</div>')
-    else:
-        parts.append('<div class="kbqa-empty">In retrieval order (keywords and meaning combined); the score is '
-                     'the cosine similarity of the passage to the question.</div>')
+    parts.append(f'<div class="kbqa-empty">{words["order" if sources else "none"]}</div>')
     for n, src in enumerate(sources, 1):
-        page = f" · {src.location}" if src.location else ""
+        where = _where(src, words)
+        page = f" · {where}" if where else ""
         parts.append(
             f'<div class="kbqa-source"><div class="kbqa-source-head"><b>[{n}] {html.escape(src.source)}</b>'
-            f'{page} · chunk {src.chunk} · score <span class="kbqa-score">{src.score:.3f}</span></div>'
-            f'<div class="kbqa-source-text">{html.escape(src.text)}</div></div>')
+            f'{page} · {words["chunk"]} {src.chunk} · {words["score"]} <span class="kbqa-score">{src.score:.3f}</span>'
+            f'</div><div class="kbqa-source-text">{html.escape(src.text)}</div></div>')
     return '<div class="kbqa-sources">' + "".join(parts) + "</div>"
 
 
-def sources_message(sources: Sequence[SourceChunk], notice: str = "") -> dict[str, Any]:
+def sources_message(sources: Sequence[SourceChunk], notice: str = "", zh: bool = False) -> dict[str, Any]:
     """The chat message that keeps an answer's sources and notice beside it: collapsed, titled with the files
     cited (or, with none, saying why).
 
     The Sources panel shows the latest answer's passages and notice; this keeps every earlier answer's too.
     """
+    words = ui_text(zh)
     files = list(dict.fromkeys(src.source for src in sources))
-    title = (f"Sources: {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-             if files else "No sources (click to see why)")
+    title = (words["sources"].format(files=words["list"].join(files[:3]))
+             + (words["more"].format(n=len(files) - 3) if len(files) > 3 else "") if files else words["no_sources"])
     lines = [f"_{literal(notice)}_"] if notice else []
     for n, src in enumerate(sources, 1):
-        where = f" · {src.location}" if src.location else ""
+        where = f" · {_where(src, words)}" if _where(src, words) else ""
         excerpt = " ".join(src.text.split())
         excerpt = excerpt if len(excerpt) <= 300 else excerpt[:300] + "…"
-        lines.append(f"**[{n}] {literal(src.source)}**{literal(where)} · chunk {src.chunk} · score {src.score:.3f}  \n"
-                     f"{literal(excerpt)}")
+        lines.append(f"**[{n}] {literal(src.source)}**{literal(where)} · {words['chunk']} {src.chunk} · "
+                     f"{words['score']} {src.score:.3f}  \n{literal(excerpt)}")
     return {"role": "assistant", "content": "\n\n".join(lines), "metadata": {"title": title, "status": "done"}}
 
 
