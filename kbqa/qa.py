@@ -551,14 +551,10 @@ class QAEngine:
         if how == "concat":  # the follow-up could not be read alone: say what was searched for instead
             said.append(say["concat"].format(_quoted(" / ".join(query.split("\n")), lang)))
         translated = state.get("translated")
-        if translated:
-            said.append(say["translated"].format(say["zh" if is_chinese(translated) else "en"],
-                                                 _quoted(translated, lang)))
-            query = translated
-        also = state.get("also_translated")
-        if also:
-            said.append(say["also_translated"].format(say["zh" if is_chinese(also) else "en"], _quoted(also, lang)))
-            query = also
+        for key in ("translated", "also_translated"):  # searched for in the other language instead, or as well
+            if searched := state.get(key):
+                said.append(say[key].format(say["zh" if is_chinese(searched) else "en"], _quoted(searched, lang)))
+                query = searched
         if not sources:
             best = max((c.score for c in state.get("found", [])), default=None)
             # Three decimals: a best score of 0.796 under a threshold of 0.80 must not read "0.80 (best 0.80)".
@@ -582,7 +578,7 @@ class QAEngine:
 
 
 #: Passages in the question's own language that pass by less than this are barely relevant: the question is
-#: also searched for in the other language, where the knowledge base holds some (see ``retrieve``).
+#: also searched for in the other language, where the knowledge base holds some (see ``QAEngine.find``).
 _WEAK_MARGIN = 0.02
 
 

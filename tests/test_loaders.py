@@ -10,6 +10,7 @@ import os
 import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pypdf import PdfReader, PdfWriter
@@ -537,14 +538,20 @@ def test_csv_delimiter_inside_a_quoted_header_does_not_count(tmp_path: Path) -> 
                                                       "id: 2\nnotes; remarks; misc: second"]
 
 
-def test_empty_table_cells_keep_the_other_cells_in_their_columns(tmp_path: Path) -> None:
+def _docx_table(rows: list[list[str]]) -> tuple[Any, Any]:
+    """A new Word document holding one table of ``rows``, and the table."""
     import docx
 
     document = docx.Document()
-    table = document.add_table(rows=3, cols=3)
-    for i, row in enumerate([["Name", "Q1", "Q2"], ["Widget", "", "5"], ["Gadget", "7", ""]]):
+    table = document.add_table(rows=len(rows), cols=len(rows[0]))
+    for i, row in enumerate(rows):
         for j, value in enumerate(row):
             table.cell(i, j).text = value
+    return document, table
+
+
+def test_empty_table_cells_keep_the_other_cells_in_their_columns(tmp_path: Path) -> None:
+    document, _ = _docx_table([["Name", "Q1", "Q2"], ["Widget", "", "5"], ["Gadget", "7", ""]])
     document.save(str(tmp_path / "t.docx"))
     assert load_document(tmp_path / "t.docx")[0].text == "Name | Q1 | Q2\nWidget |  | 5\nGadget | 7 | "
     page = write(tmp_path, "t.html", "<table><tr><th>Name</th><th>Q1</th></tr><tr><td></td><td>7</td></tr></table>")
@@ -780,13 +787,7 @@ def test_the_values_filled_into_a_pdf_form_are_read(tmp_path: Path) -> None:
 
 def test_a_table_cell_merged_down_is_read_in_each_row_it_spans(tmp_path: Path) -> None:
     # Each row is read as one line; a region merged down two rows left the second row without it (" | 12 | 13").
-    import docx
-
-    document = docx.Document()
-    table = document.add_table(rows=3, cols=3)
-    for i, row in enumerate([["Region", "Q1", "Q2"], ["North", "10", "11"], ["", "12", "13"]]):
-        for j, value in enumerate(row):
-            table.cell(i, j).text = value
+    document, table = _docx_table([["Region", "Q1", "Q2"], ["North", "10", "11"], ["", "12", "13"]])
     table.cell(1, 0).merge(table.cell(2, 0))
     table.cell(0, 1).merge(table.cell(0, 2))
     document.save(str(tmp_path / "m.docx"))

@@ -181,12 +181,14 @@ _MD_DATA_IMAGE = re.compile(r"!\[([^\]]*)\]\(\s*<?data:[^)]*\)")
 
 
 def _without_md_markup(text: str) -> str:
+    """Markdown text as a reader sees it: its tables' rows naming their columns and its comments left out,
+    outside code blocks (shown as written); its images written in as data read as their alt text."""
     parts, end = [], 0
-    for fence in _MD_FENCE.finditer(text):  # a table in a code block is shown as written
-        parts += [_md_table_rows(text[end:fence.start()]), fence.group()]
+    for fence in _MD_FENCE.finditer(text):
+        parts += [_drop_comments(_md_table_rows(text[end:fence.start()])), fence.group()]
         end = fence.end()
-    text = "".join([*parts, _md_table_rows(text[end:])])
-    return _MD_DATA_IMAGE.sub(lambda m: m.group(1), _without_md_comments(text))
+    text = "".join([*parts, _drop_comments(_md_table_rows(text[end:]))])
+    return _MD_DATA_IMAGE.sub(lambda m: m.group(1), text)
 
 
 #: A Markdown table's line under its header: ``| --- | :---: |``.
@@ -223,16 +225,6 @@ def _md_table_rows(text: str) -> str:
         out.append(header)
         i += 1
     return "\n".join(out)
-
-
-def _without_md_comments(text: str) -> str:
-    """Markdown text less its comments, outside code blocks and inline code (a reader never sees them; a
-    comment marker quoted in code stays). The text around a comment on its line is kept: it shows."""
-    parts, end = [], 0
-    for fence in _MD_FENCE.finditer(text):
-        parts += [_drop_comments(text[end:fence.start()]), fence.group()]
-        end = fence.end()
-    return "".join([*parts, _drop_comments(text[end:])])
 
 
 def load_text(path: Path, name: str, ocr: bool) -> list[Section]:

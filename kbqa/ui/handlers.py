@@ -147,10 +147,6 @@ def ingest_steps(service: KBQAService, kb: str | None, files: Sequence[Any] | No
                f"Indexing into **{literal(name)}**: {len(done)} of {len(pairs)} files done…")
 
 
-#: What the answer's bubble says until the first word comes (in italics; the answer replaces it).
-SEARCHING = ui_text(False)["searching"]
-
-
 def reading(passages: int, zh: bool = False) -> str:
     """The answer's bubble while the model reads the passages found."""
     return ui_text(zh)["reading"].format(n=passages, s="s" * (passages != 1))

@@ -130,7 +130,8 @@ def sources_message(sources: Sequence[SourceChunk], notice: str = "", zh: bool =
              + (words["more"].format(n=len(files) - 3) if len(files) > 3 else "") if files else words["no_sources"])
     lines = [f"_{literal(notice)}_"] if notice else []
     for n, src in enumerate(sources, 1):
-        where = f" · {_where(src, words)}" if _where(src, words) else ""
+        where = _where(src, words)
+        where = f" · {where}" if where else ""
         excerpt = " ".join(src.text.split())
         excerpt = excerpt if len(excerpt) <= 300 else excerpt[:300] + "…"
         lines.append(f"**[{n}] {literal(src.source)}**{literal(where)} · {words['chunk']} {src.chunk} · "
