@@ -23,8 +23,9 @@ import base64
 import contextlib
 import re
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -49,7 +50,7 @@ from kbqa.errors import (
     KnowledgeBaseNotFound,
 )
 from kbqa.ingest import file_too_large, upload_name
-from kbqa.llm.base import Usage
+from kbqa.llm.base import ABANDONED, Usage
 from kbqa.names import check_kb_name
 from kbqa.openai_format import (
     CHAT_MODEL,
@@ -98,6 +99,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     """The API as a FastAPI app (mount the web app on it, or serve it alone)."""
     api = FastAPI(title="kbqa", description="Local knowledge-base QA: OpenAI-compatible API.")
     started = int(time.time())
+    chats: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first chat
 
     @api.exception_handler(KBQAError)
     async def kbqa_error(_: Request, exc: KBQAError) -> JSONResponse:
@@ -136,6 +138,11 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             return JSONResponse(status_code=400, content=error_body(
                 f"The request body was sent as {kind or 'no content type'!r}: send JSON with the header "
                 "Content-Type: application/json.", 400, "invalid_content_type"))
+        if errors and "Expected UploadFile" in str(errors[0].get("msg")):  # a part with no plain filename=
+            return JSONResponse(status_code=400, content=error_body(
+                f"{where(errors[0])} reached kbqa as a text field, not a file: send each file as a multipart part "
+                "whose Content-Disposition has a filename=\"...\" (a name given only as filename*=UTF-8''... is not "
+                "read as a file).", 400, "invalid_value", where(errors[0])))
         problems = "; ".join(f"{where(e)}: {e.get('msg')}" for e in errors)
         param = where(errors[0]) if errors else None
         # 400, as OpenAI answers a value out of range (clients catch it as BadRequestError), not FastAPI's 422.
@@ -154,7 +161,9 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
 
     @api.get("/v1/models/{model_id:path}")
     def model(model_id: str) -> Any:
-        if model_id not in model_ids():
+        # A knowledge base answers to its slug as well as its name (``kb:<slug>``), as chat does.
+        if model_id not in model_ids() and not (model_id.startswith(KB_PREFIX)
+                                                and service.root.folder_for(model_id[len(KB_PREFIX):])):
             raise ModelNotFound(model_id)
         return model_card(model_id)
 
@@ -202,7 +211,19 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
                 raise
             return _chain(head, events)
 
-        stream = await anyio.to_thread.run_sync(start)  # blocking work runs in worker threads
+        # Blocking work runs in worker threads: a request waiting for the model holds one, from a pool of its own
+        # (in the default pool, 40 waiting requests left none for /v1/models or an upload). A client that leaves
+        # meanwhile (its timeout) is noticed, and the model skips its work when its turn comes.
+        gone = threading.Event()
+        token = ABANDONED.set(gone)  # copied into the worker thread's context
+        try:
+            stream = await _while_there(request, gone, start, limiter(chats))
+        finally:
+            ABANDONED.reset(token)
+        if gone.is_set():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close)  # type: ignore[attr-defined]
+            return Response(status_code=499)
         cid, created = completion_id(), int(time.time())
         if req.stream:
             include_usage = bool((req.stream_options or {}).get("include_usage"))
@@ -315,9 +336,15 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
     def unknown(request: Request, rest: str = "") -> JSONResponse:
         # A knowledge-base name with a slash, sent percent-encoded (%2F), reaches here decoded into two parts of
         # the path: refused for its name, as a name with a backslash is.
-        encoded = re.match(r"/kb/([^/]*%2f[^/]*)(?:/|$)", request.scope.get("raw_path", b"").decode("latin-1"), re.I)
+        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        encoded = re.match(r"/kb/([^/]*%2f[^/]*)(?:/|$)", raw, re.I)
         if encoded:
             check_kb_name(unquote(encoded.group(1)))
+        # So may a file's name given as a path (``..%2Fnotes.txt``): read as its base name, as an upload's is.
+        file_path = re.fullmatch(r"/kb/([^/]+)/files/([^/]*%2f.*)", raw, re.I)
+        if file_path and request.method == "DELETE":
+            return JSONResponse({"deleted": service.delete_document(unquote(file_path.group(1)),
+                                                                    unquote(file_path.group(2)))})
         allowed: set[str] = set()
         for route in api.router.routes:  # a known path asked with another method
             if isinstance(route, APIRoute) and route.endpoint is not unknown \
@@ -332,6 +359,45 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
             "/v1/embeddings and /kb (see the README's API section).", 404, "unknown_url"))
 
     return api
+
+
+#: Chat requests that may wait for the model in worker threads at once; more wait without a thread.
+_CHAT_THREADS = 32
+#: Seconds between checks that a client waiting for the model is still there.
+_PRESENCE_CHECK = 0.5
+
+
+def limiter(holder: list[anyio.CapacityLimiter]) -> anyio.CapacityLimiter:
+    """The limiter kept in ``holder``, made on first use (in the event loop, as anyio requires)."""
+    if not holder:
+        holder.append(anyio.CapacityLimiter(_CHAT_THREADS))
+    return holder[0]
+
+
+async def _while_there(request: Request, gone: threading.Event, work: Callable[[], Iterator[AnswerEvent]],
+                       threads: anyio.CapacityLimiter) -> Iterator[AnswerEvent]:
+    """``work()`` in a worker thread, setting ``gone`` if the client disconnects before it returns."""
+    box: list[Any] = []
+    finished = anyio.Event()
+
+    async def run() -> None:
+        try:
+            box.append(await anyio.to_thread.run_sync(work, limiter=threads))
+        except Exception as exc:  # raised below, in the request's own task
+            box.append(exc)
+        finally:
+            finished.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run)
+        while not finished.is_set():
+            with anyio.move_on_after(_PRESENCE_CHECK):
+                await finished.wait()
+            if not finished.is_set() and not gone.is_set() and await request.is_disconnected():
+                gone.set()
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return cast(Iterator[AnswerEvent], box[0])
 
 
 def _next(events: Iterator[AnswerEvent]) -> AnswerEvent | None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, model_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
 from kbqa.errors import KBQAError
 from kbqa.llm.base import GenerationParams, Usage
@@ -59,6 +59,8 @@ class Message(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     function_call: dict[str, Any] | None = None
 
+    _whole = field_validator("content")(lambda value: whole_characters(value))
+
     @model_validator(mode="after")
     def _has_content(self) -> Message:
         # Only an assistant's message may lack content (it called tools instead); a question cannot.
@@ -67,11 +69,12 @@ class Message(BaseModel):
         return self
 
     def text(self) -> str:
-        """The message's text, joining content parts."""
+        """The message's text; content parts joined by line breaks ("What is" and "the code?" are two lines,
+        not "What isthe code?")."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        return "".join(str(part.get(part.get("type"), "")) for part in self.content  # type: ignore[arg-type]
-                       if part.get("type") in _TEXT_PARTS)
+        return "\n".join(str(part.get(part.get("type"), "")) for part in self.content  # type: ignore[arg-type]
+                         if part.get("type") in _TEXT_PARTS)
 
 
 class ChatRequest(BaseModel):
@@ -100,6 +103,8 @@ class ChatRequest(BaseModel):
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
+
+    _whole = field_validator("stop")(lambda value: whole_characters(value))
 
     def check_supported(self) -> None:
         """Raise ``Unsupported`` for a parameter kbqa would otherwise have to ignore."""
@@ -171,6 +176,25 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = "float"  # null: the default, float
     dimensions: int | None = None
 
+    _whole = field_validator("input")(lambda value: whole_characters(value))
+
+
+def whole_characters(value: Any) -> Any:
+    """``value`` (text, or lists and dicts holding text) unchanged, or ``ValueError`` for text holding half of a
+    UTF-16 surrogate pair: JSON allows ``"\\ud83d"`` alone (a string cut in the middle of an emoji), but no
+    model or tokenizer can read it."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    for item in texts:
+        for text in [item] if isinstance(item, str) else item.values() if isinstance(item, dict) else []:
+            half = _SURROGATE.search(text) if isinstance(text, str) else None
+            if half:
+                raise ValueError(f"the text holds half of a UTF-16 surrogate pair (\\u{ord(half.group()):04x}), as "
+                                 "a string cut in the middle of an emoji does: send whole characters")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def completion_id() -> str:
     """A new ``chatcmpl-...`` id."""
@@ -184,7 +208,8 @@ def error_code(exc: Exception) -> str:
 
 def error_body(message: str, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error object."""
-    kind = "server_error" if status >= 500 else "not_found_error" if status == 404 else "invalid_request_error"
+    # OpenAI's types: an unknown model or URL is an invalid request too (code ``model_not_found``...).
+    kind = "server_error" if status >= 500 else "invalid_request_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 

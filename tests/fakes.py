@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from kbqa.embeddings import ModelProfile
-from kbqa.llm.base import GenerationParams, Usage, apply_stop
+from kbqa.llm.base import GenerationParams, Usage, abandoned, apply_stop
 from kbqa.schema import ChatMessage
 
 
@@ -65,6 +66,10 @@ class FakeLLM:
         self.streaming = 0
         #: Raised by ``stream`` when set (e.g. the context overflow a real backend reports).
         self.error: Exception | None = None
+        #: Held by a test to stand for the model busy with another request: a stream waits for it, then starts
+        #: nothing if its client left meanwhile, as the real backends do (``kbqa.llm.base.abandoned``).
+        self.busy = threading.Lock()
+        self.skipped = 0
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 2)
@@ -78,6 +83,11 @@ class FakeLLM:
         params = params or GenerationParams()
         if self.error is not None:
             raise self.error
+        left = abandoned()
+        with self.busy:
+            if left():
+                self.skipped += 1
+                return
         self.prompts.append(list(messages))
         self.params.append(params)
         reply = self.replies.pop(0) if self.replies else "fake answer"

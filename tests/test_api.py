@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -407,7 +408,7 @@ def test_developer_messages_are_system_messages(client, llm: FakeLLM) -> None:  
 def test_errors_have_openai_shape_everywhere_under_the_api(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
     missing = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
                          json={"model": "kb:nope", "messages": [{"role": "user", "content": "q"}]}).json()["error"]
-    assert missing["type"] == "not_found_error" and missing["code"] == "knowledge_base_not_found"
+    assert missing["type"] == "invalid_request_error" and missing["code"] == "knowledge_base_not_found"
     assert missing["param"] == "model"  # where the client named it
     for method, path in [("POST", "/v1/completions"), ("GET", "/v1/nothing"), ("GET", "/v1"),
                          ("GET", "/kb/rivers/nothing/x")]:
@@ -646,3 +647,93 @@ def test_sampling_without_a_seed_draws_one_and_a_seed_asks_for_reproducible_repl
     # from their neighbours.
     seeds = [ChatRequest(**ask, temperature=1.2, seed=s).params(base).seed for s in (-1, -2, 2**32 - 1, 2**63 - 1)]
     assert all(0 <= s < 2**32 - 1 for s in seeds) and len(set(seeds)) == 4
+
+
+def test_a_request_whose_client_left_while_it_waited_for_the_model_is_never_generated(
+        base_url: str, llm: FakeLLM) -> None:
+    llm.busy.acquire()  # the model is busy with someone else's long answer
+    skipped = llm.skipped
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client's timeout: it leaves while still queued
+            httpx.post(f"{base_url}/v1/chat/completions", timeout=1, json={
+                "model": "kbqa", "messages": [{"role": "user", "content": "Abandoned question?"}]})
+        time.sleep(1.5)  # the server notices the departure within half a second
+    finally:
+        llm.busy.release()
+    deadline = time.time() + 5
+    while llm.skipped == skipped and time.time() < deadline:
+        time.sleep(0.05)
+    assert llm.skipped == skipped + 1
+    assert not any(m.content == "Abandoned question?" for prompt in llm.prompts for m in prompt)
+
+
+def test_requests_queued_for_the_model_leave_the_rest_of_the_api_answering(base_url: str, llm: FakeLLM) -> None:
+    # Each request waiting for the model held a worker thread of the pool every route shares (40): a client
+    # with more in flight made /v1/models, uploads and searches hang until the model was free.
+    import concurrent.futures
+
+    def ask(n: int) -> None:
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(f"{base_url}/v1/chat/completions", timeout=4, json={
+                "model": "kbqa", "messages": [{"role": "user", "content": f"Queued question {n}?"}]})
+
+    llm.busy.acquire()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(48) as pool:
+            asked = [pool.submit(ask, n) for n in range(48)]
+            time.sleep(1.5)  # all 48 are in, waiting
+            assert httpx.get(f"{base_url}/v1/models", timeout=2).status_code == 200
+            assert httpx.post(f"{base_url}/kb/rivers/search", json={"query": "Nile"}, timeout=2).status_code == 200
+            concurrent.futures.wait(asked)
+    finally:
+        llm.busy.release()
+
+
+def test_half_an_emoji_in_a_message_or_embedding_input_is_a_400_naming_it(base_url: str) -> None:
+    # JSON may carry a lone surrogate ("\ud83d": a string cut in the middle of an emoji); the tokenizers cannot
+    # read it, and it was a plain-text 500 (which OpenAI clients retry).
+    raw = {"headers": {"Content-Type": "application/json"}, "timeout": 30}
+    for path, body in [("/v1/embeddings", '{"input": "hi \\ud83d"}'),
+                       ("/v1/chat/completions", '{"model": "kb:rivers", "messages": [{"role": "user", '
+                                                '"content": "Nile \\ud800?"}]}'),
+                       ("/v1/chat/completions", '{"model": "kbqa", "messages": [{"role": "user", "content": '
+                                                '[{"type": "text", "text": "hi \\udc00"}]}]}')]:
+        out = httpx.post(f"{base_url}{path}", content=body, **raw)  # type: ignore[arg-type]
+        assert out.status_code == 400, out.text
+        assert "half of a UTF-16 surrogate pair" in out.json()["error"]["message"]
+
+
+def test_text_parts_of_a_message_are_read_as_separate_lines(client, llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    llm.replies = ["ok"]
+    client.chat.completions.create(model="kbqa", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is"}, {"type": "text", "text": "the longest river?"}]}])
+    assert llm.prompts[-1][-1].content == "What is\nthe longest river?"
+
+
+def test_a_file_named_as_a_path_gets_the_delete_routes_answer_not_no_endpoint(base_url: str) -> None:
+    # A percent-encoded slash (``..%2Fevil.txt``) is decoded before routing: it reached the catch-all, "No
+    # endpoint DELETE ...", not the file-deleting route and its document_not_found that says what to send.
+    httpx.post(f"{base_url}/kb/pathy/files", files=[("files", ("evil.txt", b"Some text to delete.", "text/plain"))])
+    out = httpx.delete(f"{base_url}/kb/pathy/files/..%2F..%2Fetc%2Fevil.txt", timeout=30)
+    assert out.status_code == 404 and out.json()["error"]["code"] == "document_not_found", out.text
+    assert "give its name (evil.txt)" in out.json()["error"]["message"]
+    assert httpx.delete(f"{base_url}/kb/pathy/files/evil.txt", timeout=30).json() == {"deleted": "evil.txt"}
+
+
+def test_a_knowledge_base_model_is_found_by_its_slug_as_chat_finds_it(client, service: KBQAService) -> None:  # type: ignore[no-untyped-def]
+    from openai import NotFoundError
+
+    slug = next(kb.slug for kb in service.list_kbs() if kb.name == "rivers")
+    assert client.models.retrieve(f"kb:{slug}").id == f"kb:{slug}"
+    with pytest.raises(NotFoundError) as info:
+        client.models.retrieve("kb:no-such-base")
+    assert info.value.body["type"] == "invalid_request_error" and info.value.body["code"] == "model_not_found"
+
+
+def test_a_file_part_named_only_by_filename_star_gets_a_message_saying_so(base_url: str) -> None:
+    body = (b'--XX\r\nContent-Disposition: form-data; name="files"; filename*=UTF-8\'\'%E6%B5%8B.txt\r\n'
+            b'Content-Type: text/plain\r\n\r\nThe blue whale.\r\n--XX--\r\n')
+    out = httpx.post(f"{base_url}/kb/rivers/files", content=body, timeout=30,
+                     headers={"Content-Type": "multipart/form-data; boundary=XX"})
+    assert out.status_code == 400, out.text
+    assert "filename=" in out.json()["error"]["message"] and "text field" in out.json()["error"]["message"]

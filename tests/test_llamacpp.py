@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextvars
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from kbqa.bootstrap import build_llm
 from kbqa.errors import ConfigError
-from kbqa.llm.base import GenerationParams
+from kbqa.llm.base import ABANDONED, GenerationParams
 from kbqa.llm.llamacpp import LlamaCppLLM
 from kbqa.schema import ChatMessage
 from kbqa.settings import load_settings
@@ -45,3 +48,32 @@ def test_the_transformers_backends_settings_are_refused_with_llamacpp(tmp_path: 
                        ({"adapter": "lora"}, "llm.adapter = 'lora'")):
         with pytest.raises(ConfigError, match=rf"{named}.*appl(y|ies) to llm.backend = 'transformers' only"):
             build_llm(load_settings(llm=llm).llm, tmp_path)
+
+
+class FakeServer:
+    """Stands for xllamacpp's server: records the requests it is given, replies one word."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    def handle_chat_completions(self, req: dict, on_chunk) -> None:  # type: ignore[no-untyped-def]
+        self.requests.append(req)
+        on_chunk({"choices": [{"delta": {"content": "word"}, "finish_reason": "stop"}]})
+
+
+def test_a_stream_whose_client_left_while_it_waited_for_the_model_asks_llamacpp_nothing() -> None:
+    llm = object.__new__(LlamaCppLLM)
+    llm._lock, llm._server = threading.Lock(), FakeServer()
+    assert list(llm.stream([ChatMessage("user", "hi")])) == ["word"]  # the fake answers when asked
+    gone = threading.Event()
+    token = ABANDONED.set(gone)
+    context = contextvars.copy_context()  # as anyio's worker threads get it
+    ABANDONED.reset(token)
+    got: list[str] = []
+    reader = threading.Thread(target=context.run, args=(lambda: got.extend(llm.stream([ChatMessage("user", "hi")])),))
+    with llm._lock:  # the model is busy with another request
+        reader.start()
+        time.sleep(0.3)
+        gone.set()  # its client left
+    reader.join(10)
+    assert not reader.is_alive() and got == [] and len(llm._server.requests) == 1

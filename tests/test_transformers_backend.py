@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +16,7 @@ from pydantic import ValidationError
 
 from kbqa.errors import ConfigError, ModelUnavailable
 from kbqa.llm import chatglm, model_cache
-from kbqa.llm.base import LLM, GenerationParams
+from kbqa.llm.base import ABANDONED, LLM, GenerationParams
 from kbqa.llm.model_cache import prepare_model
 from kbqa.llm.placement import Machine, Placement, choose_placement
 from kbqa.llm.prompting import fit_prompt
@@ -590,3 +593,22 @@ def test_a_whole_cached_conversion_that_cannot_load_here_is_kept(glm2: tuple, tm
         build_transformers_llm(llm_settings(glm2[0]), cache)
     assert [p.name for p in (cache / "models").iterdir()] == [converted.name]
     assert converted.stat().st_mtime_ns == made  # not converted again: minutes and gigabytes for a 6B model
+
+
+def test_a_stream_whose_client_left_while_it_waited_for_the_model_generates_nothing(
+        llm: TransformersLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API sets ABANDONED for a request whose client may leave while it is queued behind another answer.
+    called: list[str] = []
+    monkeypatch.setattr(llm.model, "generate", lambda **kwargs: called.append("generate"))
+    gone = threading.Event()
+    token = ABANDONED.set(gone)
+    context = contextvars.copy_context()  # as anyio's worker threads get it
+    ABANDONED.reset(token)
+    reader = threading.Thread(target=context.run, args=(
+        lambda: called.extend(llm.stream(QUESTION, GenerationParams(max_tokens=5))),))
+    with llm._lock:  # the model is busy with another request
+        reader.start()
+        time.sleep(0.3)
+        gone.set()  # its client left
+    reader.join(10)
+    assert not reader.is_alive() and called == []

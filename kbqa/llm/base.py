@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +27,23 @@ class GenerationParams:
     #: bits and a greedy reply to the same prompt can change with what was asked before. kbqa's answers turn
     #: it off: the same question over the same passages always gets the same answer.
     reuse_prompt_cache: bool = True
+
+
+#: Set by a caller whose client may leave while its request waits for the model (the API): a backend that
+#: finds the event set when its turn comes does not start, and stops if it has started. Worker threads started
+#: with the context (``anyio.to_thread``) see it.
+ABANDONED: ContextVar[threading.Event | None] = ContextVar("kbqa_abandoned", default=None)
+
+
+def abandoned() -> Callable[[], bool]:
+    """Whether the current request's client has left (always False outside such a request); read it where
+    the generation is called, not in a thread of the backend's own."""
+    gone = ABANDONED.get()
+    return gone.is_set if gone is not None else _never
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import ContextLengthExceeded, KBQAError, ModelUnavailable
-from kbqa.llm.base import GenerationParams, Usage
+from kbqa.llm.base import GenerationParams, Usage, abandoned
 from kbqa.schema import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,17 @@ class LlamaCppLLM:
         started = time.perf_counter()
         pieces: queue.Queue[Any] = queue.Queue()
         cancel = threading.Event()
+        left = abandoned()
+
+        def stopped() -> bool:
+            return cancel.is_set() or left()
 
         def on_chunk(chunk: Any) -> bool:
             if isinstance(chunk, dict) and "error" in chunk:
                 pieces.put(_error(chunk))
                 return True
             if not isinstance(chunk, dict):
-                return cancel.is_set()
+                return stopped()
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content")
                 if text:
@@ -117,11 +121,13 @@ class LlamaCppLLM:
             counts = chunk.get("usage") or {}
             usage.prompt_tokens = counts.get("prompt_tokens", usage.prompt_tokens)
             usage.completion_tokens = counts.get("completion_tokens", usage.completion_tokens)
-            return cancel.is_set()
+            return stopped()
 
         def run() -> None:
             with self._lock:
                 try:
+                    if stopped():  # its reader or its client left while it waited for the model
+                        return
                     result = self._server.handle_chat_completions(req, on_chunk)
                     if isinstance(result, dict) and "error" in result:
                         pieces.put(_error(result))

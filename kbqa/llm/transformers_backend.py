@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +27,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from kbqa.errors import ConfigError, ContextLengthExceeded, KBQAError, ModelUnavailable
 from kbqa.llm import chatglm
-from kbqa.llm.base import GenerationParams, Usage, apply_stop
+from kbqa.llm.base import GenerationParams, Usage, abandoned, apply_stop
 from kbqa.llm.chatglm.checkpoint import read_json
 from kbqa.llm.model_cache import Progress, prepare_model
 from kbqa.llm.placement import Machine, Placement, choose_placement, count_parameters, detect_machine
@@ -153,12 +153,12 @@ class _TokenQueue(BaseStreamer):
 
 
 class _Cancelled(StoppingCriteria):
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, halted: Callable[[], bool]) -> None:
+        self.halted = halted
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
                  **kwargs: Any) -> torch.BoolTensor:
-        done = torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        done = torch.full((input_ids.shape[0],), self.halted(), dtype=torch.bool)
         return done.to(input_ids.device)  # type: ignore[return-value]
 
 
@@ -222,8 +222,13 @@ class TransformersLLM:
         started = time.perf_counter() if started is None else started
         tokens = _TokenQueue()
         cancel = threading.Event()
+        left = abandoned()
+
+        def halted() -> bool:
+            return cancel.is_set() or left()
+
         errors: list[BaseException] = []
-        worker = threading.Thread(target=self._generate, args=(prompt, params, tokens, cancel, errors),
+        worker = threading.Thread(target=self._generate, args=(prompt, params, tokens, halted, errors),
                                   name="kbqa-generate", daemon=True)
         generated: list[int] = []
         stops = set(self.stop_token_ids)
@@ -269,17 +274,19 @@ class TransformersLLM:
             raise _user_error(errors[0]) from errors[0]
 
     def _generate(self, prompt: list[int], params: GenerationParams, tokens: _TokenQueue,
-                  cancel: threading.Event, errors: list[BaseException]) -> None:
+                  halted: Callable[[], bool], errors: list[BaseException]) -> None:
         try:
             # Honour torch.set_num_threads() made elsewhere: OpenMP keeps the thread count per OS thread.
             torch.set_num_threads(torch.get_num_threads())
             with self._lock, torch.inference_mode():
+                if halted():  # its reader or its client left while it waited for the model
+                    return
                 device = self.model.device
                 input_ids = torch.tensor([prompt], dtype=torch.long, device=device)
                 kwargs = generation_kwargs(params, self.stop_token_ids, self.codec.pad_token_id)
                 if kwargs["do_sample"]:
                     torch.manual_seed(params.seed)
-                stop = StoppingCriteriaList([_Cancelled(cancel)])
+                stop = StoppingCriteriaList([_Cancelled(halted)])
                 self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                     streamer=tokens, stopping_criteria=stop, **kwargs)
         except BaseException as exc:  # handed to the reading thread
