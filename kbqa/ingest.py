@@ -7,6 +7,7 @@ vector store and the keyword index; see ``kbqa.knowledge`` for how a crash is re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -62,6 +63,8 @@ class _Prepared:
     skipped: str | None = None
     #: Set at commit when it replaces a same-named file added from another path.
     note: str = ""
+    #: Its name's old version was removed just before, its content going to another name: "updated".
+    renewed: bool = False
 
 
 @dataclass
@@ -73,6 +76,12 @@ class _Twin:
     name: str
     sha256: str
     size: int
+
+
+@dataclass
+class _Moving(_Twin):
+    """A file whose bytes the knowledge base holds under another name that this batch gives new content (an
+    old version kept under a new name, two files swapping contents): added once that name has changed."""
 
 
 class Ingestor:
@@ -113,6 +122,8 @@ class Ingestor:
         seen: dict[str, tuple[str, int]] = {}  # sha256 -> (name, position) of the batch's file with those bytes
         twins: list[_Twin] = []
         batch: dict[str, tuple[str, str]] = {}  # name -> (sha256, the path it came from) in this batch
+        moving: list[_Moving] = []
+        paths = _paths_by_name(files)
         report = _monotone(progress, len(files)) if progress else None
         for position, (path, given_name) in enumerate(files):
             if report:  # files read but not yet embedded are not done: the bar stays at the first of them
@@ -125,7 +136,7 @@ class Ingestor:
                 results[position] = FileResult(shown, "failed", reason=_DELETED.format(kb=kb.name))
                 continue
             try:
-                prepared = self._prepare(kb, position, Path(path), given_name, seen, batch, local=is_local)
+                prepared = self._prepare(kb, position, Path(path), given_name, seen, batch, paths, local=is_local)
             except Exception as exc:  # a loader bug must not abort the batch either
                 if exc is getattr(self.embedder, "error", None):  # the model cannot load: one error, not one per file
                     raise
@@ -133,6 +144,9 @@ class Ingestor:
                 continue
             if isinstance(prepared, FileResult):
                 results[position] = prepared
+                continue
+            if isinstance(prepared, _Moving):
+                moving.append(prepared)
                 continue
             if isinstance(prepared, _Twin):
                 twins.append(prepared)
@@ -143,6 +157,7 @@ class Ingestor:
                 group = []
         self._flush(kb, group, results, report)
         self._settle_twins(kb, twins, seen, results, report)
+        self._settle_moves(kb, moving, seen, results, report)
         try:
             with kb.lock:
                 if not kb.deleted:
@@ -155,8 +170,8 @@ class Ingestor:
                             seconds=time.perf_counter() - start)
 
     def _prepare(self, kb: KnowledgeBase, position: int, path: Path, given_name: str,
-                 seen: dict[str, tuple[str, int]],
-                 batch: dict[str, tuple[str, str]], local: bool = True) -> _Prepared | _Twin | FileResult:
+                 seen: dict[str, tuple[str, int]], batch: dict[str, tuple[str, str]],
+                 paths: dict[str, Path] | None = None, local: bool = True) -> _Prepared | _Twin | FileResult:
         name = safe_file_name(given_name)
         if not path.is_file():
             raise KBQAError(f"{given_name}: no such file (check the path).")
@@ -181,6 +196,8 @@ class Ingestor:
             return FileResult(name, "unchanged")
         same = kb.manifest.name_of(sha)
         if same and same != name:
+            if _changes(same, sha, paths or {}):  # its holder gets new content in this batch: decided after it
+                return _Moving(position, path, name, sha, size)
             return self._same_as(kb, name, sha, same)
         if sha in seen:  # decided once the earlier file is: it may yet fail (an unknown suffix...)
             return _Twin(position, path, name, sha, size)
@@ -232,6 +249,48 @@ class Ingestor:
             self._flush(kb, group, results, report)
             twins = waiting
 
+    def _settle_moves(self, kb: KnowledgeBase, moving: list[_Moving], seen: dict[str, tuple[str, int]],
+                      results: list[FileResult | None], report: Callable[[float, str], None] | None) -> None:
+        """Files whose bytes were held under a name the batch has now changed are added (encoded anew: their
+        chunks were removed with that name's old version). A file whose own old version another of them takes
+        is removed first, as is each name of a swap, so no content is dropped as it changes hands; where the
+        holder's change failed, the file is the same as that holder, as before."""
+        if not moving:
+            return
+        wanted = {m.sha256 for m in moving}
+        freed: set[int] = set()
+        for m in moving:
+            old = kb.manifest.files.get(m.name)
+            if old and old["sha256"] != m.sha256 and old["sha256"] in wanted and not kb.deleted:
+                try:
+                    delete_document(kb, self.store, self.keywords, m.name)
+                    freed.add(m.position)
+                except Exception as exc:
+                    log.exception("could not remove the old version of %s", m.name)
+                    results[m.position] = _failed(m.name, m.path, exc)
+        group: list[_Prepared] = []
+        twins: list[_Twin] = []
+        for m in moving:
+            if results[m.position] is not None:
+                continue
+            holder = kb.manifest.name_of(m.sha256)
+            if kb.deleted:
+                results[m.position] = FileResult(m.name, "failed", reason=_DELETED.format(kb=kb.name))
+            elif holder and holder != m.name:  # the holder's new version failed: it still holds these bytes
+                results[m.position] = self._same_as(kb, m.name, m.sha256, holder)
+            elif any(p.sha256 == m.sha256 for p in group):  # a second copy: settled with the first
+                twins.append(_Twin(m.position, m.path, m.name, m.sha256, m.size))
+            else:
+                seen[m.sha256] = (m.name, m.position)
+                try:
+                    group.append(self._load(m.position, m.path, m.name, m.sha256, m.size,
+                                            kb.manifest.files.get(m.name)))
+                    group[-1].renewed = m.position in freed  # removed above only to be added again
+                except Exception as exc:
+                    results[m.position] = _failed(m.name, m.path, exc)
+        self._flush(kb, group, results, report)
+        self._settle_twins(kb, twins, seen, results, report)
+
     def _flush(self, kb: KnowledgeBase, group: list[_Prepared], results: list[FileResult | None],
                report: Callable[[float, str], None] | None) -> None:
         if not group:
@@ -274,8 +333,8 @@ class Ingestor:
             elif p.skipped:
                 results[p.position] = FileResult(p.name, "unchanged", reason=p.skipped)
             else:
-                results[p.position] = FileResult(p.name, "updated" if p.replaces else "added", len(p.chunks),
-                                                 reason=p.note)
+                results[p.position] = FileResult(p.name, "updated" if p.replaces or p.renewed else "added",
+                                                 len(p.chunks), reason=p.note)
         if report:
             report(group[-1].position + 1, f"indexed {group[-1].name}")
 
@@ -394,6 +453,26 @@ def _monotone(progress: ProgressFn, files: int) -> Callable[[float, str], None]:
         progress(high, message)
 
     return report
+
+
+def _paths_by_name(files: Sequence[tuple[Path, str]]) -> dict[str, Path]:
+    """The batch's files by the name each would be held under (the first of a name)."""
+    paths: dict[str, Path] = {}
+    for path, given in files:
+        with contextlib.suppress(KBQAError):
+            paths.setdefault(safe_file_name(given), Path(path))
+    return paths
+
+
+def _changes(holder: str, sha: str, paths: dict[str, Path]) -> bool:
+    """Whether this batch gives ``holder`` (a held file with content ``sha``) other content."""
+    path = paths.get(holder)
+    if path is None:
+        return False
+    try:
+        return path.is_file() and file_sha256(path) != sha
+    except OSError:  # reported when that file's turn comes
+        return False
 
 
 def upload_name(given: str) -> str:

@@ -100,6 +100,64 @@ def test_same_content_under_another_name_is_not_indexed_twice(make: Callable[...
     assert "deleting rivers.txt removes it" in result.reason  # it is not listed: say what holds it
 
 
+def _held(service: KBQAService, kb: str) -> dict[str, str]:
+    """Each file of a knowledge base -> the text of its chunks, from the store (not the manifest)."""
+    slug = service.root.open(kb).slug
+    res = service.store._collection(slug).get(include=["documents", "metadatas"])
+    texts: dict[str, str] = {}
+    for doc, meta in sorted(zip(res["documents"], res["metadatas"], strict=True), key=lambda d: d[1]["chunk"]):
+        texts[meta["source"]] = texts.get(meta["source"], "") + doc
+    assert sorted(texts) == sorted(d.name for d in service.list_documents(kb))  # store and manifest agree
+    return texts
+
+
+def test_an_old_version_kept_under_a_new_name_is_added_as_its_name_gets_the_new_one(
+        make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    # report.txt is edited and its old text kept as report_v1.txt: report_v1.txt was "unchanged, same content
+    # as report.txt", whose new version then removed that content, so the old text was indexed nowhere.
+    service = make()
+    report, old = tmp_path / "report.txt", tmp_path / "report_v1.txt"
+    report.write_text("Version one counted 4417 birds.", encoding="utf-8")
+    service.add_files("kb", [report])
+    old.write_bytes(report.read_bytes())
+    report.write_text("Version two counted 5123 birds.", encoding="utf-8")
+    results = service.add_files("kb", [report, old]).files
+    assert [(r.name, r.status) for r in results] == [("report.txt", "updated"), ("report_v1.txt", "added")]
+    assert _held(service, "kb") == {"report.txt": "Version two counted 5123 birds.",
+                                    "report_v1.txt": "Version one counted 4417 birds."}
+
+
+@pytest.mark.parametrize("names", [("a.txt", "b.txt"), ("a.txt", "b.txt", "c.txt")])
+def test_files_that_swap_contents_keep_every_content(make: Callable[..., KBQAService], tmp_path: Path,
+                                                     names: tuple[str, ...]) -> None:
+    # a.txt took b.txt's text and b.txt a.txt's: a.txt was "updated, now the same content as b.txt" (and removed),
+    # then b.txt's new version removed that content: one text left, under b.txt.
+    service = make()
+    texts = [f"Text number {n} is about {w}." for n, w in enumerate(["alpacas", "beetles", "cranes"][:len(names)])]
+    paths = [tmp_path / n for n in names]
+    for path, text in zip(paths, texts, strict=True):
+        path.write_text(text, encoding="utf-8")
+    service.add_files("kb", paths)
+    for path, text in zip(paths, texts[1:] + texts[:1], strict=True):  # each takes the next one's text
+        path.write_text(text, encoding="utf-8")
+    results = service.add_files("kb", paths).files
+    assert [r.status for r in results] == ["updated"] * len(names)
+    assert _held(service, "kb") == dict(zip(names, texts[1:] + texts[:1], strict=True))
+
+
+def test_a_new_name_for_content_whose_holder_fails_to_change_stays_the_same_as_it(
+        make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    service = make()
+    report, old = tmp_path / "report.txt", tmp_path / "report_v1.txt"
+    report.write_text("Version one counted 4417 birds.", encoding="utf-8")
+    service.add_files("kb", [report])
+    old.write_bytes(report.read_bytes())
+    report.write_bytes(b"   \n")  # the new version is blank: refused, so report.txt keeps version one
+    results = service.add_files("kb", [report, old]).files
+    assert [r.status for r in results] == ["failed", "unchanged"] and "report.txt" in results[1].reason
+    assert _held(service, "kb") == {"report.txt": "Version one counted 4417 birds."}
+
+
 def test_changed_file_replaces_its_old_chunks(make: Callable[..., KBQAService], docs: Path) -> None:
     service = make()
     service.add_files("kb", [docs / "rivers.txt"])
