@@ -321,8 +321,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
 
     @api.delete("/kb/{name}")
     def delete_kb(name: str) -> dict[str, str]:
-        service.delete_kb(name)
-        return {"deleted": name}
+        return {"deleted": service.delete_kb(name)}
 
     @api.post("/kb/{name}/search")
     def search(name: str, req: SearchRequest) -> list[dict[str, Any]]:

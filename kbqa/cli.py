@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 _JUNK = {"thumbs.db", "desktop.ini"}
 
 
-def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], int]:
-    """Files as given, and the files under folders (recursively, sorted, skipping hidden ones).
+def expand_paths(paths: Sequence[str], own: Sequence[Path] = ()) -> tuple[list[Path], list[FileResult], int]:
+    """Files as given, and the files under folders (recursively, sorted, skipping hidden ones and ``own``:
+    kbqa's own folders, such as the knowledge root, which ``kbqa ingest .`` in the working folder reaches).
 
     A file reached twice (a folder given twice, or a file given and also under a given folder) is listed
     once, where it is first reached. Returns the files; a ``failed`` result for each path that does not
@@ -46,8 +47,18 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
     def problem(where: str | Path, reason: str) -> None:
         problems.setdefault(_key(where), FileResult(str(where), "failed", reason=reason))
 
+    kbqas = {_key(folder): name for folder, name in zip(own, _OWN_FOLDERS, strict=False)}
+
+    def kbqas_own(path: str | Path) -> str | None:
+        key = _key(path)
+        return next((name for folder, name in kbqas.items() if key == folder or key.startswith(folder + os.sep)),
+                    None)
+
     for raw in paths:
         path = Path(raw)
+        if (setting := kbqas_own(path)) is not None:
+            problem(raw, f"kbqa's own data ({setting}), not a document: leave it out")
+            continue
         if not path.exists():
             what = _dangling(path) if path.is_symlink() else "no such file or folder"
             problem(raw, f"{what} (check the path)")
@@ -66,7 +77,8 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
         for folder, subfolders, names in os.walk(path, onerror=unreadable):
             # .git, .venv: counted, not walked
             skipped.update(_key(os.path.join(folder, d)) for d in subfolders if d.startswith("."))
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            subfolders[:] = sorted(d for d in subfolders
+                                   if not d.startswith(".") and kbqas_own(os.path.join(folder, d)) is None)
             for d in subfolders:
                 if os.path.islink(os.path.join(folder, d)):
                     problem(os.path.join(folder, d), "a link to a folder, not followed: give the folder it "
@@ -84,6 +96,10 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[FileResult], in
                     problem(sub, _NOT_A_FILE)
         files += sorted(found)
     return _once(files), list(problems.values()), len(skipped)
+
+
+#: What ``expand_paths``'s ``own`` folders are, in order.
+_OWN_FOLDERS = ("paths.knowledge_root, where kbqa keeps its knowledge bases", "paths.cache_dir, kbqa's model cache")
 
 
 def _dangling(link: Path) -> str:
@@ -192,7 +208,10 @@ def _service(args: argparse.Namespace) -> Any:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    files, problems, skipped = expand_paths(args.paths)
+    from kbqa.settings import load_settings
+
+    paths = load_settings(args.config).paths
+    files, problems, skipped = expand_paths(args.paths, own=(paths.knowledge_root, paths.cache_dir))
     for problem in problems:
         print(problem.line())
     hidden = f"; {skipped} hidden or system file{'s' * (skipped != 1)} or folder{'s' * (skipped != 1)} " \
@@ -269,8 +288,7 @@ def cmd_kb(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print(f"kept knowledge base {name}", file=sys.stderr)
                 return 1
-        service.delete_kb(args.name)
-        print(f"deleted knowledge base {args.name}")
+        print(f"deleted knowledge base {service.delete_kb(args.name)}")
     return 0
 
 

@@ -81,17 +81,21 @@ class KBQAService:
         kb = self.root.create(name)
         return KnowledgeBaseInfo(kb.name, kb.slug, len(kb.manifest.files), kb.chunk_count, kb.embedding)
 
-    def delete_kb(self, name: str) -> None:
-        """Delete a knowledge base with all its files and chunks (also one whose kb.json or manifest is damaged)."""
+    def delete_kb(self, name: str) -> str:
+        """Delete a knowledge base with all its files and chunks (also one whose kb.json or manifest is damaged).
+
+        Returns its display name (``name`` may be its slug, or the name as given when it is damaged).
+        """
         try:
             kb = self.root.open(name)
         except IndexDamaged:  # it cannot be opened, so cannot be used: deleting it is the way out
             if (buried := self.root.bury_damaged(name)) is not None:
                 self._destroy(*buried)
-            return
+            return name
         self._remove(kb)
         with self._lock:  # a new knowledge base of the same name has had no upload yet
             self._latest.pop(kb.slug, None)
+        return kb.name
 
     def _remove(self, kb: KnowledgeBase) -> None:
         with kb.lock:

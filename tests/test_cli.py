@@ -10,6 +10,7 @@ import pytest
 from kbqa import cli
 from kbqa.bootstrap import build_service
 from kbqa.service import KBQAService
+from kbqa.settings import load_settings
 from tests.fakes import FakeEmbedder, FakeLLM
 from tests.test_service import make_settings
 
@@ -87,6 +88,27 @@ def test_ingest_names_a_missing_path_as_given_and_counts_skipped_hidden_files(
     captured = capsys.readouterr()
     assert captured.out.count("pipe.txt: failed") == 1
     assert "; 1 more could not be added (listed above); 4 hidden or system files or folders" in captured.err
+
+
+def test_ingest_of_a_folder_holding_the_knowledge_root_leaves_kbqas_own_files_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `kbqa ingest --kb notes .` in the working folder, whose ./knowledge is the default root: the second run read
+    # kbqa's manifests and index as documents (failed, exit 1), and the copy of note.txt it keeps under the root
+    # then stood in for the edited note.txt ("another file named note.txt is in this batch").
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KBQA_PATHS__KNOWLEDGE_ROOT", "knowledge")
+    built = build_service(load_settings(paths={"cache_dir": tmp_path / "cache"}, ingest={"ocr": False}),
+                          embedder=FakeEmbedder(), llm=lambda: FakeLLM())
+    monkeypatch.setattr(cli, "_service", lambda args: built)
+    (tmp_path / "note.txt").write_text("Koalas sleep 20 hours a day.", encoding="utf-8")
+    assert cli.main(["ingest", "--kb", "notes", "."]) == 0
+    assert cli.main(["ingest", "--kb", "notes", "."]) == 0
+    (tmp_path / "note.txt").write_text("Koalas sleep 22 hours a day.", encoding="utf-8")
+    assert cli.main(["ingest", "--kb", "notes", "."]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["note.txt: added (1 chunk)", "note.txt: unchanged", "note.txt: updated (1 chunk)"]
+    assert cli.main(["ingest", "--kb", "notes", "knowledge"]) == 1
+    assert "knowledge: failed (kbqa's own data (paths.knowledge_root" in capsys.readouterr().out
 
 
 def test_ingest_of_good_unchanged_files_exits_zero(service: KBQAService, folder: Path,
@@ -419,3 +441,12 @@ def test_a_reader_that_goes_away_ends_a_listing_quietly(service: KBQAService, fo
     monkeypatch.undo()
     assert "Traceback" not in capsys.readouterr().err
 
+
+
+def test_kb_delete_by_its_folder_name_says_which_knowledge_base_went(service: KBQAService, folder: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["ingest", "--kb", "法律 文件", str(folder / "planets.md")])
+    slug = service.root.open("法律 文件").slug
+    capsys.readouterr()
+    assert cli.main(["kb", "delete", slug]) == 0
+    assert capsys.readouterr().out == "deleted knowledge base 法律 文件\n"
