@@ -495,6 +495,34 @@ def test_corrupt_docx_is_reported(tmp_path: Path, kind: str) -> None:
         load_document(path)
 
 
+def test_a_docx_that_unpacks_to_a_hundred_times_its_size_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import docx
+
+    from kbqa.loaders import office
+
+    document = docx.Document()
+    for _ in range(3000):
+        document.add_paragraph("the same line again and again")
+    path = tmp_path / "bomb.docx"
+    document.save(str(path))
+    with zipfile.ZipFile(path) as package:  # Word's own packages compress about tenfold
+        ratio = sum(m.file_size for m in package.infolist()) / path.stat().st_size
+    assert 10 < ratio < office._UNPACKED_RATIO and "the same line" in load_document(path)[0].text
+    (tmp_path / "bomb").mkdir()  # the same document, its body repeated 40 times and packed tighter
+    with zipfile.ZipFile(path) as package:
+        parts = {m.filename: package.read(m.filename) for m in package.infolist()}
+    body = parts["word/document.xml"]
+    start, end = body.index(b"<w:p>"), body.rindex(b"</w:p>") + len(b"</w:p>")
+    parts["word/document.xml"] = body[:start] + body[start:end] * 40 + body[end:]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as package:
+        for part, data in parts.items():
+            package.writestr(part, data)
+    monkeypatch.setattr(office, "_UNPACKED_BYTES", 2**20)  # (100 MB by default: such a file is slow to build)
+    with pytest.raises(CorruptDocument, match=r"bomb.docx unpacks to \d+ MB from .* over 100 times its size.*zip bomb"):
+        load_document(path)
+
+
 def test_empty_docx_is_empty(tmp_path: Path) -> None:
     import docx
 

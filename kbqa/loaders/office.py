@@ -15,6 +15,28 @@ from kbqa.schema import Section
 logger = logging.getLogger(__name__)
 
 
+#: A package that unpacks to more than this many times its size, and to over ``_UNPACKED_BYTES``, is refused: Word's
+#: XML compresses some tenfold (pictures not at all), so such a ratio is a zip bomb (a 387 KB file unpacked to 78
+#: million characters, a 3 MB one to 3 GB of XML, read into memory whole), not a document.
+_UNPACKED_RATIO = 100
+_UNPACKED_BYTES = 100 * 2**20
+
+
+def _check_unpacked_size(path: Path, name: str) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as package:
+            unpacked = sum(member.file_size for member in package.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # the parser says what is wrong with it
+        return
+    packed = max(path.stat().st_size, 1)
+    if unpacked > _UNPACKED_BYTES and unpacked > _UNPACKED_RATIO * packed:
+        raise CorruptDocument(f"{name} unpacks to {unpacked / 2**20:,.0f} MB from {packed / 2**20:.2g} MB, over "
+                              f"{_UNPACKED_RATIO} times its size, as no Word document does: it is refused as a "
+                              "zip bomb. If it is a real document, save it again from Word, or as .txt or .pdf.")
+
+
 def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
     """A .docx file as one section: paragraphs, table rows and (with OCR) the text of its pictures.
 
@@ -34,6 +56,7 @@ def load_docx(path: Path, name: str, ocr: bool) -> list[Section]:
                                  "> Protect Document), save it and upload it again.") if encrypted else
                CorruptDocument(f"{name} is an old Word 97-2003 (.doc) file named .docx: open it in Word or "
                                "LibreOffice, save it as .docx and upload it again."))
+    _check_unpacked_size(path, name)
     try:
         document = docx.Document(str(path))
     except Exception as exc:
