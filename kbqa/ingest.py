@@ -317,6 +317,11 @@ class Ingestor:
             self.commit(kb, group, vectors)
             done: list[tuple[_Prepared, Exception | None]] = [(p, None) for p in group]
         except Exception as exc:  # e.g. disk full: retry file by file so one failure stays one failure
+            if kb.deleted:  # the user deleted the knowledge base meanwhile: no retry, no traceback
+                log.info("%s was deleted while files were being added", kb.name)
+                for p in group:
+                    results[p.position] = FileResult(p.name, "failed", reason=_DELETED.format(kb=kb.name))
+                return
             log.warning("group commit failed (%s); committing file by file", exc)
             done = []
             for p, part in zip(group, _per_file(group, vectors), strict=True):

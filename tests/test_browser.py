@@ -317,6 +317,9 @@ def test_deleting_a_knowledge_base_asks_first(page: Any, tmp_path: Path) -> None
     page.reload()  # and the browser remembers that none is chosen: neither the deleted one nor another
     page.wait_for_timeout(3000)
     assert page.locator("#kb-select input").input_value() == ""
+    page.locator("#kb-refresh").click()  # ↻ Refresh chose the first one listed
+    page.wait_for_timeout(1500)
+    assert page.locator("#kb-select input").input_value() == ""
     page.locator("#kb-select input").click()
     assert "保留" in page.locator("body").inner_text()  # listed, to be chosen
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -665,8 +666,8 @@ def test_a_file_changed_into_a_copy_of_another_in_the_same_batch_loses_its_old_t
     assert [d.name for d in service.list_documents("kb")] == ["y.txt"]
 
 
-def test_deleting_a_knowledge_base_during_an_ingest_stops_it_cleanly(make: Callable[..., KBQAService],
-                                                                     docs: Path) -> None:
+def test_deleting_a_knowledge_base_during_an_ingest_stops_it_cleanly(make: Callable[..., KBQAService], docs: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     service = make()
     service.add_files("kb", [docs / "rivers.txt"])
     load = service.ingestor.load
@@ -680,6 +681,8 @@ def test_deleting_a_knowledge_base_during_an_ingest_stops_it_cleanly(make: Calla
     report = service.add_files("kb", [docs / "planets.md", docs / "规则.txt"])
     assert [f.status for f in report.files] == ["failed", "failed"]
     assert all("deleted while files were being added" in f.reason for f in report.files)
+    # A user's deliberate act: no warning, no retry file by file, no traceback per file in the server's log.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert service.list_kbs() == []
     assert [p.name for p in service.root.root.iterdir() if p.is_dir() and p.name != ".chroma"] == []
     service.ingestor.load = load  # type: ignore[assignment]

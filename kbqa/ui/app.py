@@ -50,6 +50,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         return gr.update(choices=names, value=current if keep else (names[0] if names else None))
 
     def refresh_kbs(current: str | None) -> Any:
+        if not (current or "").strip():  # none chosen stays none: not the first one listed, for the next upload
+            return gr.update(choices=handlers.kb_names(service), value=None)
         return kb_dropdown(current, keep_typed=True)
 
     def on_load(current: str | None, chosen_before: str | None) -> Any:
