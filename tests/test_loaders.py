@@ -652,6 +652,20 @@ def test_a_long_csv_row_keeps_a_repeated_field_that_did_not_fit_its_lead(tmp_pat
     assert section.lead == f"k: {short}\nk: {short}" and section.text.count(f"k: {short}") == 3
 
 
+def test_html_tags_in_markdown_are_read_as_their_text(tmp_path: Path) -> None:
+    # A README's centred links were a chunk of markup ("</p> <p align="center"> 👋 加入我们的 <a href=...") that
+    # scored 0.82 against an unrelated question and was cited.
+    text = ('<p align="center">\n    👋 加入我们的 <a href="https://discord.gg/x" target="_blank">Discord</a> 和 '
+            '<a href="resources/WECHAT.md">WeChat</a>\n</p>\n<details><summary><b>数理逻辑</b></summary>\n\n'
+            '<img src="resources/math.png" alt="a worked sum" width="600"/>\n</details>\n\n'
+            'Write `<br>` for a break; <T> and a < b > c stay.\n\n```html\n<p>shown as written</p>\n```\n')
+    out = load_document(write(tmp_path, "README.md", text))[0].text
+    assert "👋 加入我们的 Discord 和 WeChat" in out and "数理逻辑" in out and "a worked sum" in out
+    assert not any(tag in out for tag in ("<a ", "</a>", "<p ", "</p>\n</", "<details", "<b>", "<img"))
+    assert "Write `<br>` for a break; <T> and a < b > c stay." in out and "<p>shown as written</p>" in out
+    assert "数理逻辑\n" in out  # a block tag ends its line: the heading is not glued to what follows
+
+
 def test_a_markdown_comment_hides_itself_only(tmp_path: Path) -> None:
     # A comment with text after it on its line was taken to run to the next comment's end: the paragraphs
     # between them, which a reader sees, were lost.

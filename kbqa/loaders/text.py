@@ -181,14 +181,47 @@ _MD_DATA_IMAGE = re.compile(r"!\[([^\]]*)\]\(\s*<?data:[^)]*\)")
 
 
 def _without_md_markup(text: str) -> str:
-    """Markdown text as a reader sees it: its tables' rows naming their columns and its comments left out,
-    outside code blocks (shown as written); its images written in as data read as their alt text."""
+    """Markdown text as a reader sees it: its tables' rows naming their columns, its comments left out and its
+    HTML tags read as their text, outside code blocks (shown as written); its images written in as data read as
+    their alt text."""
     parts, end = [], 0
     for fence in _MD_FENCE.finditer(text):
-        parts += [_drop_comments(_md_table_rows(text[end:fence.start()])), fence.group()]
+        parts += [_md_prose(text[end:fence.start()]), fence.group()]
         end = fence.end()
-    text = "".join([*parts, _drop_comments(_md_table_rows(text[end:]))])
+    text = "".join([*parts, _md_prose(text[end:])])
     return _MD_DATA_IMAGE.sub(lambda m: m.group(1), text)
+
+
+def _md_prose(text: str) -> str:
+    return _drop_html_tags(_drop_comments(_md_table_rows(text)))
+
+
+#: HTML tags a Markdown file may hold (a README's centred links: ``<p align="center"> <a href=...>Discord</a>``),
+#: by name, so that ``<placeholder>`` or ``a < b > c`` in the prose stays; block tags end a line.
+_HTML_BLOCK = ("address|blockquote|br|center|dd|details|div|dl|dt|figcaption|figure|h[1-6]|hr|li|ol|p|pre|section|"
+               "summary|table|tbody|td|tfoot|th|thead|tr|ul")
+_HTML_INLINE = "a|abbr|b|big|cite|del|em|font|i|ins|kbd|mark|picture|q|s|samp|small|source|span|strike|strong|" \
+    "sub|sup|tt|u|var|video"
+_HTML_TAG = re.compile(rf"<(/?)(?:({_HTML_BLOCK})|{_HTML_INLINE}|(img))\b((?:[^<>\"']|\"[^\"]*\"|'[^']*')*)/?>", re.I)
+_HTML_ALT = re.compile(r"\balt\s*=\s*(?:\"([^\"]*)\"|'([^']*)')", re.I)
+#: Inline code (`` `<br>` ``) is shown as written.
+_MD_CODE_SPAN = re.compile(r"(`+)[^`\n]+?\1")
+
+
+def _drop_html_tags(text: str) -> str:
+    def tag(m: re.Match[str]) -> str:
+        if m.group(3):  # an image: its alt text
+            alt = _HTML_ALT.search(m.group(4))
+            return f" {alt.group(1) or alt.group(2)} " if alt and (alt.group(1) or alt.group(2)) else ""
+        return "\n" if m.group(2) else ""
+
+    if "<" not in text:
+        return text
+    parts, end = [], 0
+    for code in _MD_CODE_SPAN.finditer(text):
+        parts += [_HTML_TAG.sub(tag, text[end:code.start()]), code.group()]
+        end = code.end()
+    return "".join([*parts, _HTML_TAG.sub(tag, text[end:])])
 
 
 #: A Markdown table's line under its header: ``| --- | :---: |``.
