@@ -186,7 +186,8 @@ class Ingestor:
         if name in batch:  # one knowledge base holds one file per name
             if batch[name][0] == sha:
                 return FileResult(name, "unchanged", reason="listed earlier in this batch")
-            raise KBQAError(f"another file named {name} ({batch[name][1]}) is in this batch, and a knowledge base "
+            held = f" ({batch[name][1]})" if batch[name][1] != name else ""  # an upload has only its name
+            raise KBQAError(f"another file named {name}{held} is in this batch, and a knowledge base "
                             f"holds one file per name: rename one of them and add it again.")
         # Where it came from, for a later same-named file's message: the path of a local file, the name given
         # to an upload (never the server's temporary folder).

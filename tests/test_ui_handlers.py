@@ -243,7 +243,7 @@ def test_a_changed_upload_is_updated_without_naming_the_servers_temporary_folder
         temp.write_text(text, encoding="utf-8")
         twins.append(SimpleNamespace(name=str(temp), orig_name="notes.txt"))
     results, _, _ = handlers.ingest(service, "kb", twins)
-    assert "another file named notes.txt (notes.txt) is in this batch" in str(results[1][3])
+    assert "another file named notes.txt is in this batch" in str(results[1][3])  # not "notes.txt (notes.txt)"
     assert "gradio-" not in str(results)
     # The same file chosen twice (left in the box by a refused upload, then dropped again) counts once.
     again = tmp_path / "gradio-again" / "notes.txt"
@@ -267,6 +267,9 @@ def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_fi
     assert "2 of 2 files** indexed into **kb** (1 of them unchanged), 1 chunk added" in summary
     *_, again = handlers.ingest(service, "kb", [first, first, upload(tmp_path, "moons.md", "Io is a moon.")])
     assert again == "**Nothing new**: all 2 files are already in **kb**, unchanged."  # one chosen twice counts once
+    *_, renamed = handlers.ingest(service, "kb", [first, upload(tmp_path, "planets copy.md", "Mars is the red planet.")])
+    # "all 2 files are already in kb" said of a file never added under that name
+    assert renamed == "**Nothing new**: the content of all 2 files is already in **kb**: see the reason column."
     rows, _, bad = handlers.ingest(service, "kb", [first, upload(tmp_path, "x.xyz", "?")])
     assert bad.startswith("**Nothing new**: the file is already in **kb**, unchanged. 1 failed")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", docs[0][4])

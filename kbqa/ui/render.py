@@ -59,8 +59,12 @@ def ingest_summary(report: IngestReport, new_kb: bool = False) -> str:
                    else "."))
     unchanged = sum(f.status == "unchanged" for f in report.files)
     if unchanged == len(report.files) - failed:  # nothing new: "indexed" would claim work that was not done
-        text = (f"**Nothing new**: {'the file is' if unchanged == 1 else f'all {unchanged} files are'} already in "
-                f"**{literal(report.kb)}**, unchanged.")
+        if all(f.status != "unchanged" or not f.reason for f in report.files):
+            text = (f"**Nothing new**: {'the file is' if unchanged == 1 else f'all {unchanged} files are'} already "
+                    f"in **{literal(report.kb)}**, unchanged.")
+        else:  # some are new names for content it holds under another name (or listed twice): the reason says
+            text = (f"**Nothing new**: the content of {'the file' if unchanged == 1 else f'all {unchanged} files'} "
+                    f"is already in **{literal(report.kb)}**: see the reason column.")
         return text + (f" {failed} failed: see the reason column." if failed else "")
     text = (f"**{len(report.files) - failed} of {len(report.files)} files** indexed into **{literal(report.kb)}**"
             + (f" ({unchanged} of them unchanged)" if unchanged else "")
