@@ -267,7 +267,8 @@ def test_the_files_table_shows_when_in_words_and_the_summary_counts_unchanged_fi
     assert "2 of 2 files** indexed into **kb** (1 of them unchanged), 1 chunk added" in summary
     *_, again = handlers.ingest(service, "kb", [first, first, upload(tmp_path, "moons.md", "Io is a moon.")])
     assert again == "**Nothing new**: all 2 files are already in **kb**, unchanged."  # one chosen twice counts once
-    *_, renamed = handlers.ingest(service, "kb", [first, upload(tmp_path, "planets copy.md", "Mars is the red planet.")])
+    copy = upload(tmp_path, "planets copy.md", "Mars is the red planet.")
+    *_, renamed = handlers.ingest(service, "kb", [first, copy])
     # "all 2 files are already in kb" said of a file never added under that name
     assert renamed == "**Nothing new**: the content of all 2 files is already in **kb**: see the reason column."
     rows, _, bad = handlers.ingest(service, "kb", [first, upload(tmp_path, "x.xyz", "?")])
