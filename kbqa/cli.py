@@ -219,7 +219,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not files:
         raise KBQAError(f"No files to add under the given paths{hidden}.")
     service = _service(args)
-    bar = _Bar(f"ingest {args.kb}")
+    bar = _Bar(f"ingest {args.kb}", log_steps=True)
     try:
         report = service.add_files(args.kb, files, progress=bar, on_file=lambda result: bar.print(result.line()))
     except (Terminated, KeyboardInterrupt):

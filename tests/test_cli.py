@@ -450,3 +450,12 @@ def test_kb_delete_by_its_folder_name_says_which_knowledge_base_went(service: KB
     capsys.readouterr()
     assert cli.main(["kb", "delete", slug]) == 0
     assert capsys.readouterr().out == "deleted knowledge base 法律 文件\n"
+
+
+def test_ingest_with_stderr_in_a_log_file_shows_each_tenth(service: KBQAService, folder: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # tqdm draws nothing where stderr is no terminal: a long ingest printed nothing until its first file settled.
+    (folder / "sub" / "broken.pdf").unlink()
+    assert cli.main(["ingest", "--kb", "space", str(folder)]) == 0
+    steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ingest space: ")]
+    assert steps[0].startswith("ingest space: 0% (reading ") and steps[-1].startswith("ingest space: 100%")
