@@ -506,5 +506,6 @@ def _per_file(group: list[_Prepared], vectors: np.ndarray) -> list[np.ndarray]:
 
 def file_too_large(name: str, size: int, max_bytes: float) -> FileTooLarge:
     """The error for a file over ``ingest.max_file_mb``."""
-    return FileTooLarge(f"{name} is {size / 2**20:.3g} MB, over the {max_bytes / 2**20:g} MB limit "
+    limit = f"{max_bytes / 2**20:,.2f}".rstrip("0").rstrip(".")  # 0.01 MB is 10485 bytes: not "0.00999928"
+    return FileTooLarge(f"{name} is {size / 2**20:.3g} MB, over the {limit} MB limit "
                         f"(ingest.max_file_mb): split it or raise the limit.")

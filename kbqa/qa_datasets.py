@@ -201,7 +201,7 @@ def _load_jsonl(path: Path, docs: Path, beside: bool = False) -> EvalDataset:
         if not isinstance(row, dict):
             raise KBQAError(f"{path.name} line {n} is {_json_kind(row)}, not an object: each line must be one object "
                             'such as {"question": ..., "answer": ..., "doc": ...}.')
-        if not row.get("question"):
+        if row.get("question") is None:
             raise KBQAError(f"{path.name} line {n}: no 'question'.")
         answers = _jsonl_answers(row, f"{path.name} line {n}")
         for key, value in (("question", row["question"]), ("doc", row.get("doc") or "")):

@@ -193,6 +193,8 @@ def test_malformed_squad_files_are_named_errors(tmp_path: Path, data: dict, mess
     ('{"question": "q", "answer": ["29", 29]}', "line 1: 'answer' must be text or a list of texts"),
     ('["q", "a"]', "line 1 is a list, not an object"),
     ('{"question": "   ", "answer": "a"}', "line 1: the 'question' is blank"),  # before the documents are read
+    ('{"question": "", "answer": "a"}', "line 1: the 'question' is blank"),  # it is there: not "no 'question'"
+    ('{"question": [], "answer": "a"}', "line 1: 'question' must be text"),
 ])
 def test_malformed_jsonl_fields_are_named_with_their_line(tmp_path: Path, line: str, message: str) -> None:
     (tmp_path / "doc.txt").write_text("x", encoding="utf-8")

@@ -1105,3 +1105,11 @@ def test_the_latest_uploads_outcomes_are_kept_for_a_page_reloaded_meanwhile(make
     service.delete_kb("kb")
     service.add_files("kb", [docs / "planets.md"])
     assert [f.name for f in service.latest_upload("kb") or []] == ["planets.md"]
+
+
+@pytest.mark.parametrize(("limit", "shown"), [(0.01, "0.01"), (1, "1"), (2.5, "2.5"), (1_000_000, "1,000,000")])
+def test_the_size_limit_is_named_as_it_was_set(limit: float, shown: str) -> None:
+    from kbqa.ingest import file_too_large
+
+    # 0.01 MB is 10485 bytes: it read "over the 0.00999928 MB limit"
+    assert f"over the {shown} MB limit (ingest.max_file_mb)" in str(file_too_large("a.txt", 2**40, int(limit * 2**20)))
