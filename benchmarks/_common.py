@@ -83,10 +83,11 @@ def append_results(title: str, body: str, command: str) -> None:
 
 
 def cmrc_contexts(limit: int | None = None) -> list[tuple[str, str]]:
-    """CMRC2018 dev contexts as ``(file name, text)``."""
+    """CMRC2018 dev contexts as ``(file name, text)``, named as ``kbqa eval`` names them (``context-00001.txt``:
+    names that give their chunks no title, so the figures compare with those before titles)."""
     import json
 
     data = json.loads((CORPUS / "cmrc2018_dev.json").read_text(encoding="utf-8"))
-    out = [(f"cmrc-{i:04d}.txt", p["context"]) for i, p in
+    out = [(f"context-{i + 1:05d}.txt", p["context"]) for i, p in
            enumerate(p for a in data["data"] for p in a["paragraphs"])]
     return out[:limit] if limit else out

@@ -80,7 +80,7 @@ def main() -> None:
         # The exact chunks kbqa indexes, for the bare measurement.
         from kbqa.loaders import load_document
 
-        chunks = [c.text for f in files for c in service.ingestor.splitter.split(load_document(f), f.name, "x")]
+        chunks = [c.indexed for f in files for c in service.ingestor.splitter.split(load_document(f), f.name, "x")]
         with Timer() as bare:
             embedder.embed_documents(chunks)
         with Timer() as kbqa:

@@ -49,8 +49,10 @@ def rgb_correct(answer: str, required: list[list[str]]) -> bool:
 
 
 def passages(name: str, texts: list[str]) -> ev.EvalDataset:
-    """The distinct passages as documents, one .txt each, for ``ev.build_knowledge_base``."""
-    return ev.EvalDataset(name, [], texts=[(f"rgb-{n:05d}.txt", t) for n, t in enumerate(dict.fromkeys(texts))])
+    """The distinct passages as documents, one .txt each, for ``ev.build_knowledge_base`` (named as ``kbqa eval``
+    names its contexts: names that give their chunks no title, as RGB's passages have none)."""
+    return ev.EvalDataset(name, [], texts=[(f"context-{n + 1:05d}.txt", t)
+                                           for n, t in enumerate(dict.fromkeys(texts))])
 
 
 def noise_robustness(service: KBQAService, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -296,7 +296,7 @@ class Ingestor:
                report: Callable[[float, str], None] | None) -> None:
         if not group:
             return
-        texts = [c.text for p in group for c in p.chunks]
+        texts = [c.indexed for p in group for c in p.chunks]  # with their document's title
         first, last = group[0].position, group[-1].position + 1
         # The counts are this group's, the bar the whole batch's: say whose chunks they are.
         whose = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more files"
@@ -399,7 +399,7 @@ class Ingestor:
             try:
                 with kb.pending(*shas):
                     self.store.add(kb.slug, chunks, vectors)
-                    index.add([c.id for c in chunks], [c.text for c in chunks])
+                    index.add([c.id for c in chunks], [c.indexed for c in chunks])
                     for p in group:
                         kb.stage_content(p.path, p.name)
                     kb.commit_files([(p.name, p.sha256, len(p.chunks), p.pages, p.size, p.origin) for p in group])

@@ -60,7 +60,7 @@ class KeywordIndexes:
     def _rebuild(self, kb: KnowledgeBase, index: BM25Index) -> None:
         start = time.perf_counter()
         index.clear()
-        for ids, texts in self.store.texts(kb.slug):
+        for ids, texts in self.store.indexed_texts(kb.slug):
             index.add(ids, texts)
         index.generation = kb.manifest.generation
         index.save()

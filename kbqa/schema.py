@@ -30,6 +30,18 @@ class Chunk:
     index: int
     page: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Its document's title (from the file's name), read with it by both retrievers; not part of ``text``.
+    title: str = ""
+
+    @property
+    def indexed(self) -> str:
+        """What the retrievers read: the title on a line of its own, then the text."""
+        return titled(self.title, self.text)
+
+
+def titled(title: str, text: str) -> str:
+    """``text`` with ``title`` on a line before it (``text`` alone when there is no title)."""
+    return f"{title}\n{text}" if title else text
 
 
 @dataclass(frozen=True)

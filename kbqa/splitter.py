@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from kbqa.language import HAN
-from kbqa.schema import Chunk, Section
+from kbqa.schema import Chunk, Section, titled
 
 #: Paragraphs, then lines, then sentence ends (Chinese and Western), then clause marks, then spaces.
 #: Line breaks come before spaces so a chunk boundary prefers a line over a word.
@@ -98,10 +98,16 @@ class Splitter:
         re-ingesting the same file yields the same ids. Debris (``_is_debris``) is left out, unless it is all
         the document holds.
         """
-        pieces = [(section, text) for section in sections for text in self._split_section(section)]
+        title = document_title(source)
+        too_long = self.too_long
+        # The title is read with each chunk: a chunk must fit the embedding model with it.
+        splitter = self if not (title and too_long) else Splitter(
+            self.chunk_size, self.chunk_overlap, lambda texts: too_long([titled(title, t) for t in texts]))
+        pieces = [(section, text) for section in sections for text in splitter._split_section(section)]
         kept = [(section, text) for section, text in pieces if not _is_debris(text)] or pieces
         return [Chunk(id=f"{sha256}:{index}", text=text, source=source, sha256=sha256, index=index,
-                      page=section.page, extra=dict(section.extra)) for index, (section, text) in enumerate(kept)]
+                      page=section.page, extra=dict(section.extra), title=title)
+                for index, (section, text) in enumerate(kept)]
 
     def _split_section(self, section: Section) -> list[str]:
         """``split_text``, except that a section with a ``lead`` cut into several chunks repeats it in each."""
@@ -113,6 +119,34 @@ class Splitter:
         body = Splitter(room, min(self.chunk_overlap, room // 4),
                         None if too_long is None else lambda texts: too_long([f"{lead}\n{t}" for t in texts]))
         return [f"{lead}\n{piece}" for piece in body.split_text(section.text[len(lead):])]
+
+
+def document_title(name: str) -> str:
+    """A document's title from its file's name, read with each of its chunks by both retrievers: a passage of
+    ``galaxy_gaming_10k.html`` is about Galaxy Gaming though it never names it, and a question naming it finds
+    it. The name without its suffix, ``_``/``-``/``.`` read as spaces; none for a name that says nothing
+    (``scan_0001.pdf``, ``IMG_2043.png``, ``新建文本文档.txt``, ``context-00001.txt``: ``kbqa eval``'s contexts)."""
+    stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+    words = [w for w in re.split(r"[\s_.\-]+", stem) if w]
+    if not any(_meaningful(w) for w in words):
+        return ""
+    return " ".join(words)[:_TITLE_CHARS].strip()
+
+
+def _meaningful(word: str) -> bool:
+    low = word.lower()
+    return (sum(c.isalpha() for c in word) >= 2 and low.rstrip("0123456789") not in _NAMELESS
+            and not re.fullmatch(r"[0-9a-f]{8,}|[a-z]{0,5}\d+[a-z]?|v\d+(\.\d+)*", low))
+
+
+#: Words of file names that name no document: a scanner's, camera's or program's default names, copies.
+_NAMELESS = frozenset({
+    "attachment", "context", "copy", "data", "doc", "docs", "document", "documents", "download", "downloads",
+    "draft", "export", "file", "files", "final", "image", "images", "img", "new", "noname", "output", "page",
+    "pages", "part", "photo", "pic", "picture", "readme", "sample", "scan", "scanned", "tmp", "temp", "test",
+    "text", "untitled", "unnamed", "upload", "version",
+    "新建文本文档", "新建文档", "新建", "文档", "未命名", "副本", "扫描件", "图片"})
+_TITLE_CHARS = 80
 
 
 #: Stands for a line break the splitter must not cut at (a heading bound to its paragraph); no text holds it.

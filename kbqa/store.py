@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from kbqa.errors import IndexDamaged, KBQAError
-from kbqa.schema import Chunk, SourceChunk
+from kbqa.schema import Chunk, SourceChunk, titled
+from kbqa.splitter import document_title
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,24 @@ class ChromaStore:
         return out
 
     def texts(self, slug: str) -> Iterable[tuple[list[str], list[str]]]:
-        """All (ids, documents) of a collection, in pages (to rebuild a keyword index)."""
+        """All (ids, documents) of a collection, in pages."""
+        for res in self._pages(slug, ["documents"]):
+            yield res["ids"], res["documents"]
+
+    def indexed_texts(self, slug: str) -> Iterable[tuple[list[str], list[str]]]:
+        """All (ids, texts as the retrievers read them: each with its document's title), in pages (to rebuild a
+        keyword index)."""
+        for res in self._pages(slug, ["documents", "metadatas"]):
+            yield res["ids"], [titled(document_title(str((meta or {}).get("source", ""))), doc)
+                               for doc, meta in zip(res["documents"], res["metadatas"], strict=True)]
+
+    def _pages(self, slug: str, include: list[str]) -> Iterable[Any]:
         with self._readable(slug):
             col = self._collection(slug)
             total = col.count()
         for offset in range(0, total, _BATCH):
             with self._readable(slug):
-                res = col.get(include=["documents"], limit=_BATCH, offset=offset)
-            yield res["ids"], res["documents"]
+                yield col.get(include=include, limit=_BATCH, offset=offset)  # type: ignore[arg-type]
 
     def delete_sha(self, slug: str, sha256: str) -> list[str]:
         """Remove every chunk of one file's content; returns the removed ids."""

@@ -772,7 +772,8 @@ def test_a_big_file_moves_the_progress_bar_while_it_is_embedded(make: Callable[.
     for n in (0, 57, 119):  # each chunk got its own vector back after the shortest-first slices
         text = next(c.text for c in service.store.search(slug, service.qa.retriever.embedder.embed_query("x"), 200)
                     if f"zq{n}x " in c.text)
-        hit = service.store.search(slug, service.qa.retriever.embedder.embed_documents([text])[0], 1)[0]
+        vector = service.qa.retriever.embedder.embed_documents([f"big\n{text}"])[0]  # read with its title
+        hit = service.store.search(slug, vector, 1)[0]
         assert hit.text == text and hit.score > 0.999
 
 
@@ -1104,3 +1105,51 @@ def test_the_size_limit_is_named_as_it_was_set(limit: float, shown: str) -> None
 
     # 0.01 MB is 10485 bytes: it read "over the 0.00999928 MB limit"
     assert f"over the {shown} MB limit (ingest.max_file_mb)" in str(file_too_large("a.txt", 2**40, int(limit * 2**20)))
+
+
+@pytest.mark.parametrize(("name", "title"), [
+    ("state_of_the_union.txt", "state of the union"), ("en_galaxy_gaming_10k_cover.html", "en galaxy gaming 10k cover"),
+    ("检察院行政诉讼监督规则.md", "检察院行政诉讼监督规则"), ("Q3 2024 results.docx", "Q3 2024 results"),
+    ("report_v1.txt", "report v1"),
+    # names that say nothing: a scanner's, a camera's, a program's default, kbqa eval's written-out contexts
+    ("scan_0001.pdf", ""), ("IMG_2043.png", ""), ("DSC0001.jpg", ""), ("Document1.docx", ""), ("新建文本文档.txt", ""),
+    ("context-00001.txt", ""), ("3f2a9c0d1e.pdf", ""), ("a.txt", ""), ("README.md", "")])
+def test_a_documents_title_comes_from_its_file_name_unless_the_name_says_nothing(name: str, title: str) -> None:
+    from kbqa.splitter import document_title
+
+    assert document_title(name) == title
+
+
+def test_both_retrievers_read_each_chunk_with_its_documents_title(make: Callable[..., KBQAService],
+                                                                 tmp_path: Path) -> None:
+    # A passage of galaxy_gaming_10k.html is about Galaxy Gaming though it never says so: a question naming the
+    # company found the cover lines of another document first.
+    (tmp_path / "galaxy_gaming_10k.html").write_text("<p>Its shares trade under the ticker GLXZ.</p>", encoding="utf-8")
+    (tmp_path / "acme_annual_report.txt").write_text("Its shares trade under the ticker ACME.", encoding="utf-8")
+    service = make(mode="bm25")
+    service.add_files("kb", [tmp_path / "galaxy_gaming_10k.html", tmp_path / "acme_annual_report.txt"])
+    embedder = service.ingestor.embedder
+    seen: list[str] = []
+    real = embedder.embed_documents
+    embedder.embed_documents = lambda texts: seen.extend(texts) or real(texts)  # type: ignore[method-assign]
+    (tmp_path / "acme_annual_report.txt").write_text("Its shares trade under the ticker ACMQ.", encoding="utf-8")
+    service.add_files("kb", [tmp_path / "acme_annual_report.txt"])
+    assert seen == ["acme annual report\nIts shares trade under the ticker ACMQ."]  # the dense index's text
+    found = service.search("kb", "What is Galaxy Gaming's ticker?", 1)[0]
+    assert (found.source, found.text) == ("galaxy_gaming_10k.html", "Its shares trade under the ticker GLXZ.")
+    kb = service.root.open("kb")
+    kb.manifest.generation += 1  # the keyword index lags: rebuilt from the store, titles included
+    assert service.search("kb", "What is Galaxy Gaming's ticker?", 1)[0].source == "galaxy_gaming_10k.html"
+    assert service.search("kb", "ACME annual report ticker", 1)[0].source == "acme_annual_report.txt"
+
+
+def test_a_chunk_fits_the_embedding_model_with_its_title(make: Callable[..., KBQAService], tmp_path: Path) -> None:
+    service = make()
+    embedder = service.ingestor.embedder
+    embedder.max_chars = 60  # the fake model's limit, in characters
+    doc = tmp_path / "a_rather_long_descriptive_name.txt"
+    doc.write_text("Fifty characters of text in one line, and then more. " * 3, encoding="utf-8")
+    service.add_files("kb", [doc])
+    slug = service.root.open("kb").slug
+    texts = [t for _, batch in service.store.indexed_texts(slug) for t in batch]
+    assert len(texts) > 3 and all(len(t) <= 60 for t in texts) and all(t.startswith("a rather long") for t in texts)

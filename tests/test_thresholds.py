@@ -89,13 +89,14 @@ def test_a_question_that_finds_nothing_in_documents_of_the_other_language_is_tra
 
 def test_a_question_is_translated_where_a_passage_found_is_in_the_other_language(tmp_path: Path) -> None:
     # A knowledge base in both languages: the other passages found first must not keep the Chinese one unread.
-    for name, text in [("codes.txt", "12345 67890"), ("more codes.txt", "24680 13579")]:
+    # (Named by numbers: a name in words is their title, which the fake embedder's letters would match.)
+    for name, text in [("0123.txt", "12345 67890"), ("0456.txt", "24680 13579")]:
         (tmp_path / name).write_text(text, encoding="utf-8")
     llm = FakeLLM(replies=["尼罗河流向哪里？", "North [1]."])
     service = nile_service(tmp_path, llm, score_threshold=0.2, score_threshold_zh=0.3)
-    service.add_files("rivers", [tmp_path / "codes.txt", tmp_path / "more codes.txt"])
+    service.add_files("rivers", [tmp_path / "0123.txt", tmp_path / "0456.txt"])
     found = service.search("rivers", "Where does the Nile flow?", 3)
-    assert {f.source for f in found[:2]} == {"codes.txt", "more codes.txt"}  # not Chinese, first, none passing
+    assert {f.source for f in found[:2]} == {"0123.txt", "0456.txt"}  # not Chinese, first, none passing
     assert max(f.score for f in found) < 0.2
     answer = service.ask("rivers", "Where does the Nile flow?")
     assert not answer.refused and [s.source for s in answer.sources] == ["尼罗河.txt"]
