@@ -217,7 +217,7 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
         gone = threading.Event()
         token = ABANDONED.set(gone)  # copied into the worker thread's context
         try:
-            stream = await _while_there(request, gone, start, limiter(chats))
+            stream = await _while_there(request, gone, start, _limiter(chats))
         finally:
             ABANDONED.reset(token)
         if gone.is_set():
@@ -339,7 +339,8 @@ def build_api(service: KBQAService, max_file_mb: float = 100.0) -> FastAPI:
         encoded = re.match(r"/kb/([^/]*%2f[^/]*)(?:/|$)", raw, re.I)
         if encoded:
             check_kb_name(unquote(encoded.group(1)))
-        # So may a file's name given as a path (``..%2Fnotes.txt``): read as its base name, as an upload's is.
+        # So does a file's name given as a path (``..%2Fnotes.txt``): the delete route's rules answer it (a path
+        # names the file added from there), not "No endpoint".
         file_path = re.fullmatch(r"/kb/([^/]+)/files/([^/]*%2f.*)", raw, re.I)
         if file_path and request.method == "DELETE":
             return JSONResponse({"deleted": service.delete_document(unquote(file_path.group(1)),
@@ -366,7 +367,7 @@ _CHAT_THREADS = 32
 _PRESENCE_CHECK = 0.5
 
 
-def limiter(holder: list[anyio.CapacityLimiter]) -> anyio.CapacityLimiter:
+def _limiter(holder: list[anyio.CapacityLimiter]) -> anyio.CapacityLimiter:
     """The limiter kept in ``holder``, made on first use (in the event loop, as anyio requires)."""
     if not holder:
         holder.append(anyio.CapacityLimiter(_CHAT_THREADS))
