@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from kbqa.language import HAN
+from kbqa.language import HAN, is_chinese
 from kbqa.schema import Chunk, Section, titled
 
 #: Paragraphs, then lines, then sentence ends (Chinese and Western), then clause marks, then spaces.
@@ -106,7 +106,7 @@ class Splitter:
         pieces = [(section, text) for section in sections for text in splitter._split_section(section)]
         kept = [(section, text) for section, text in pieces if not _is_debris(text)] or pieces
         return [Chunk(id=f"{sha256}:{index}", text=text, source=source, sha256=sha256, index=index,
-                      page=section.page, extra=dict(section.extra), title=title)
+                      page=section.page, extra=dict(section.extra), title=chunk_title(title, text))
                 for index, (section, text) in enumerate(kept)]
 
     def _split_section(self, section: Section) -> list[str]:
@@ -131,6 +131,14 @@ def document_title(name: str) -> str:
     if not any(_meaningful(w) for w in words):
         return ""
     return " ".join(words)[:_TITLE_CHARS].strip()
+
+
+def chunk_title(title: str, text: str) -> str:
+    """``title`` for a chunk in its language; none for a chunk in the other language (Chinese or not). An English
+    name on a Chinese document (``zh_procuratorate_rules.md``) would lift every one of its chunks over the
+    refusal threshold for an English question sharing the name's words, and so past the translation of the
+    question that finds the right one."""
+    return title if title and is_chinese(title) == is_chinese(text) else ""
 
 
 def _meaningful(word: str) -> bool:

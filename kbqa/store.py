@@ -18,7 +18,7 @@ import numpy as np
 
 from kbqa.errors import IndexDamaged, KBQAError
 from kbqa.schema import Chunk, SourceChunk, titled
-from kbqa.splitter import document_title
+from kbqa.splitter import chunk_title, document_title
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class ChromaStore:
         """All (ids, texts as the retrievers read them: each with its document's title), in pages (to rebuild a
         keyword index)."""
         for res in self._pages(slug, ["documents", "metadatas"]):
-            yield res["ids"], [titled(document_title(str((meta or {}).get("source", ""))), doc)
+            yield res["ids"], [titled(chunk_title(document_title(str((meta or {}).get("source", ""))), doc), doc)
                                for doc, meta in zip(res["documents"], res["metadatas"], strict=True)]
 
     def _pages(self, slug: str, include: list[str]) -> Iterable[Any]:

@@ -1153,3 +1153,16 @@ def test_a_chunk_fits_the_embedding_model_with_its_title(make: Callable[..., KBQ
     slug = service.root.open("kb").slug
     texts = [t for _, batch in service.store.indexed_texts(slug) for t in batch]
     assert len(texts) > 3 and all(len(t) <= 60 for t in texts) and all(t.startswith("a rather long") for t in texts)
+
+
+def test_a_title_in_the_other_language_than_a_chunk_is_not_read_with_it(make: Callable[..., KBQAService],
+                                                                         tmp_path: Path) -> None:
+    # An English name on a Chinese document lifted every chunk over the threshold for an English question sharing
+    # the name's words, so the question was not translated and the right article not found.
+    text = "第十二条 人民检察院应当在三个月内审查终结。"
+    (tmp_path / "zh_procuratorate_rules.md").write_text(text, encoding="utf-8")
+    (tmp_path / "检察规则.md").write_text(text + "\n\n第十三条 其他。", encoding="utf-8")
+    service = make()
+    service.add_files("kb", [tmp_path / "zh_procuratorate_rules.md", tmp_path / "检察规则.md"])
+    texts = {t for _, batch in service.store.indexed_texts(service.root.open("kb").slug) for t in batch}
+    assert texts == {text, f"检察规则\n{text}\n\n第十三条 其他。"}
