@@ -18,7 +18,6 @@ import numpy as np
 
 from kbqa.errors import IndexDamaged, KBQAError
 from kbqa.schema import Chunk, SourceChunk, titled
-from kbqa.splitter import chunk_title, document_title
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,8 @@ class _NoEmbeddingFunction:
 
 def _metadata(chunk: Chunk) -> dict[str, Any]:
     meta: dict[str, Any] = {"source": chunk.source, "sha256": chunk.sha256, "chunk": chunk.index}
+    if chunk.title:  # as the splitter gave it: a keyword index rebuilt from the store reads each chunk as embedded
+        meta["title"] = chunk.title
     if chunk.page is not None:
         meta["page"] = chunk.page
     for key, value in chunk.extra.items():
@@ -147,7 +148,7 @@ class ChromaStore:
         """All (ids, texts as the retrievers read them: each with its document's title), in pages (to rebuild a
         keyword index)."""
         for res in self._pages(slug, ["documents", "metadatas"]):
-            yield res["ids"], [titled(chunk_title(document_title(str((meta or {}).get("source", ""))), doc), doc)
+            yield res["ids"], [titled(str((meta or {}).get("title", "")), doc)
                                for doc, meta in zip(res["documents"], res["metadatas"], strict=True)]
 
     def _pages(self, slug: str, include: list[str]) -> Iterable[Any]:
