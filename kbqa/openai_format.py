@@ -51,6 +51,23 @@ class ModelNotFound(KBQAError):
         self.param = "model"
 
 
+def whole_characters(value: Any) -> Any:
+    """``value`` (text, or lists and dicts holding text) unchanged, or ``ValueError`` for text holding half of a
+    UTF-16 surrogate pair: JSON allows ``"\\ud83d"`` alone (a string cut in the middle of an emoji), but no
+    model or tokenizer can read it."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    for item in texts:
+        for text in [item] if isinstance(item, str) else item.values() if isinstance(item, dict) else []:
+            half = _SURROGATE.search(text) if isinstance(text, str) else None
+            if half:
+                raise ValueError(f"the text holds half of a UTF-16 surrogate pair (\\u{ord(half.group()):04x}), as "
+                                 "a string cut in the middle of an emoji does: send whole characters")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class Message(BaseModel):
     """An OpenAI chat message (text content; other content parts are refused by ``check_supported``)."""
 
@@ -59,7 +76,7 @@ class Message(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     function_call: dict[str, Any] | None = None
 
-    _whole = field_validator("content")(lambda value: whole_characters(value))
+    _whole = field_validator("content")(whole_characters)
 
     @model_validator(mode="after")
     def _has_content(self) -> Message:
@@ -104,7 +121,7 @@ class ChatRequest(BaseModel):
     audio: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
 
-    _whole = field_validator("stop")(lambda value: whole_characters(value))
+    _whole = field_validator("stop")(whole_characters)
 
     def check_supported(self) -> None:
         """Raise ``Unsupported`` for a parameter kbqa would otherwise have to ignore."""
@@ -176,24 +193,8 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = "float"  # null: the default, float
     dimensions: int | None = None
 
-    _whole = field_validator("input")(lambda value: whole_characters(value))
+    _whole = field_validator("input")(whole_characters)
 
-
-def whole_characters(value: Any) -> Any:
-    """``value`` (text, or lists and dicts holding text) unchanged, or ``ValueError`` for text holding half of a
-    UTF-16 surrogate pair: JSON allows ``"\\ud83d"`` alone (a string cut in the middle of an emoji), but no
-    model or tokenizer can read it."""
-    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    for item in texts:
-        for text in [item] if isinstance(item, str) else item.values() if isinstance(item, dict) else []:
-            half = _SURROGATE.search(text) if isinstance(text, str) else None
-            if half:
-                raise ValueError(f"the text holds half of a UTF-16 surrogate pair (\\u{ord(half.group()):04x}), as "
-                                 "a string cut in the middle of an emoji does: send whole characters")
-    return value
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def completion_id() -> str:
