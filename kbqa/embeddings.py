@@ -13,7 +13,16 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from kbqa.errors import ConfigError, ModelUnavailable
-from kbqa.models import Progress, embedded_name, is_embedded, model_identity, package_dir, resolve_local_or_hub
+from kbqa.models import (
+    Progress,
+    embedded_name,
+    is_embedded,
+    load_failure,
+    model_identity,
+    package_dir,
+    resolve_local_or_hub,
+    weights_errors,
+)
 from kbqa.settings import EmbeddingSettings
 
 log = logging.getLogger(__name__)
@@ -156,8 +165,8 @@ class Text2VecEmbedder:
         try:
             self._model = SentenceModel(str(folder), encoder_type=profile.pooling,
                                         max_seq_length=profile.max_seq_length, device=device)
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(f"Could not load the embedding model from {folder} ({exc}); "
+        except weights_errors() as exc:
+            raise ModelUnavailable(f"Could not load the embedding model from {folder} ({load_failure(exc)}); "
                                    f"check {SETTING}.") from exc
         self.name = name
         self.profile = profile

@@ -323,14 +323,20 @@ class Ingestor:
                 for p in group:
                     results[p.position] = FileResult(p.name, "failed", reason=_DELETED.format(kb=kb.name))
                 return
-            log.warning("group commit failed (%s); committing file by file", exc)
+            # A KBQAError (a full disk) says what to do in each file's reason: no traceback on the console.
+            expected = isinstance(exc, KBQAError)
+            log.log(logging.INFO if expected else logging.WARNING, "group commit failed (%s); committing file by "
+                    "file", exc)
             done = []
             for p, part in zip(group, _per_file(group, vectors), strict=True):
                 try:
                     self.commit(kb, [p], part)
                     done.append((p, None))
                 except Exception as exc_one:
-                    log.exception("could not index %s", p.name)
+                    if isinstance(exc_one, KBQAError):
+                        log.info("could not index %s: %s", p.name, exc_one)
+                    else:
+                        log.exception("could not index %s", p.name)
                     done.append((p, exc_one))
         for p, error in done:
             if error:

@@ -150,6 +150,30 @@ _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _LFS_POINTER_MAX = 1024
 
 
+def weights_errors() -> tuple[type[Exception], ...]:
+    """What loading a model whose files are damaged raises: besides OSError and ValueError, a weights file
+    that is no pickle (``pytorch_model.bin``), no safetensors file, or cut short."""
+    import pickle
+
+    errors: list[type[Exception]] = [OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - transformers needs it
+        pass
+    return tuple(errors)
+
+
+def load_failure(exc: BaseException) -> str:
+    """The first line of a model-loading error, shortened (torch's and safetensors' run to many lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    first = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + "…"
+    if type(exc).__name__ in ("UnpicklingError", "SafetensorError") or isinstance(exc, EOFError):
+        return f"a weights file is damaged or not a model's ({first})"
+    return first
+
+
 def check_not_lfs_pointers(path: Path, setting: str | None = None) -> None:
     """Refuse a model file, or a folder holding files, that are Git LFS pointers instead of their contents.
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kbqa.errors import ModelUnavailable
+from kbqa.models import load_failure, weights_errors
 
 
 class CrossEncoderReranker:
@@ -29,8 +30,8 @@ class CrossEncoderReranker:
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
             self._model = AutoModelForSequenceClassification.from_pretrained(str(folder)).to(device).eval()
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(f"Could not load the reranker from {folder} ({exc}); "
+        except weights_errors() as exc:
+            raise ModelUnavailable(f"Could not load the reranker from {folder} ({load_failure(exc)}); "
                                    "check retrieval.reranker (KBQA_RETRIEVAL__RERANKER).") from exc
         self._torch = torch
         self.batch_size = batch_size

@@ -57,6 +57,14 @@ class KeywordIndexes:
                 self._rebuild(kb, index)
             return index
 
+    def rebuild(self, kb: KnowledgeBase) -> None:
+        """Read the index again from the store (its manifest changed outside kbqa: the generations may agree)."""
+        with self._lock:
+            index = self._open.get(kb.slug)
+            if index is None:
+                index = self._open[kb.slug] = BM25Index.open(kb.bm25_dir)
+            self._rebuild(kb, index)
+
     def _rebuild(self, kb: KnowledgeBase, index: BM25Index) -> None:
         start = time.perf_counter()
         index.clear()

@@ -75,8 +75,17 @@ class ChromaStore:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
-        self._client = chromadb.PersistentClient(
-            path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        try:
+            self._client = chromadb.PersistentClient(
+                path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        except Exception as exc:  # chromadb's InternalError, sqlite's DatabaseError...: the database is unreadable
+            log.info("the vector database %s cannot be opened: %r", path, exc)
+            reason = str(exc).split(": ")[-1][:200]
+            raise IndexDamaged(
+                f"The vector database ({path}) cannot be read ({reason}): a write was cut short (a full disk, a "
+                "crash) or its files were changed outside kbqa. Every knowledge base's files are kept in its "
+                f"folder's content/ folder under {Path(path).parent}: copy them elsewhere, move {path} away, "
+                "start kbqa again and add them again.") from exc
         self._collections: dict[str, Any] = {}
         self.path = Path(path)
 
@@ -158,6 +167,18 @@ class ChromaStore:
         for offset in range(0, total, _BATCH):
             with self._readable(slug):
                 yield col.get(include=include, limit=_BATCH, offset=offset)  # type: ignore[arg-type]
+
+    def contents(self, slug: str) -> dict[str, tuple[str, int, int | None]]:
+        """Per content hash held: its file's name, its chunks and its last page (None: a file without pages)."""
+        found: dict[str, tuple[str, int, int | None]] = {}
+        for res in self._pages(slug, ["metadatas"]):
+            for meta in res["metadatas"]:
+                meta = meta or {}
+                sha = str(meta.get("sha256", ""))
+                name, chunks, last = found.get(sha, (str(meta.get("source", "")), 0, None))
+                page = meta.get("page")
+                found[sha] = (name, chunks + 1, last if page is None else max(last or 0, int(page)))
+        return found
 
     def delete_sha(self, slug: str, sha256: str) -> list[str]:
         """Remove every chunk of one file's content; returns the removed ids."""

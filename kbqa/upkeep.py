@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from kbqa.errors import DocumentNotFound, KBQAError
+from kbqa.fileio import file_sha256
 from kbqa.knowledge import KnowledgeBase
 from kbqa.names import safe_file_name
 from kbqa.retrieval import KeywordIndexes
@@ -66,18 +67,49 @@ def recover(kb: KnowledgeBase, store: ChromaStore) -> None:
 
 
 def reconcile(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes) -> None:
-    """Forget files whose chunks are no longer in the vector store, so that adding them again works.
+    """Bring the manifest and the vector store back into agreement after a change made outside kbqa.
 
-    The store and the manifest agree unless the database was damaged, replaced or deleted outside kbqa
-    (an ingest or a deletion cut short is ``recover`` 's case). Without this, such a file would be listed,
-    never found, and "unchanged" when added again.
+    They agree unless the database or the manifest was damaged, replaced or deleted outside kbqa (an ingest or
+    a deletion cut short is ``recover`` 's case). A file whose chunks left the store is forgotten, so that
+    adding it again works (it would be listed, never found, and "unchanged" when added again). Chunks no listed
+    file owns (a lost manifest) would be found and cited but could never be deleted: their file is listed again
+    when its original is still kept, and they are removed when it is not.
     """
-    if not kb.manifest.files or store.count(kb.slug) == sum(f["chunks"] for f in kb.manifest.files.values()):
+    if store.count(kb.slug) == kb.chunk_count:
         return
     with kb.lock:
         lost = [name for name, f in kb.manifest.files.items() if store.count_sha(kb.slug, f["sha256"]) != f["chunks"]]
         for name in lost:
             delete_document(kb, store, keywords, name)  # what is left of its chunks, its keywords, its copy
+        listed, removed = _claim_unlisted(kb, store)
+        if listed or removed:  # a lost manifest began its count again: it may match the keyword index's
+            keywords.rebuild(kb)
     if lost:
         log.warning("knowledge base %s: the vector database lacks the chunks of %d file(s) (%s); they were taken "
                     "off its list: add them again", kb.name, len(lost), ", ".join(lost[:5]))
+    if listed:
+        log.warning("knowledge base %s: %d file(s) whose chunks it holds were missing from its list (%s); they are "
+                    "listed again", kb.name, len(listed), ", ".join(listed[:5]))
+    if removed:
+        log.warning("knowledge base %s: the chunks of %d file(s) missing from its list, whose originals are not kept "
+                    "(%s), were removed: add them again", kb.name, len(removed), ", ".join(removed[:5]))
+
+
+def _claim_unlisted(kb: KnowledgeBase, store: ChromaStore) -> tuple[list[str], list[str]]:
+    """List again the files of chunks no listed file owns whose originals are kept (same content); remove the
+    other such chunks. Returns the names listed again and the names whose chunks were removed."""
+    owned = {f["sha256"] for f in kb.manifest.files.values()} | set(kb.manifest.pending)
+    back: list[tuple[str, str, int, int | None, int, str | None]] = []
+    removed: list[str] = []
+    for sha, (name, chunks, pages) in store.contents(kb.slug).items():
+        if sha in owned:
+            continue
+        copy = kb.content_dir / name
+        if name and name not in kb.manifest.files and copy.is_file() and file_sha256(copy) == sha:
+            back.append((name, sha, chunks, pages, copy.stat().st_size, None))
+        else:
+            store.delete_sha(kb.slug, sha)
+            removed.append(name)
+    if back:
+        kb.commit_files(back)
+    return [entry[0] for entry in back], removed

@@ -425,6 +425,27 @@ def test_clear_chat_stops_a_streaming_answer(page: Any, llm: FakeLLM) -> None:
         llm.delay = 0.0
 
 
+def test_stop_keeps_what_came_and_the_next_question_is_answered(page: Any, llm: FakeLLM) -> None:
+    choose_kb(page, "甲")
+    page.get_by_role("button", name="Clear chat").click()
+    llm.replies, llm.delay = ["word " * 60, "What is second?", "Zebra answer."], 0.1
+    chat = page.locator("#chatbot")
+    try:
+        ask(page, "What is first?")
+        wait_text(chat, "word word", 15)
+        page.locator("#stop-button").click()
+        wait_text(chat, "(stopped)", 10)
+        shown = chat.inner_text()
+        page.wait_for_timeout(1500)
+        assert chat.inner_text() == shown and 2 <= shown.count("word") < 60  # what came stays; no more comes
+        llm.delay = 0.0
+        ask(page, "What is second?")
+        wait_text(chat, "Zebra answer.", 30)
+        assert "(stopped)" in chat.inner_text()
+    finally:
+        llm.delay = 0.0
+
+
 @pytest.mark.parametrize("when", ["streaming", "before the first word"])
 def test_a_question_asked_right_after_clear_chat_is_answered(page: Any, llm: FakeLLM, when: str) -> None:
     choose_kb(page, "甲")

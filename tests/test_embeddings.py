@@ -112,6 +112,22 @@ def test_a_model_folder_of_git_lfs_pointers_says_to_pull_its_files(tiny_bert: Pa
         build_embedder(EmbeddingSettings(model=str(folder)), tmp_path / "cache")
 
 
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_damaged_weights_are_one_error_naming_the_setting(tiny_bert: Path, tmp_path: Path, weights: str) -> None:
+    # Random bytes as weights were a 100-line safetensors / torch unpickling traceback (and no --json error).
+    import os
+    import shutil
+
+    from kbqa.embeddings import build_embedder
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / weights).write_bytes(os.urandom(4096))
+    with pytest.raises(ModelUnavailable, match=r"a weights file is damaged or not a model's .*check embedding.model"):
+        build_embedder(EmbeddingSettings(model=str(folder)), tmp_path / "cache")
+
+
 def test_a_token_limit_over_the_models_positions_is_refused_or_lowered(tiny_bert: Path, tmp_path: Path) -> None:
     # Accepted, it failed every long chunk inside the model ("The expanded size of the tensor (2550) must match
     # the existing size (512)"), with a traceback, in every ingest.

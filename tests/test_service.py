@@ -722,6 +722,31 @@ def test_files_whose_vectors_were_lost_can_be_added_again(make: Callable[..., KB
     assert restarted.search("kb", "Yangtze", 1)[0].source == "rivers.txt"
 
 
+def test_a_lost_manifest_lists_its_files_again_and_drops_chunks_it_cannot(make: Callable[..., KBQAService],
+                                                                          docs: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    service = make(mode="hybrid")
+    service.add_files("kb", files_in(docs))
+    kb = service.root.open("kb")
+    before = {d.name: (d.sha256, d.chunks) for d in service.list_documents("kb")}
+    (kb.content_dir / "planets.md").unlink()  # its original is not kept: its chunks cannot be listed again
+    (kb.folder / "manifest.json").unlink()  # lost outside kbqa
+    restarted = make(mode="hybrid")
+    with caplog.at_level("WARNING"):
+        after = {d.name: (d.sha256, d.chunks) for d in restarted.list_documents("kb")}
+    assert after == {n: v for n, v in before.items() if n != "planets.md"}
+    assert "listed again" in caplog.text and "planets.md), were removed: add them again" in caplog.text
+    assert restarted.store.count(kb.slug) == sum(c for _, c in after.values())
+    # no retriever finds what the list does not hold (the keyword index is read again from the store)
+    for mode in ("bm25", "dense", "hybrid"):
+        found = make(mode=mode).search("kb", "Mars, the red planet, or a river?", 5)
+        assert found and "planets.md" not in {c.source for c in found}
+    assert restarted.search("kb", "Yangtze", 1)[0].source == "rivers.txt"
+    assert make().add_files("kb", [docs / "planets.md"]).files[0].status == "added"  # and it can be added again
+    restarted.delete_document("kb", "rivers.txt")  # a file listed again is deleted like any other
+    assert make().search("kb", "Yangtze", 3)[0].source != "rivers.txt"
+
+
 def test_a_name_near_the_file_system_limit_is_added(make: Callable[..., KBQAService], tmp_path: Path) -> None:
     service = make()
     long = tmp_path / ("L" * 246 + ".txt")  # 250 bytes: its ".NAME.partial" copy would not fit
@@ -856,7 +881,8 @@ def test_the_embedder_and_the_llm_never_load_at_the_same_time(tmp_path: Path, ll
 
 
 def test_a_disk_too_full_to_index_safely_fails_the_files_before_the_database_is_written(
-        make: Callable[..., KBQAService], docs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make: Callable[..., KBQAService], docs: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     # A write cut short by a full disk can leave Chroma's index unreadable: refuse before writing.
     from collections import namedtuple
 
@@ -867,7 +893,10 @@ def test_a_disk_too_full_to_index_safely_fails_the_files_before_the_database_is_
     slug = service.root.open("kb").slug
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(kbqa.ingest.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
-    report = service.add_files("kb", [docs / "planets.md", docs / "规则.txt"])
+    with caplog.at_level(logging.INFO):
+        report = service.add_files("kb", [docs / "planets.md", docs / "规则.txt"])
+    # each file's reason says what to do: no warning or traceback besides (the CLI shows warnings)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert [f.status for f in report.files] == ["failed", "failed"]
     assert all("MB free" in f.reason and "free some space" in f.reason for f in report.files)
     assert {d.name for d in service.list_documents("kb")} == {"rivers.txt"}
@@ -900,6 +929,19 @@ def test_an_unreadable_vector_index_is_one_clear_error_and_the_knowledge_base_ca
             use()
     service.delete_kb("kb")
     assert service.list_kbs() == []
+
+
+def test_a_damaged_vector_database_is_one_clear_error(make: Callable[..., KBQAService], docs: Path,
+                                                     tmp_path: Path) -> None:
+    from kbqa.errors import IndexDamaged
+
+    service = make()
+    service.add_files("kb", [docs / "rivers.txt"])
+    database = service.root.chroma_dir / "chroma.sqlite3"
+    with open(database, "r+b") as fh:  # cut short, as a full disk or a copy that broke off leaves it
+        fh.truncate(4096)
+    with pytest.raises(IndexDamaged, match=r"vector database \(.*\) cannot be read \(.*malformed.*content/ folder"):
+        make()
 
 
 @pytest.mark.parametrize("damaged", ["manifest.json", "kb.json"])

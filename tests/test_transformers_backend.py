@@ -576,6 +576,17 @@ def test_a_damaged_model_folder_of_the_users_is_named_not_touched(tmp_path: Path
     assert shard.read_bytes() == cut
 
 
+def test_a_damaged_pytorch_bin_is_one_error_naming_the_setting(tmp_path: Path) -> None:
+    import os
+
+    folder = write_tiny_causal_lm(tmp_path / "tiny")
+    for shard in folder.glob("*.safetensors"):
+        shard.unlink()
+    (folder / "pytorch_model.bin").write_bytes(os.urandom(4096))
+    with pytest.raises(ModelUnavailable, match=r"Cannot load .*\(llm.model\).*: a weights file is damaged or not a"):
+        build_transformers_llm(llm_settings(folder), tmp_path / "cache")
+
+
 def test_a_whole_cached_conversion_that_cannot_load_here_is_kept(glm2: tuple, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from kbqa.llm import transformers_backend

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -295,3 +298,72 @@ def test_the_files_table_says_while_files_are_still_being_added(service: KBQASer
                                "once done")
     assert service.adding("kb") is None and handlers.files_label(service, "kb") == handlers.FILES_LABEL
     assert handlers.files_label(service, "nothing") == handlers.FILES_LABEL
+
+
+def planets(tmp_path: Path, llm: FakeLLM) -> KBQAService:
+    service = build_service(make_settings(tmp_path), embedder=FakeEmbedder(), llm=lambda: llm)
+    handlers.ingest(service, "kb", [upload(tmp_path, "planets.md", "Mars is the red planet.")])
+    return service
+
+
+def test_stop_ends_the_answer_where_it_is_beside_its_sources(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["Mars is red and small and far away [1].", "Is Mars small?", "Yes."])
+    service = planets(tmp_path, llm)
+    stop = threading.Event()
+    steps = []
+    for step in handlers.ask(service, "kb", "Which planet is red?", [], stop):
+        steps.append(step[0][1]["content"])
+        if step[0][1]["content"] == "Mars ":
+            stop.set()  # the button, pressed after the first word
+    history, panel = step
+    assert steps[-1] == "Mars _(stopped)_" and len(steps) == 4  # searching, reading, "Mars ", stopped
+    # the passages it was read from stay beside it
+    assert len(history) == 3 and history[-1]["metadata"]["title"] == "Sources: planets.md"
+    assert "Mars is the red planet." in panel
+    assert llm.streaming == 0  # the model's stream was closed, not left running
+    # A follow-up reads what had come, without the mark.
+    history, _ = list(handlers.ask(service, "kb", "Is it small?", history))[-1]
+    assert "User: Which planet is red?\nAssistant: Mars\n" in llm.prompts[1][-1].content + "\n"
+    assert "stopped" not in llm.prompts[1][-1].content and history[-2]["content"] == "Yes."
+
+
+def test_an_answer_stopped_before_its_first_word_asks_nothing_and_is_not_read_with_the_next(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["Mars [1]."])
+    service = planets(tmp_path, llm)
+    stop = threading.Event()
+    steps = []
+    for history, _ in handlers.ask(service, "kb", "Which planet is red?", [], stop):
+        steps.append(history[-1]["content"])
+        stop.set()  # while it searches
+    assert steps == ["_Searching the documents…_", "_(stopped)_"] and not llm.prompts
+    assert [m["role"] for m in history] == ["user", "assistant"]  # no sources were found yet
+    # the stopped question is no earlier turn: the next one is asked as it is, not read with the chat first
+    _, panel = list(handlers.ask(service, "kb", "Which planet is red?", history))[-1]
+    assert len(llm.prompts) == 1 and "read as" not in panel
+    assert "User:" not in llm.prompts[0][-1].content
+
+
+def test_stop_while_the_model_answers_someone_else_never_starts_it(tmp_path: Path) -> None:
+    llm = FakeLLM(replies=["Mars [1]."])
+    service = planets(tmp_path, llm)
+    stop = threading.Event()
+    steps: list[tuple[list[dict[str, Any]], str]] = []
+    with llm.busy:  # another request holds the model
+        asking = threading.Thread(target=lambda: steps.extend(handlers.ask(service, "kb", "Which planet is red?",
+                                                                            [], stop)))
+        asking.start()
+        deadline = time.time() + 10
+        while len(steps) < 2:  # passages found: it now waits for the model
+            assert time.time() < deadline
+            time.sleep(0.01)
+        stop.set()
+    asking.join(10)
+    assert llm.skipped == 1 and not llm.prompts
+    history = steps[-1][0]
+    assert history[1] == {"role": "assistant", "content": "_(stopped)_"}
+    assert history[2]["metadata"]["title"] == "Sources: planets.md"
+
+
+def test_a_stopped_chinese_answer_is_marked_in_chinese() -> None:
+    assert handlers.stopped_answer("三十日", zh=True) == "三十日 _（已停止）_"
+    assert handlers.stopped_answer("  ", zh=True) == "_（已停止）_"

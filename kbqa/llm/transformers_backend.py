@@ -32,7 +32,7 @@ from kbqa.llm.chatglm.checkpoint import read_json
 from kbqa.llm.model_cache import Progress, prepare_model
 from kbqa.llm.placement import Machine, Placement, choose_placement, count_parameters, detect_machine
 from kbqa.llm.prompting import PromptCodec, fit_prompt, load_codec
-from kbqa.models import embedded_name, is_embedded, resolve_local_or_hub
+from kbqa.models import embedded_name, is_embedded, load_failure, resolve_local_or_hub, weights_errors
 from kbqa.schema import ChatMessage
 from kbqa.settings import LLMSettings
 
@@ -350,9 +350,8 @@ def load_model(folder: Path, placement: Placement) -> Any:
     except torch.OutOfMemoryError as exc:
         raise ConfigError(f"Loading {folder} (llm.model) ran out of {placement.device} memory: use a smaller model, "
                           "llm.quantization = '8bit' or '4bit' on a GPU, or free memory.") from exc
-    except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: weights that do not fit config.json
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        first = lines[0][:300]
+    except weights_errors() as exc:  # RuntimeError: weights that do not fit config.json
+        first = load_failure(exc)
         if "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
             first = "its weights do not have the shapes its config.json gives (is config.json the model's own?)"
         raise ModelUnavailable(f"Cannot load {folder} (llm.model) as a causal LM without remote code: {first}") \

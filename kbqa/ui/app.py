@@ -108,6 +108,8 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
     #: Per browser session, the number of its current conversation: a new chat (Clear chat, another
     #: knowledge base) ends the answer still streaming, so none of it lands in the new chat.
     conversations: dict[str, int] = {}
+    #: Per browser session, what stops the answer it is being given (the Stop button sets it).
+    answering: dict[str, threading.Event] = {}
 
     def conversation(request: Any) -> tuple[str, int]:
         key = getattr(request, "session_hash", None) or ""
@@ -117,15 +119,24 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         """A new conversation for this browser session: the answer still streaming lands in none."""
         key, number = conversation(request)
         conversations[key] = number + 1
+        stop_answer(request)  # at the model's next word, or before it starts if it waits for the model
+
+    def stop_answer(request: Any) -> None:
+        """Stop the answer this browser session is being given, if any: what came stays in the chat."""
+        if (stop := answering.get(conversation(request)[0])) is not None:
+            stop.set()
+
+    stop_answer.__annotations__["request"] = gr.Request
 
     def on_ask(kb: str | None, question: str, history: list[dict[str, str]],
                request: Any) -> Iterator[tuple[Any, ...]]:
         """Outputs: chatbot, sources, question box, the "waiting" line under it (cleared once this runs)."""
         key, number = conversation(request)
         skip = gr.skip()
+        answering[key] = stop = threading.Event()
         try:
             first = True
-            for chat, panel in handlers.ask(service, kb, question, history):
+            for chat, panel in handlers.ask(service, kb, question, history, stop):
                 if conversations.get(key, 0) != number:
                     break  # closing the answer's stream stops its generation
                 # The box is emptied once: what the user types meanwhile is the next question, kept.
@@ -136,6 +147,9 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
             # goes back into the box, so it can be shortened and sent again.
             warn(exc)
             yield skip, skip, skip if first else question, ""
+        finally:
+            if answering.get(key) is stop:
+                del answering[key]
         # Gradio shows an event's last output again when it ends: skips, so a chat started meanwhile (Clear
         # chat, another knowledge base) is never overwritten with this one.
         yield skip, skip, skip, skip
@@ -202,7 +216,9 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
                                               show_label=False, scale=5, elem_id="question")
                         ask = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
                     waiting = gr.Markdown("", elem_id="question-waiting")
-                    clear = gr.Button("Clear chat", size="sm")
+                    with gr.Row():
+                        stop = gr.Button("Stop", size="sm", elem_id="stop-button")
+                        clear = gr.Button("Clear chat", size="sm")
                 with gr.Column(scale=2):
                     gr.Markdown("### Sources")
                     sources = gr.HTML(sources_html([]), elem_id="sources")
@@ -267,6 +283,7 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # question sent just after a cancel was dropped (the always_last trigger waited for an end that never
         # came); a new conversation number (start_conversation) makes on_ask stop at its next word instead.
         clear.click(new_chat, None, [chatbot, sources])
+        stop.click(stop_answer)  # the answer's own event shows it stopped
         chatbot.clear(new_chat, None, [chatbot, sources])
         kb.input(new_chat, None, [chatbot, sources]).then(
             lambda: (gr.update(visible=False), [], "", ""), None,

@@ -15,10 +15,12 @@ from typing import Any
 
 from kbqa.errors import ContextLengthExceeded, IndexDamaged, KBQAError
 from kbqa.language import is_chinese
+from kbqa.llm.base import ABANDONED
 from kbqa.qa import empty_knowledge_base
-from kbqa.schema import ChatMessage, FileResult, IngestReport, counted
+from kbqa.schema import AnswerEvent, ChatMessage, FileResult, IngestReport, SourceChunk, counted
 from kbqa.service import KBQAService
 from kbqa.ui.render import (
+    STOPPED,
     doc_rows,
     ingest_summary,
     is_sources_message,
@@ -152,9 +154,47 @@ def reading(passages: int, zh: bool = False) -> str:
     return ui_text(zh)["reading"].format(n=passages, s="s" * (passages != 1))
 
 
+def _next_event(events: Iterator[AnswerEvent], stop: threading.Event) -> AnswerEvent | None:
+    """The stream's next event, read with ``stop`` as what tells the model its reader has left: set while the
+    answer waits for the model (another user's answer), it is never started; set while it streams, the model
+    stops at its next token."""
+    token = ABANDONED.set(stop)
+    try:
+        return next(events, None)
+    finally:
+        ABANDONED.reset(token)
+
+
+def stopped_answer(text: str, zh: bool = False) -> str:
+    """An answer the user stopped: what had come, marked so."""
+    mark = STOPPED["zh" if zh else "en"]
+    return f"{text.rstrip()} {mark}" if text.strip() else mark
+
+
+def _without_stop_mark(text: str) -> str | None:
+    """A stopped answer's text without its mark (None: not a stopped answer)."""
+    mark = next((m for m in STOPPED.values() if text.endswith(m)), None)
+    return None if mark is None else text[: len(text) - len(mark)].rstrip()
+
+
+def _conversation(history: list[Message] | None) -> list[ChatMessage]:
+    """The turns of the chat the model reads with a follow-up: not the kept sources, nor a stopped answer's
+    mark (a question stopped before the first word of its answer is left out: ``qa.chat_turns``)."""
+    turns = []
+    for m in history or []:
+        if m.get("role") in ("user", "assistant") and not is_sources_message(m):
+            text = _text(m.get("content"))
+            kept = _without_stop_mark(text) if m["role"] == "assistant" else None
+            turns.append(ChatMessage(m["role"], text if kept is None else kept))
+    return turns
+
+
 def ask(service: KBQAService, kb: str | None, question: str,
-        history: list[Message] | None) -> Iterator[tuple[list[Message], str]]:
+        history: list[Message] | None, stop: threading.Event | None = None) -> Iterator[tuple[list[Message], str]]:
     """Stream an answer into the chat; the sources panel fills as soon as retrieval is done.
+
+    ``stop`` (the Stop button), once set, ends the answer where it is: what had come stays in the chat,
+    marked as stopped, beside the passages it was read from.
 
     Raises:
         KBQAError: no knowledge base chosen, empty question, empty knowledge base, model errors.
@@ -163,8 +203,8 @@ def ask(service: KBQAService, kb: str | None, question: str,
         raise KBQAError("Choose a knowledge base first (add files to create one).")
     if not question or not question.strip():
         raise KBQAError("Type a question first.")
-    earlier = [ChatMessage(m["role"], _text(m.get("content"))) for m in history or []
-               if m.get("role") in ("user", "assistant") and not is_sources_message(m)]
+    earlier = _conversation(history)
+    stop = stop or threading.Event()
     zh = is_chinese(question)
     words = ui_text(zh)
     history = [*(history or []), {"role": "user", "content": question},
@@ -175,10 +215,26 @@ def ask(service: KBQAService, kb: str | None, question: str,
     # Show the question at once: finding passages (and first reading a follow-up with the chat) takes a moment.
     yield history, sources_html([], words["rereading" if earlier else "search"], zh)
     panel = sources_html([], zh=zh)
+    found: list[SourceChunk] = []
+
+    def stopped() -> tuple[list[Message], str]:
+        history[-1] = {"role": "assistant", "content": stopped_answer(text, zh)}
+        if found:  # the passages what had come was read from stay beside it, as an answer's do
+            history.append(sources_message(found, "", zh))
+        return history, panel
+
+    events = service.ask_stream(kb, question, earlier)
     try:
-        for event in service.ask_stream(kb, question, earlier):
+        while True:
+            event = _next_event(events, stop)
+            if stop.is_set():  # what it brings is not shown: a stopped model's last word may be cut short
+                yield stopped()
+                return
+            if event is None:
+                break
             if event.kind == "sources":
-                panel = sources_html(event.sources or [], zh=zh)
+                found = list(event.sources or [])
+                panel = sources_html(found, zh=zh)
                 if event.sources:  # the model reads them before its first word: seconds on a CPU
                     history[-1] = {"role": "assistant", "content": reading(len(event.sources), zh)}
             elif event.kind == "token":
@@ -192,6 +248,9 @@ def ask(service: KBQAService, kb: str | None, question: str,
                 panel = sources_html(answer.sources, answer.notice, zh)
             yield history, panel
     except KBQAError as exc:
+        if stop.is_set():  # a model stopped before its first word may fail on that: it was stopped, not failed
+            yield stopped()
+            return
         # Unanswered, the question leaves the chat: a later follow-up must not be read with it.
         shown = question if len(question) <= 300 else question[:300] + "…"
         if isinstance(exc, ContextLengthExceeded):  # the settings it names are the server's: say what a user can do
@@ -199,6 +258,8 @@ def ask(service: KBQAService, kb: str | None, question: str,
                                         f"(Details: {exc})")
         yield history[:-2], sources_html([], f"Not answered: {exc} The question was: {shown}")
         raise exc
+    finally:
+        events.close()  # type: ignore[attr-defined]  # a generator: closing it ends the model's work at once
 
 
 def delete_document(service: KBQAService, kb: str | None, name: str | None) -> tuple[list[list[object]], str]:

@@ -162,6 +162,9 @@ CSS = """
                      border-color: var(--color-red-600, #dc2626);}
 """
 
+#: The mark at the end of an answer stopped with the Stop button, by its question's language.
+STOPPED = {"en": "_(stopped)_", "zh": "_（已停止）_"}
+
 #: The line under the question box as a question is sent (the answer's first step clears it).
 WAITING = "Sent: it is asked as soon as the model is free…"
 #: ... and when one sent before is still waiting: only the last one sent runs.
