@@ -132,6 +132,14 @@ def _once(files: list[Path]) -> list[Path]:
 _NOT_A_FILE = "not a regular file (a pipe, socket or device)"
 
 
+def _shortened(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters at a word's end, marked with "…"."""
+    if len(text) <= width:
+        return text
+    cut = text[:width - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:(") + "…"
+
+
 class _Bar:
     """A tqdm bar on stderr driven by ``progress(fraction, message)`` callbacks.
 
@@ -156,8 +164,8 @@ class _Bar:
             step = int(min(max(fraction, 0.0), 1.0) * 10)
             if step > self.logged:
                 self.logged = step
-                print(f"{self.desc}: {step * 10}%" + (f" ({message[:60]})" if message else ""), file=sys.stderr,
-                      flush=True)
+                print(f"{self.desc}: {step * 10}%" + (f" ({message})" if message else ""), file=sys.stderr,
+                      flush=True)  # a log line: whole (the bar's line is cut to fit a terminal)
         if self.bar is None:
             from tqdm import tqdm
 
@@ -166,7 +174,7 @@ class _Bar:
                             disable=None)
         self.bar.n = min(self.scale, fraction * self.scale)
         if message:
-            self.bar.set_postfix_str(message[:60], refresh=False)
+            self.bar.set_postfix_str(_shortened(message, 60), refresh=False)
         self.bar.refresh()
 
     def bytes(self, done: int, total: int) -> None:
@@ -341,6 +349,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         settings.paths.knowledge_root = Path(tmp)
         service = build_service(settings)
+        if not args.retrieval_only:  # a model that cannot load fails now, not after the ingest and retrieval
+            service.get_llm()
         bar = _Bar(f"ingest {dataset.name}", log_steps=True)
         try:
             ingest_s = ev.build_knowledge_base(service, dataset, "eval", bar)

@@ -83,6 +83,9 @@ def load_dataset(path: Path, docs: Path | None = None) -> EvalDataset:
     if not path.is_file():
         raise KBQAError(f"Dataset {path} not found.")
     jsonl = path.suffix.lower() == ".jsonl"
+    if docs is not None and not jsonl:
+        raise KBQAError(f"--docs is for a JSONL dataset's documents; {path.name} is SQuAD-style JSON, whose "
+                        "contexts are the documents: leave --docs out.")
     dataset = _load_jsonl(path, docs or path.parent, beside=docs is None) if jsonl else _load_squad(path)
     if not dataset.items:
         raise KBQAError(f"{path.name} holds no questions.")
@@ -224,6 +227,10 @@ def _load_jsonl(path: Path, docs: Path, beside: bool = False) -> EvalDataset:
                    if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
                    and not (beside and p.stem.upper() == "README" and p.name not in wanted))
     missing = wanted - {p.name for p in files}
+    unreadable = sorted(m for m in missing if (Path(docs) / m).is_file())
+    if unreadable:
+        raise KBQAError(f"Gold documents kbqa cannot read (an unsupported format): {unreadable[:5]}; it reads "
+                        f"{', '.join(sorted(SUPPORTED_SUFFIXES))}.")
     if missing:
         raise KBQAError(f"Gold documents missing from {docs} (read one level deep, without subfolders): "
                         f"{sorted(missing)[:5]}; pass --docs FOLDER.")

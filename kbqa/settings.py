@@ -169,7 +169,8 @@ class SplitterSettings(_Section):
     @model_validator(mode="after")
     def _overlap_below_size(self) -> SplitterSettings:
         if self.chunk_overlap >= self.chunk_size:
-            raise ValueError("splitter.chunk_overlap must be smaller than splitter.chunk_size")
+            raise ValueError(f"splitter.chunk_overlap ({self.chunk_overlap}) must be smaller than splitter.chunk_size "
+                             f"({self.chunk_size})")
         return self
 
 
@@ -297,18 +298,50 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     except ValidationError as exc:
         errors = exc.errors()
         wheres = [_where(err["loc"]) for err in errors]
-        problems = "; ".join(f"{w}: {err['msg'].removeprefix('Value error, ')}{_suggestion(err)}"
-                             for w, err in zip(wheres, errors, strict=True))
-        fix = [str(path)] if path.is_file() else []
+        problems = "; ".join(f"{w}: {_message(err)}{_suggestion(err)}" for w, err in zip(wheres, errors, strict=True))
+        # The file is named where it sets a value at fault that no variable overrides.
+        in_file = path.is_file() and any(_in_toml(path, err["loc"]) and _variable(err["loc"]) not in _environ()
+                                         for err in errors)
+        fix = [str(path)] if in_file else []
         fix += ["the KBQA_* variable named"] if any("(KBQA_" in w for w in wheres) else []
         raise ConfigError(f"Invalid settings ({problems}). Fix {' or '.join(fix) or 'the settings'}.") from exc
 
 
 def _where(loc: tuple[Any, ...]) -> str:
-    """``retrieval.top_k``, and the environment variable that sets it when one is set."""
+    """``retrieval.top_k``, and the environment variable(s) setting it (or, for a section, its settings)."""
     dotted = ".".join(str(p) for p in loc)
-    variable = "KBQA_" + "__".join(str(p) for p in loc).upper()
-    return f"{dotted} ({variable})" if variable in {k.upper() for k in os.environ} else dotted
+    variable = _variable(loc)
+    named = sorted(k for k in _environ() if k == variable or k.startswith(variable + "__"))
+    return f"{dotted} ({', '.join(named)})" if named else dotted
+
+
+def _variable(loc: tuple[Any, ...]) -> str:
+    return "KBQA_" + "__".join(str(p) for p in loc).upper()
+
+
+def _environ() -> set[str]:
+    return {k.upper() for k in os.environ}
+
+
+def _in_toml(path: Path, loc: tuple[Any, ...]) -> bool:
+    """Whether the settings file sets what ``loc`` names (so fixing the file can help)."""
+    try:
+        data: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    for part in loc:
+        if not isinstance(data, dict) or str(part) not in data:
+            return False
+        data = data[str(part)]
+    return True
+
+
+def _message(err: Any) -> str:
+    """pydantic's message, in the user's terms where it shows a regular expression."""
+    if err["type"] == "string_pattern_mismatch" and "cuda" in str((err.get("ctx") or {}).get("pattern", "")):
+        auto = "auto, " if "auto" in str(err["ctx"]["pattern"]) else ""
+        return f"{err['input']!r} is no device: give {auto}cpu, mps, cuda or cuda:N"
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def _check_variables() -> None:

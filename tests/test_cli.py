@@ -356,6 +356,19 @@ def test_models_prepared_with_stderr_in_a_log_file_show_each_tenth_of_each_model
                       "preparing models: 70%", "preparing models: 100%"]
 
 
+def test_a_long_step_is_logged_whole_and_cut_at_a_word_on_the_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    # The log line was cut mid-word at 60 characters: "(embedding chunks of notes.txt: 1 of 1; the bar co)".
+    from kbqa.cli import _Bar, _shortened
+
+    step = "embedding chunks of lighthouse_facts.txt: 1 of 1; the bar counts all files"
+    bar = _Bar("ingest q2", log_steps=True)
+    bar(0.9, step)
+    bar.close()
+    assert f"ingest q2: 90% ({step})" in capsys.readouterr().err.splitlines()
+    assert _shortened(step, 60) == "embedding chunks of lighthouse_facts.txt: 1 of 1; the bar…"
+    assert _shortened("short", 60) == "short" and len(_shortened("x" * 100, 60)) == 60
+
+
 @pytest.mark.parametrize(("host", "port", "message"), [
     ("127.0.0.1", 99999, "not a TCP port"),
     ("127.0.0.1", 0, "not a TCP port"),

@@ -153,6 +153,16 @@ def test_retrieval_and_answer_metrics_on_a_tiny_dataset(tmp_path: Path, squad: P
     assert "hit@1" in ev.format_table(retrieval)
 
 
+def test_a_gold_document_in_a_format_kbqa_cannot_read_is_named_as_such(tmp_path: Path, squad: Path) -> None:
+    (tmp_path / "thing.xyz").write_text("Mars is red.", encoding="utf-8")
+    (tmp_path / "ok.txt").write_text("Mars is red.", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "red", "doc": "thing.xyz"}\n', encoding="utf-8")
+    with pytest.raises(ev.KBQAError, match=r"cannot read \(an unsupported format\): \['thing.xyz'\]"):
+        ev.load_dataset(tmp_path / "d.jsonl")  # it was "missing", though it is there
+    with pytest.raises(ev.KBQAError, match="--docs is for a JSONL dataset's documents"):
+        ev.load_dataset(squad, tmp_path)  # ignored before: the run went on without what --docs meant
+
+
 def test_jsonl_mistakes_are_named_with_their_line(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": "q"\n', encoding="utf-8")
     with pytest.raises(ev.KBQAError, match="line 2 is not JSON"):
@@ -393,3 +403,23 @@ def test_cli_eval_logs_its_progress_in_tenths_where_stderr_is_no_terminal(
         steps = [line for line in err if line.startswith(stage)]
         assert steps and steps[-1].split(": ")[1].startswith("100%"), err
         assert len(steps) <= 11
+
+
+def test_cli_eval_loads_the_llm_before_the_ingest_unless_retrieval_only(
+        tmp_path: Path, squad: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A model setting that could not load failed after the whole ingest and retrieval (minutes on CMRC2018),
+    # and the retrieval figures already computed were lost.
+    from kbqa import bootstrap, cli
+    from kbqa.errors import ModelUnavailable
+
+    def no_llm() -> FakeLLM:
+        raise ModelUnavailable("llm.model (KBQA_LLM__MODEL) = '/nope' is neither an existing path nor a hub id")
+
+    embedder = FakeEmbedder()
+    monkeypatch.setattr(bootstrap, "build_service", lambda settings: build_service(
+        make_settings(tmp_path), embedder=embedder, llm=no_llm))
+    assert cli.main(["eval", "--dataset", str(squad)]) == 1
+    assert "error: llm.model (KBQA_LLM__MODEL)" in capsys.readouterr().err
+    assert embedder.calls == []  # nothing was ingested
+    assert cli.main(["eval", "--dataset", str(squad), "--retrieval-only"]) == 0  # needs no LLM
+

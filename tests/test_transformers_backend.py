@@ -462,7 +462,8 @@ def test_a_checkpoint_that_cannot_be_converted_names_llm_model(glm2: tuple, tmp_
     src = tmp_path / "chatglm2-6b"
     shutil.copytree(glm2[0], src)
     (src / "tokenizer.model").unlink()
-    with pytest.raises(ModelUnavailable, match=rf"tokenizer\.model.* \(from llm\.model = '{src}'\)"):
+    with pytest.raises(ModelUnavailable,
+                       match=rf"tokenizer\.model.* \(from llm\.model = '{src}': change llm.model or KBQA_LLM__MODEL\)"):
         build_transformers_llm(llm_settings(src), tmp_path / "cache")
 
 
@@ -482,7 +483,7 @@ def test_a_folder_whose_weights_do_not_fit_its_config_is_one_clear_error(tmp_pat
     folder = write_tiny_causal_lm(tmp_path / "tiny-llama")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
-    refusal = r"Cannot load .*tiny-llama \(llm\.model\) .*do not have the shapes its config"
+    refusal = r"Cannot load .*tiny-llama \(llm\.model, KBQA_LLM__MODEL\) .*do not have the shapes its config"
     with pytest.raises(ModelUnavailable, match=refusal) as refused:
         build_transformers_llm(llm_settings(folder), tmp_path / "cache")
     assert "\n" not in str(refused.value)
@@ -583,7 +584,8 @@ def test_a_damaged_pytorch_bin_is_one_error_naming_the_setting(tmp_path: Path) -
     for shard in folder.glob("*.safetensors"):
         shard.unlink()
     (folder / "pytorch_model.bin").write_bytes(os.urandom(4096))
-    with pytest.raises(ModelUnavailable, match=r"Cannot load .*\(llm.model\).*: a weights file is damaged or not a"):
+    damaged = r"Cannot load .*\(llm.model, KBQA_LLM__MODEL\).*: a weights file is damaged"
+    with pytest.raises(ModelUnavailable, match=damaged):
         build_transformers_llm(llm_settings(folder), tmp_path / "cache")
 
 

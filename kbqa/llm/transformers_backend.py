@@ -128,7 +128,8 @@ def _naming(setting: str, value: str, kind: type[KBQAError]) -> Iterator[None]:
         if setting in str(exc):
             raise
         try:
-            named = type(exc)(f"{exc} (from {setting} = '{value}')")
+            variable = "KBQA_" + setting.replace(".", "__").upper()
+            named = type(exc)(f"{exc} (from {setting} = '{value}': change {setting} or {variable})")
         except TypeError:  # an error class built from other arguments: as it is, with its own cause
             raise exc from exc.__cause__  # noqa: B904 - the cause is kept, not the TypeError
         named.param = exc.param
@@ -348,14 +349,14 @@ def load_model(folder: Path, placement: Placement) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except torch.OutOfMemoryError as exc:
-        raise ConfigError(f"Loading {folder} (llm.model) ran out of {placement.device} memory: use a smaller model, "
-                          "llm.quantization = '8bit' or '4bit' on a GPU, or free memory.") from exc
+        raise ConfigError(f"Loading {folder} (llm.model, KBQA_LLM__MODEL) ran out of {placement.device} memory: "
+                          "use a smaller model, llm.quantization = '8bit' or '4bit' on a GPU, or free memory.") from exc
     except weights_errors() as exc:  # RuntimeError: weights that do not fit config.json
         first = load_failure(exc)
         if "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
             first = "its weights do not have the shapes its config.json gives (is config.json the model's own?)"
-        raise ModelUnavailable(f"Cannot load {folder} (llm.model) as a causal LM without remote code: {first}") \
-            from exc
+        raise ModelUnavailable(f"Cannot load {folder} (llm.model, KBQA_LLM__MODEL) as a causal LM without remote "
+                               f"code: {first}") from exc
     return model.eval()
 
 
@@ -368,9 +369,9 @@ def _check_causal_lm(folder: Path) -> None:
         return  # transformers says what is wrong with it
     if architectures and not any(str(a).endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
                                  for a in architectures):
-        raise ModelUnavailable(f"{folder} (llm.model) holds a {', '.join(map(str, architectures))}, not a language "
-                               "model that writes text: set llm.model to a chat model (an embedding model such as "
-                               "text2vec belongs in embedding.model).")
+        raise ModelUnavailable(f"{folder} (llm.model, KBQA_LLM__MODEL) holds a {', '.join(map(str, architectures))}, "
+                               "not a language model that writes text: set llm.model to a chat model (an embedding "
+                               "model such as text2vec belongs in embedding.model).")
 
 
 def apply_adapter(model: Any, spec: str, placement: Placement) -> Any:
