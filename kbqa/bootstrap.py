@@ -163,6 +163,10 @@ def build_reranker(spec: str | None, cache_dir: Path) -> Reranker | None:
     from kbqa.rerank import CrossEncoderReranker
 
     def load() -> Reranker:
+        if is_embedded(spec):
+            raise ModelUnavailable(f"retrieval.reranker (KBQA_RETRIEVAL__RERANKER) = {spec!r}: no reranker model is "
+                                   "embedded (no installable package ships one); give a cross-encoder's local folder "
+                                   "or hub id (e.g. BAAI/bge-reranker-base), or 'none'.")
         return CrossEncoderReranker(resolve_local_or_hub(spec, "retrieval.reranker (KBQA_RETRIEVAL__RERANKER)",
                                                         embedded=False))
 

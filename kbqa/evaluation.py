@@ -94,7 +94,7 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
     arr = np.asarray(values) * 1000
-    return {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95))}
+    return {"p50_ms": round(float(np.percentile(arr, 50)), 1), "p95_ms": round(float(np.percentile(arr, 95)), 1)}
 
 
 def evaluate_retrieval(service: KBQAService, kb: str, items: Sequence[EvalItem], depth: int = 10,

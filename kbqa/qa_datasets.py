@@ -109,8 +109,11 @@ _SQUAD_SHAPE = ('data[].paragraphs[] of {"context": str, "qas": [{"question": st
 
 
 def _load_squad(path: Path) -> EvalDataset:
+    text = _read_text(path)
+    if not text.strip():
+        raise KBQAError(f"{path.name} is empty; give a SQuAD-style .json or a .jsonl file.")
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(text)
     except ValueError as exc:
         raise KBQAError(f"{path.name} is not JSON ({exc}); give a SQuAD-style .json or a .jsonl file.") from exc
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):

@@ -163,6 +163,16 @@ def test_a_gold_document_in_a_format_kbqa_cannot_read_is_named_as_such(tmp_path:
         ev.load_dataset(squad, tmp_path)  # ignored before: the run went on without what --docs meant
 
 
+def test_an_empty_dataset_file_is_called_empty(tmp_path: Path) -> None:
+    (tmp_path / "d.json").write_bytes(b"")
+    with pytest.raises(ev.KBQAError, match=r"d.json is empty"):  # not "is not JSON (Expecting value...)"
+        ev.load_dataset(tmp_path / "d.json")
+
+
+def test_latency_percentiles_are_rounded() -> None:
+    assert ev._percentiles([1.2054372679, 0.5]) == {"p50_ms": 852.7, "p95_ms": 1170.2}
+
+
 def test_jsonl_mistakes_are_named_with_their_line(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": "q"\n', encoding="utf-8")
     with pytest.raises(ev.KBQAError, match="line 2 is not JSON"):

@@ -75,3 +75,12 @@ def test_missing_reranker_names_the_setting_when_it_is_used_and_none_turns_it_of
         service.qa.retriever.reranker.score("q", ["a"])  # type: ignore[union-attr]
     for off in ("none", "None", "off", ""):
         assert make_settings(tmp_path, reranker=off).retrieval.reranker is None
+
+
+def test_an_embedded_reranker_name_says_none_is_embedded(tmp_path: Path) -> None:
+    # It was "neither an existing path nor a hub id", as if a typo.
+    service = build_service(make_settings(tmp_path, reranker="embedded:multilingual-e5-small"),
+                            embedder=FakeEmbedder(), llm=lambda: FakeLLM())
+    with pytest.raises(ModelUnavailable, match=r"KBQA_RETRIEVAL__RERANKER.*no reranker model is embedded"):
+        service.qa.retriever.reranker.score("q", ["a"])  # type: ignore[union-attr]
+
