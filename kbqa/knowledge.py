@@ -242,6 +242,10 @@ class KnowledgeRoot:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        blocking = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ConfigError(f"The knowledge root {self.root} cannot be a folder here: {blocking} is a file; set "
+                              "paths.knowledge_root (KBQA_PATHS__KNOWLEDGE_ROOT) to a folder you can write.")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

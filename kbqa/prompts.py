@@ -112,10 +112,15 @@ def load_prompt(folder: Path, name: str, setting: str = "prompts.*") -> PromptTe
     """
     path = Path(folder) / f"{name}.toml"
     if not path.is_file():
-        there = sorted(p.stem for p in Path(folder).glob("*.toml")) if Path(folder).is_dir() else []
-        held = f"the templates there: {', '.join(there)}" if there else "paths.prompts_dir holds no templates"
-        raise ConfigError(f"Prompt template {path} not found ({held}); set {setting} to one of them, or "
-                          "paths.prompts_dir to the folder of yours.")
+        if not Path(folder).is_dir():
+            raise ConfigError(f"The prompts folder {folder} does not exist: set paths.prompts_dir "
+                              "(KBQA_PATHS__PROMPTS_DIR) to a folder of templates, such as the project's prompts/.")
+        there = sorted(p.stem for p in Path(folder).glob("*.toml"))
+        if not there:
+            raise ConfigError(f"The prompts folder {folder} holds no templates (*.toml): set paths.prompts_dir "
+                              "(KBQA_PATHS__PROMPTS_DIR) to a folder of templates, such as the project's prompts/.")
+        raise ConfigError(f"Prompt template {path} not found (the templates there: {', '.join(there)}); set "
+                          f"{setting} to one of them, or paths.prompts_dir to the folder of yours.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

@@ -150,3 +150,10 @@ def test_a_damaged_knowledge_base_does_not_hide_the_others(tmp_path: Path) -> No
     assert [kb.name for kb in fresh.list()] == ["good"]
     with pytest.raises(IndexDamaged, match="is damaged .*copy its files out of .*content, delete the knowledge base"):
         fresh.open("broken")
+
+
+def test_a_knowledge_root_under_a_file_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"cannot be a folder here: .*notes.txt is a file; set paths.knowledge_root"):
+        KnowledgeRoot(tmp_path / "notes.txt" / "kb")  # it said "(File exists)" or "(Not a directory)"
+

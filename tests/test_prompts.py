@@ -61,6 +61,14 @@ def test_missing_template_names_the_setting_and_the_templates_there(tmp_path: Pa
         PromptBook.load(PROMPTS, zh_name="nope")
 
 
+def test_a_prompts_folder_that_is_missing_or_empty_is_named_as_such(tmp_path: Path) -> None:
+    # It said "set prompts.qa_zh to one of them", with nothing to choose from.
+    with pytest.raises(ConfigError, match=r"prompts folder .*nope does not exist: set paths.prompts_dir"):
+        load_prompt(tmp_path / "nope", "qa_zh", "prompts.qa_zh")
+    with pytest.raises(ConfigError, match=r"holds no templates \(\*.toml\): set paths.prompts_dir"):
+        load_prompt(tmp_path, "qa_zh", "prompts.qa_zh")
+
+
 def test_context_lists_numbered_sources_with_pages() -> None:
     en = PromptBook.load(PROMPTS).en
     ctx = en.format_context([SourceChunk("a.pdf", 3, 0, 0.9, "alpha"), SourceChunk("b.txt", None, 1, 0.8, "beta")],
