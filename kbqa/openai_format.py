@@ -196,7 +196,6 @@ class EmbeddingRequest(BaseModel):
     _whole = field_validator("input")(whole_characters)
 
 
-
 def completion_id() -> str:
     """A new ``chatcmpl-...`` id."""
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -300,8 +300,8 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         wheres = [_where(err["loc"]) for err in errors]
         problems = "; ".join(f"{w}: {_message(err)}{_suggestion(err)}" for w, err in zip(wheres, errors, strict=True))
         # The file is named where it sets a value at fault that no variable overrides.
-        in_file = path.is_file() and any(_in_toml(path, err["loc"]) and _variable(err["loc"]) not in _environ()
-                                         for err in errors)
+        data = _read_toml(path) if path.is_file() else {}
+        in_file = any(_sets(data, err["loc"]) and env_variable(err["loc"]) not in _environ() for err in errors)
         fix = [str(path)] if in_file else []
         fix += ["the KBQA_* variable named"] if any("(KBQA_" in w for w in wheres) else []
         raise ConfigError(f"Invalid settings ({problems}). Fix {' or '.join(fix) or 'the settings'}.") from exc
@@ -310,24 +310,32 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
 def _where(loc: tuple[Any, ...]) -> str:
     """``retrieval.top_k``, and the environment variable(s) setting it (or, for a section, its settings)."""
     dotted = ".".join(str(p) for p in loc)
-    variable = _variable(loc)
+    variable = env_variable(loc)
     named = sorted(k for k in _environ() if k == variable or k.startswith(variable + "__"))
     return f"{dotted} ({', '.join(named)})" if named else dotted
 
 
-def _variable(loc: tuple[Any, ...]) -> str:
-    return "KBQA_" + "__".join(str(p) for p in loc).upper()
+def env_variable(setting: str | tuple[Any, ...]) -> str:
+    """The environment variable of a setting: ``llm.model`` (or ``("llm", "model")``) -> ``KBQA_LLM__MODEL``."""
+    parts = setting.split(".") if isinstance(setting, str) else [str(p) for p in setting]
+    return "KBQA_" + "__".join(parts).upper()
 
 
 def _environ() -> set[str]:
     return {k.upper() for k in os.environ}
 
 
-def _in_toml(path: Path, loc: tuple[Any, ...]) -> bool:
-    """Whether the settings file sets what ``loc`` names (so fixing the file can help)."""
+def _read_toml(path: Path) -> Any:
+    """The settings file's values (None when it cannot be read now: then every value may be in it)."""
     try:
-        data: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+
+
+def _sets(data: Any, loc: tuple[Any, ...]) -> bool:
+    """Whether the settings file's ``data`` sets what ``loc`` names (so fixing the file can help)."""
+    if data is None:
         return True
     for part in loc:
         if not isinstance(data, dict) or str(part) not in data:

@@ -189,11 +189,6 @@ class ChromaStore:
                 col.delete(ids=ids[start:start + _BATCH])
         return list(ids)
 
-    def count_sha(self, slug: str, sha256: str) -> int:
-        """Chunks of one file's content."""
-        with self._readable(slug):
-            return len(self._collection(slug).get(where={"sha256": sha256}, include=[])["ids"])
-
     def count(self, slug: str) -> int:
         """Chunks in a collection."""
         with self._readable(slug):

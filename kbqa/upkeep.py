@@ -78,10 +78,14 @@ def reconcile(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes) -
     if store.count(kb.slug) == kb.chunk_count:
         return
     with kb.lock:
-        lost = [name for name, f in kb.manifest.files.items() if store.count_sha(kb.slug, f["sha256"]) != f["chunks"]]
+        held = store.contents(kb.slug)
+        files = kb.manifest.files
+        lost = [name for name, f in files.items() if held.get(f["sha256"], ("", 0, None))[1] != f["chunks"]]
+        owned = {f["sha256"] for f in files.values()} | set(kb.manifest.pending)
+        unlisted = {sha: content for sha, content in held.items() if sha not in owned}
         for name in lost:
             delete_document(kb, store, keywords, name)  # what is left of its chunks, its keywords, its copy
-        listed, removed = _claim_unlisted(kb, store)
+        listed, removed = _claim_unlisted(kb, store, unlisted)
         if listed or removed:  # a lost manifest began its count again: it may match the keyword index's
             keywords.rebuild(kb)
     if lost:
@@ -95,15 +99,14 @@ def reconcile(kb: KnowledgeBase, store: ChromaStore, keywords: KeywordIndexes) -
                     "(%s), were removed: add them again", kb.name, len(removed), ", ".join(removed[:5]))
 
 
-def _claim_unlisted(kb: KnowledgeBase, store: ChromaStore) -> tuple[list[str], list[str]]:
-    """List again the files of chunks no listed file owns whose originals are kept (same content); remove the
-    other such chunks. Returns the names listed again and the names whose chunks were removed."""
-    owned = {f["sha256"] for f in kb.manifest.files.values()} | set(kb.manifest.pending)
+def _claim_unlisted(kb: KnowledgeBase, store: ChromaStore,
+                    unlisted: dict[str, tuple[str, int, int | None]]) -> tuple[list[str], list[str]]:
+    """List again the files of chunks no listed file owns (``unlisted``, as ``ChromaStore.contents`` gives them)
+    whose originals are kept (same content); remove the other such chunks. Returns the names listed again and
+    the names whose chunks were removed."""
     back: list[tuple[str, str, int, int | None, int, str | None]] = []
     removed: list[str] = []
-    for sha, (name, chunks, pages) in store.contents(kb.slug).items():
-        if sha in owned:
-            continue
+    for sha, (name, chunks, pages) in unlisted.items():
         copy = kb.content_dir / name
         if name and name not in kb.manifest.files and copy.is_file() and file_sha256(copy) == sha:
             back.append((name, sha, chunks, pages, copy.stat().st_size, None))

@@ -34,7 +34,7 @@ from kbqa.llm.placement import Machine, Placement, choose_placement, count_param
 from kbqa.llm.prompting import PromptCodec, fit_prompt, load_codec
 from kbqa.models import embedded_name, is_embedded, load_failure, resolve_local_or_hub, weights_errors
 from kbqa.schema import ChatMessage
-from kbqa.settings import LLMSettings
+from kbqa.settings import LLMSettings, env_variable
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ def _naming(setting: str, value: str, kind: type[KBQAError]) -> Iterator[None]:
         if setting in str(exc):
             raise
         try:
-            variable = "KBQA_" + setting.replace(".", "__").upper()
-            named = type(exc)(f"{exc} (from {setting} = '{value}': change {setting} or {variable})")
+            named = type(exc)(f"{exc} (from {setting} = '{value}': change {setting} or {env_variable(setting)})")
         except TypeError:  # an error class built from other arguments: as it is, with its own cause
             raise exc from exc.__cause__  # noqa: B904 - the cause is kept, not the TypeError
         named.param = exc.param
