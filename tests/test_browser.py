@@ -18,6 +18,7 @@ import pytest
 
 from kbqa.bootstrap import build_service
 from kbqa.errors import ConfigError
+from kbqa.service import KBQAService
 from kbqa.settings import load_settings
 from kbqa.ui.app import build_server
 from tests.fakes import FakeEmbedder, FakeLLM
@@ -37,6 +38,15 @@ def wait_text(locator: Any, text: str, seconds: float) -> None:
     while text not in locator.inner_text():
         assert time.time() < deadline, f"{text!r} did not appear in: {locator.inner_text()[:500]}"
         time.sleep(0.2)
+
+
+def settled_text(locator: Any, seconds: float) -> str:
+    """The element's text once Gradio's pending-message marker ("Loading content") has gone."""
+    deadline = time.time() + seconds
+    while "Loading content" in (text := locator.inner_text()):
+        assert time.time() < deadline, f"still loading after {seconds} s: {text[-300:]}"
+        time.sleep(0.2)
+    return text
 
 
 def add_files(page: Any, kb_name: str, files: list[Path]) -> None:
@@ -96,11 +106,24 @@ def embedder() -> FakeGatedEmbedder:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, embedder: FakeGatedEmbedder) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("web")
-    service = build_service(make_settings(tmp), embedder=embedder, llm=lambda: llm)
+def service(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, embedder: FakeGatedEmbedder) -> KBQAService:
+    return build_service(make_settings(tmp_path_factory.mktemp("web")), embedder=embedder, llm=lambda: llm)
+
+
+@pytest.fixture(scope="module")
+def server(service: KBQAService) -> Iterator[str]:
     with live_server(build_server(service, load_settings())) as url:
         yield url
+
+
+@pytest.fixture
+def alpha(service: KBQAService, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Knowledge base 甲 holding 甲.txt, so a chat test does not rely on a test before it."""
+    doc = tmp_path_factory.mktemp("alpha") / "甲.txt"
+    doc.write_text("Alpha is first.", encoding="utf-8")
+    report = service.add_files("甲", [doc])
+    assert report.ok, report.files
+    return "甲"
 
 
 def choose_kb(page: Any, name: str) -> None:
@@ -387,7 +410,7 @@ def test_the_knowledge_base_named_in_the_question_is_the_one_deleted(page: Any, 
     page.keyboard.press("Escape")
 
 
-def test_a_mistake_leaves_the_chat_as_it_was(page: Any, tmp_path: Path) -> None:
+def test_a_mistake_leaves_the_chat_as_it_was(page: Any, alpha: str, tmp_path: Path) -> None:
     choose_kb(page, "甲")
     ask(page, "What is first?")
     wait_text(page.locator("#chatbot"), "longest river", 30)
@@ -398,7 +421,7 @@ def test_a_mistake_leaves_the_chat_as_it_was(page: Any, tmp_path: Path) -> None:
     assert "Alpha is first." in page.locator("#sources").inner_text()
 
 
-def test_a_question_not_answered_goes_back_into_the_box(page: Any, llm: FakeLLM) -> None:
+def test_a_question_not_answered_goes_back_into_the_box(page: Any, alpha: str, llm: FakeLLM) -> None:
     choose_kb(page, "甲")
     question = "What is first? " * 40
     llm.error = ConfigError("The prompt does not fit the model's context; send less text.")
@@ -412,7 +435,7 @@ def test_a_question_not_answered_goes_back_into_the_box(page: Any, llm: FakeLLM)
         llm.error = None
 
 
-def test_clear_chat_stops_a_streaming_answer(page: Any, llm: FakeLLM) -> None:
+def test_clear_chat_stops_a_streaming_answer(page: Any, alpha: str, llm: FakeLLM) -> None:
     choose_kb(page, "甲")
     llm.replies, llm.delay = ["word " * 60], 0.1
     try:
@@ -425,7 +448,7 @@ def test_clear_chat_stops_a_streaming_answer(page: Any, llm: FakeLLM) -> None:
         llm.delay = 0.0
 
 
-def test_stop_keeps_what_came_and_the_next_question_is_answered(page: Any, llm: FakeLLM) -> None:
+def test_stop_keeps_what_came_and_the_next_question_is_answered(page: Any, alpha: str, llm: FakeLLM) -> None:
     choose_kb(page, "甲")
     page.get_by_role("button", name="Clear chat").click()
     llm.replies, llm.delay = ["word " * 60, "What is second?", "Zebra answer."], 0.1
@@ -435,7 +458,7 @@ def test_stop_keeps_what_came_and_the_next_question_is_answered(page: Any, llm: 
         wait_text(chat, "word word", 15)
         page.locator("#stop-button").click()
         wait_text(chat, "(stopped)", 10)
-        shown = chat.inner_text()
+        shown = settled_text(chat, 10)
         page.wait_for_timeout(1500)
         assert chat.inner_text() == shown and 2 <= shown.count("word") < 60  # what came stays; no more comes
         llm.delay = 0.0
@@ -447,7 +470,7 @@ def test_stop_keeps_what_came_and_the_next_question_is_answered(page: Any, llm: 
 
 
 @pytest.mark.parametrize("when", ["streaming", "before the first word"])
-def test_a_question_asked_right_after_clear_chat_is_answered(page: Any, llm: FakeLLM, when: str) -> None:
+def test_a_question_asked_right_after_clear_chat_is_answered(page: Any, alpha: str, llm: FakeLLM, when: str) -> None:
     choose_kb(page, "甲")
     llm.replies, llm.delay = ["word " * 20, "Zebra answer."], (0.1 if when == "streaming" else 1.5)
     try:
@@ -467,7 +490,7 @@ def test_a_question_asked_right_after_clear_chat_is_answered(page: Any, llm: Fak
         llm.delay = 0.0
 
 
-def test_a_question_sent_while_an_answer_streams_says_it_waits(page: Any, llm: FakeLLM) -> None:
+def test_a_question_sent_while_an_answer_streams_says_it_waits(page: Any, alpha: str, llm: FakeLLM) -> None:
     choose_kb(page, "甲")
     # The second question follows up on the first: the model reads it first (the rewrite), then answers.
     llm.replies, llm.delay = ["word " * 30, "What is second?", "Zebra answer."], 0.1

@@ -17,6 +17,7 @@ from kbqa.qa import chat_turns
 from kbqa.schema import ChatMessage
 from kbqa.service import KBQAService
 from kbqa.ui import handlers
+from kbqa.ui.conversations import Conversations
 from kbqa.ui.render import sources_html
 from tests.fakes import FakeEmbedder, FakeLLM
 from tests.test_service import make_settings
@@ -367,3 +368,44 @@ def test_stop_while_the_model_answers_someone_else_never_starts_it(tmp_path: Pat
 def test_a_stopped_chinese_answer_is_marked_in_chinese() -> None:
     assert handlers.stopped_answer("三十日", zh=True) == "三十日 _（已停止）_"
     assert handlers.stopped_answer("  ", zh=True) == "_（已停止）_"
+
+
+def test_a_new_chat_returns_only_once_the_running_answer_has_ended() -> None:
+    """The new chat's empty output must follow the old answer's last words, never precede them."""
+    chats = Conversations(settle_seconds=10)
+    started, events = threading.Event(), []
+
+    def answer() -> None:
+        number = chats.current("s")
+        with chats.answering("s") as stop:
+            started.set()
+            assert stop.wait(5)
+            time.sleep(0.3)  # a word still on its way to the page when the stop came
+            events.append("last words sent" if chats.current("s") == number else "stale words dropped")
+        events.append("answer ended")
+
+    worker = threading.Thread(target=answer)
+    worker.start()
+    assert started.wait(5)
+    chats.new("s")
+    events.append("new chat shown")
+    worker.join()
+    assert events == ["stale words dropped", "answer ended", "new chat shown"]
+
+
+def test_a_new_chat_waits_no_longer_than_its_limit_for_a_silent_model() -> None:
+    chats = Conversations(settle_seconds=0.2)
+    with chats.answering("s") as stop:  # the model still reads its prompt: no word comes to notice the stop
+        began = time.monotonic()
+        chats.new("s")
+        assert stop.is_set() and time.monotonic() - began < 2
+    chats.new("s")  # none running: at once
+    assert chats.current("s") == 2 and chats.current("other") == 0
+
+
+def test_stop_keeps_the_conversation() -> None:
+    chats = Conversations()
+    with chats.answering("s") as stop:
+        chats.stop("s")
+        assert stop.is_set() and chats.current("s") == 0
+    assert chats.stop("s") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import html
+import json
 import logging
 import os
 import threading
@@ -14,6 +15,7 @@ from kbqa.errors import ConfigError, KBQAError
 from kbqa.service import KBQAService
 from kbqa.settings import Settings
 from kbqa.ui import handlers
+from kbqa.ui.conversations import Conversations
 from kbqa.ui.render import CSS, DOC_HEADERS, KB_ENTER_JS, RESULT_HEADERS, WAITING_JS, sources_html
 
 
@@ -105,51 +107,41 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         except KBQAError as exc:
             yield warn(exc)
 
-    #: Per browser session, the number of its current conversation: a new chat (Clear chat, another
-    #: knowledge base) ends the answer still streaming, so none of it lands in the new chat.
-    conversations: dict[str, int] = {}
-    #: Per browser session, what stops the answer it is being given (the Stop button sets it).
-    answering: dict[str, threading.Event] = {}
+    chats = Conversations()
 
-    def conversation(request: Any) -> tuple[str, int]:
-        key = getattr(request, "session_hash", None) or ""
-        return key, conversations.get(key, 0)
+    def session(request: Any) -> str:
+        return getattr(request, "session_hash", None) or ""
 
     def start_conversation(request: Any) -> None:
         """A new conversation for this browser session: the answer still streaming lands in none."""
-        key, number = conversation(request)
-        conversations[key] = number + 1
-        stop_answer(request)  # at the model's next word, or before it starts if it waits for the model
+        chats.new(session(request))  # it stops at the model's next word, or before it starts if it waits
 
     def stop_answer(request: Any) -> None:
         """Stop the answer this browser session is being given, if any: what came stays in the chat."""
-        if (stop := answering.get(conversation(request)[0])) is not None:
-            stop.set()
+        chats.stop(session(request))
 
     stop_answer.__annotations__["request"] = gr.Request
 
     def on_ask(kb: str | None, question: str, history: list[dict[str, str]],
                request: Any) -> Iterator[tuple[Any, ...]]:
         """Outputs: chatbot, sources, question box, the "waiting" line under it (cleared once this runs)."""
-        key, number = conversation(request)
+        key = session(request)
+        number = chats.current(key)
         skip = gr.skip()
-        answering[key] = stop = threading.Event()
-        try:
-            first = True
-            for chat, panel in handlers.ask(service, kb, question, history, stop):
-                if conversations.get(key, 0) != number:
-                    break  # closing the answer's stream stops its generation
-                # The box is emptied once: what the user types meanwhile is the next question, kept.
-                yield (chat, panel, "", "") if first else (chat, panel, skip, skip)
-                first = False
-        except KBQAError as exc:
-            # Not answered after the box was emptied (e.g. too long for the model's context): the question
-            # goes back into the box, so it can be shortened and sent again.
-            warn(exc)
-            yield skip, skip, skip if first else question, ""
-        finally:
-            if answering.get(key) is stop:
-                del answering[key]
+        first = True
+        with chats.answering(key) as stop:
+            try:
+                for chat, panel in handlers.ask(service, kb, question, history, stop):
+                    if chats.current(key) != number:
+                        break  # closing the answer's stream stops its generation
+                    # The box is emptied once: what the user types meanwhile is the next question, kept.
+                    yield (chat, panel, "", "") if first else (chat, panel, skip, skip)
+                    first = False
+            except KBQAError as exc:
+                # Not answered after the box was emptied (e.g. too long for the model's context): the question
+                # goes back into the box, so it can be shortened and sent again.
+                warn(exc)
+                yield skip, skip, skip if first else question, ""
         # Gradio shows an event's last output again when it ends: skips, so a chat started meanwhile (Clear
         # chat, another knowledge base) is never overwritten with this one.
         yield skip, skip, skip, skip
@@ -282,9 +274,13 @@ def build_app(service: KBQAService, max_file_mb: float = 100.0) -> Any:
         # knowledge base (a follow-up must not be read against the old chat). Not by Gradio's cancels=: a
         # question sent just after a cancel was dropped (the always_last trigger waited for an end that never
         # came); a new conversation number (start_conversation) makes on_ask stop at its next word instead.
+        # new_chat waits for the answer's stream to end (its last words must reach the page before the empty
+        # chat): the page empties the chat at once, so a question sent meanwhile is not read as a follow-up.
+        gr.on([clear.click, kb.input], None, None, [chatbot, sources],
+              js=f"() => [[], {json.dumps(sources_html([]))}]")
         clear.click(new_chat, None, [chatbot, sources])
         stop.click(stop_answer)  # the answer's own event shows it stopped
-        chatbot.clear(new_chat, None, [chatbot, sources])
+        chatbot.clear(new_chat, None, [chatbot, sources])  # the chat box's own icon empties it on the page
         kb.input(new_chat, None, [chatbot, sources]).then(
             lambda: (gr.update(visible=False), [], "", ""), None,
             [confirm_row, results, summary, message])  # another knowledge base's upload and deletions
