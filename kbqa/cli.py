@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", help="folder of documents for a .jsonl dataset (default: its folder)")
     p.add_argument("--limit", type=int, help="a fixed random sample of N questions")
     p.add_argument("--retrieval-only", action="store_true", help="skip answering (no LLM)")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON (with every answer)")
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics as JSON, with each question's retrieval and answer")
     p.set_defaults(func=cmd_eval)
 
     p = command(sub, "convert-chatglm", "convert a ChatGLM2/3-6B checkpoint to a native transformers folder")

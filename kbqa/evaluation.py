@@ -105,6 +105,7 @@ def evaluate_retrieval(service: KBQAService, kb: str, items: Sequence[EvalItem],
     context_hits = {k: 0 for k in KS}
     rr = 0.0
     latency = []
+    rows = []
     for n, item in enumerate(answerable):
         start = time.perf_counter()
         found = service.search(kb, item.question, depth, item.chat())
@@ -115,6 +116,10 @@ def evaluate_retrieval(service: KBQAService, kb: str, items: Sequence[EvalItem],
             hits[k] += first is not None and first <= k
             context_hits[k] += first_ctx is not None and first_ctx <= k
         rr += 1.0 / first if first else 0.0
+        # What was found for each question, to read why one missed: the rank of the first hit (None: none
+        # in the first ``depth``) and the top five passages by file and chunk
+        rows.append({"id": item.id, "question": item.question, "hit_rank": first,
+                     "top": [{"source": c.source, "chunk": c.chunk, "score": round(c.score, 4)} for c in found[:5]]})
         if progress and n % 20 == 0:
             progress(n / len(answerable), "retrieving")
     total = len(answerable)
@@ -128,6 +133,7 @@ def evaluate_retrieval(service: KBQAService, kb: str, items: Sequence[EvalItem],
     if any(i.doc for i in answerable):
         result.update({f"context_hit@{k}": share(context_hits[k]) for k in KS})
     result["retrieval_latency"] = _percentiles(latency)
+    result["retrieved"] = rows
     return result
 
 
@@ -178,7 +184,7 @@ def format_table(result: dict[str, Any]) -> str:
     """The metrics as a two-column text table."""
     lines = []
     for key, value in result.items():
-        if key == "answers":
+        if key in ("answers", "retrieved"):  # per question: in --json only
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v:.0f}" for k, v in value.items()) or "-"

@@ -433,3 +433,25 @@ def test_cli_eval_loads_the_llm_before_the_ingest_unless_retrieval_only(
     assert embedder.calls == []  # nothing was ingested
     assert cli.main(["eval", "--dataset", str(squad), "--retrieval-only"]) == 0  # needs no LLM
 
+
+
+def test_cli_eval_json_shows_what_each_question_retrieved(
+        tmp_path: Path, squad: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # --retrieval-only --json gave the figures only: a question that missed could not be looked into.
+    from kbqa import bootstrap, cli
+
+    monkeypatch.setattr(bootstrap, "build_service", lambda settings: build_service(
+        make_settings(tmp_path, score_threshold=-1.0, score_threshold_zh=-1.0), embedder=FakeEmbedder(),
+        llm=lambda: FakeLLM()))
+    assert cli.main(["eval", "--dataset", str(squad), "--retrieval-only", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["id"]: r for r in result["retrieved"]}
+    assert set(rows) == {"q1", "q2", "q3"}  # the answerable questions, each once
+    ranks = [r["hit_rank"] for r in rows.values()]
+    assert result["hit@1"] == sum(r == 1 for r in ranks) / 3
+    assert result["mrr@10"] == pytest.approx(sum(1 / r for r in ranks if r) / 3)
+    for row in rows.values():
+        assert 1 <= len(row["top"]) <= 5 and {"source", "chunk", "score"} <= set(row["top"][0])
+    assert "answers" not in result
+    assert cli.main(["eval", "--dataset", str(squad), "--retrieval-only"]) == 0
+    assert "retrieved" not in capsys.readouterr().out  # the table gives the figures only
