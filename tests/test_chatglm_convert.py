@@ -346,3 +346,14 @@ def test_rope_ratio_follows_the_checkpoints_own_code_over_its_prompt_format(
     assert {k: model.config.rope_parameters.get(k) for k in rope} == rope
     with torch.no_grad():
         assert max_diff(model(IDS).logits, ChatGLM2Reference(state, config, reading)(IDS)) < 1e-4
+
+
+def test_a_destination_on_no_disk_says_it_cannot_be_written_not_that_the_disk_is_full(tmp_path: Path,
+                                                                                     sp_model: Path) -> None:
+    # /proc reports 0 bytes free of 0: "the disk of /proc has 0.0 GiB free" sent the user looking for space.
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    write_checkpoint(tmp_path / "src", sp_model)
+    with pytest.raises(ConfigError, match=r"Cannot write the converted model to /proc/kbqa-native \(") as caught:
+        convert_chatglm(tmp_path / "src", Path("/proc/kbqa-native"))
+    assert "GiB free" not in str(caught.value), caught.value

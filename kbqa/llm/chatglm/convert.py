@@ -203,7 +203,10 @@ def _check_room(dst: Path, needed: int, elsewhere: str) -> None:
     existing = next((p for p in (dst, *dst.parents) if p.exists()), None)
     if existing is None:
         return
-    free = shutil.disk_usage(existing).free
+    usage = shutil.disk_usage(existing)
+    if usage.total == 0:  # no disk (/proc, /sys): writing there fails, and says why, better than "0.0 GiB free"
+        return
+    free = usage.free
     if free < needed * 1.02:
         raise ConfigError(f"The converted model needs about {needed / 2**30:.1f} GiB, but the disk of {existing} "
                           f"has {free / 2**30:.1f} GiB free: {elsewhere}.")
